@@ -1,0 +1,1 @@
+"""Corpus reading, demo corpus, session splits, frozen encoders and the feature store."""

@@ -1,0 +1,208 @@
+"""The on-disk feature store: fp16 arrays memory-mapped by every trial, written atomically.
+
+Layout of one store (a folder named by its key, under a stores root):
+
+    manifest.json        written last; a folder without it is not a store
+    utterances.parquet   one row per utterance, in array order (columns below)
+    text.npy             float16 [N, max_tokens, text_dim]   token last_hidden_state, zero-padded
+    text_len.npy         int32   [N]                          true token counts (>= 1)
+    text_pooled.npy      float16 [N, text_dim]                the text encoder's pooled output
+    audio.npy            float16 [N, max_frames, audio_dim]  frame last_hidden_state, zero-padded
+    audio_len.npy        int32   [N]                          true frame counts (>= 1)
+    faults.csv           every utterance skipped while preparing, with file, row and reason
+    split.json           which sessions are in train / val / test, and how they were chosen
+
+utterances.parquet columns: segment_id, session, script, speaker, gender, label, label_id,
+labels, text, wav_path, valence, arousal, split ("train" | "val" | "test").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MANIFEST = "manifest.json"
+TABLE = "utterances.parquet"
+ARRAY_NAMES = ("text", "text_len", "text_pooled", "audio", "audio_len")
+SPLITS = ("train", "val", "test")
+STORE_FORMAT_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """A feature store is missing, incomplete or inconsistent."""
+
+
+class SplitSealedError(StoreError):
+    """A caller asked for a split it was not allowed to read (the test split during search)."""
+
+
+@dataclass
+class FeatureStore:
+    """An opened feature store. Arrays are read-only memory maps; nothing is loaded eagerly."""
+
+    path: Path
+    manifest: dict[str, Any]
+    table: pd.DataFrame
+    text: np.ndarray
+    text_len: np.ndarray
+    text_pooled: np.ndarray
+    audio: np.ndarray
+    audio_len: np.ndarray
+    sealed: frozenset[str] = frozenset()
+    accessed: set[str] = field(default_factory=set)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, sealed: Iterable[str] = ()) -> FeatureStore:
+        """Open the store at ``path``; splits named in ``sealed`` raise if anyone asks for them."""
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise StoreError(
+                f"{root} is not a complete feature store (no {MANIFEST}). "
+                "Create one with `python -m data_prep.prepare --demo` or "
+                "`python -m data_prep.prepare --kemdy20 DIR`."
+            )
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format_version") != STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"{root}: store format {manifest.get('format_version')!r} is not "
+                f"{STORE_FORMAT_VERSION}; prepare it again."
+            )
+        table = pd.read_parquet(root / TABLE)
+        arrays = {name: np.load(root / f"{name}.npy", mmap_mode="r") for name in ARRAY_NAMES}
+        n = len(table)
+        for name, arr in arrays.items():
+            if arr.shape[0] != n:
+                raise StoreError(f"{root}: {name}.npy has {arr.shape[0]} rows, table has {n}")
+        unknown = set(sealed) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) to seal: {sorted(unknown)}; splits are {SPLITS}")
+        return cls(path=root, manifest=manifest, table=table, sealed=frozenset(sealed), **arrays)
+
+    # -- identity and sizes -------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return str(self.manifest["key"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["labels"])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text.shape[2])
+
+    @property
+    def audio_dim(self) -> int:
+        return int(self.audio.shape[2])
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.text.shape[1])
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.audio.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.text.nbytes + self.audio.nbytes + self.text_pooled.nbytes)
+
+    # -- access to splits ---------------------------------------------------------------
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of ``split`` in array order. Raises if the split is sealed."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits are {SPLITS}")
+        if split in self.sealed:
+            raise SplitSealedError(
+                f"the {split!r} split of store {self.key} is sealed here: only "
+                "`search.finalize` reads the test split"
+            )
+        self.accessed.add(split)
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def labels(self, split: str) -> np.ndarray:
+        """Integer class ids (int64) of ``split``."""
+        idx = self.indices(split)
+        return self.table["label_id"].to_numpy(dtype=np.int64)[idx]
+
+
+class StoreWriter:
+    """Builds a store in a hidden temporary folder and renames it into place on ``commit``.
+
+    Used as a context manager: leaving the block without ``commit`` (an exception, Ctrl-C)
+    deletes the temporary folder, so no half-written store can ever look complete.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], key: str) -> None:
+        self.root = Path(root)
+        self.key = key
+        self.final = self.root / key
+        self.tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        self._arrays: dict[str, np.ndarray] = {}
+        self.committed = False
+
+    def __enter__(self) -> StoreWriter:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self._arrays.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def create_array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A writable memory map for ``name`` (zero-filled), saved in .npy format."""
+        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        self._arrays[name] = arr
+        return arr
+
+    def write_table(self, table: pd.DataFrame) -> None:
+        table.reset_index(drop=True).to_parquet(self.tmp / TABLE, index=False)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        (self.tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    def write_text(self, name: str, text: str) -> None:
+        (self.tmp / name).write_text(text, encoding="utf-8")
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Flush arrays, write the manifest last, and move the folder into place."""
+        missing = [n for n in ARRAY_NAMES if not (self.tmp / f"{n}.npy").exists()]
+        if missing or not (self.tmp / TABLE).exists():
+            raise StoreError(f"cannot commit store {self.key}: missing {missing or [TABLE]}")
+        for arr in self._arrays.values():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        self._arrays.clear()
+        full = {"format_version": STORE_FORMAT_VERSION, "key": self.key, **manifest}
+        self.write_json(MANIFEST, full)
+        if (self.final / MANIFEST).is_file():
+            # Someone else finished the same store first; theirs is identical by key.
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            if self.final.exists():
+                shutil.rmtree(self.final)  # an old incomplete folder without a manifest
+            os.replace(self.tmp, self.final)
+        self.committed = True
+        return self.final
+
+
+def find_store(root: str | os.PathLike[str], key: str) -> Path | None:
+    """The complete store with ``key`` under ``root``, or None."""
+    path = Path(root) / key
+    return path if (path / MANIFEST).is_file() else None

@@ -1,0 +1,1 @@
+"""Fusion heads behind one registry, losses, metrics and the training loop."""

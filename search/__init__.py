@@ -1,0 +1,1 @@
+"""Search spaces, the Ray Tune trainable, MLflow tracking, and the run/finalize commands."""
