@@ -13,7 +13,13 @@ Layout of one store (a folder named by its key, under a stores root):
     split.json           which sessions are in train / val / test, and how they were chosen
 
 utterances.parquet columns: segment_id, session, script, speaker, gender, label, label_id,
-labels, text, wav_path, valence, arousal, split ("train" | "val" | "test").
+labels, multi_label, text, wav_path, valence, arousal, csv_file, csv_row,
+split ("train" | "val" | "test").
+
+Atomicity: a store is built in a hidden sibling folder ``.tmp-KEY@HOST@PID@RANDOM`` and
+renamed into place after its manifest is written, so an interrupted build (exception, Ctrl-C,
+SIGKILL, power cut before the rename) never leaves a folder that ``find_store`` accepts.
+Temporary folders of processes that died on this host are removed by the next writer.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -134,6 +141,16 @@ class FeatureStore:
         self.accessed.add(split)
         return np.flatnonzero(self.table["split"].to_numpy() == split)
 
+    def faults(self) -> pd.DataFrame:
+        """Every utterance skipped while preparing (file, row, segment_id, kind, message, stage)."""
+        path = self.path / "faults.csv"
+        return pd.read_csv(path, keep_default_na=False) if path.is_file() else pd.DataFrame()
+
+    def split_info(self) -> dict[str, Any]:
+        """The contents of split.json (sessions per split and how they were chosen)."""
+        path = self.path / "split.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
     def labels(self, split: str) -> np.ndarray:
         """Integer class ids (int64) of ``split``."""
         idx = self.indices(split)
@@ -150,13 +167,16 @@ class StoreWriter:
     def __init__(self, root: str | os.PathLike[str], key: str) -> None:
         self.root = Path(root)
         self.key = key
+        if not key or "/" in key or "@" in key or key.startswith("."):
+            raise ValueError(f"bad store key {key!r}")
         self.final = self.root / key
-        self.tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.root / f"{_TMP_PREFIX}{key}@{_HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
         self._arrays: dict[str, np.ndarray] = {}
         self.committed = False
 
     def __enter__(self) -> StoreWriter:
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.root)
         self.tmp.mkdir()
         return self
 
@@ -167,15 +187,42 @@ class StoreWriter:
 
     def create_array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A writable memory map for ``name`` (zero-filled), saved in .npy format."""
-        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        arr = np.lib.format.open_memmap(
+            self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
+        )
         self._arrays[name] = arr
         return arr
+
+    def select_rows(self, name: str, keep: np.ndarray) -> np.ndarray:
+        """Rewrite array ``name`` keeping only the rows where ``keep`` is True (in order)."""
+        old = self._arrays[name]
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (old.shape[0],):
+            raise ValueError(
+                f"{name}: keep mask has shape {keep.shape}, array has {old.shape[0]} rows"
+            )
+        path = self.tmp / f"{name}.npy"
+        part = self.tmp / f"{name}.part.npy"
+        new = np.lib.format.open_memmap(
+            part, mode="w+", dtype=old.dtype, shape=(int(keep.sum()), *old.shape[1:])
+        )
+        rows = np.flatnonzero(keep)
+        for start in range(0, len(rows), 256):  # chunks: never the whole array in memory
+            chunk = rows[start : start + 256]
+            new[start : start + len(chunk)] = old[chunk]
+        new.flush()
+        del old
+        os.replace(part, path)
+        self._arrays[name] = np.load(path, mmap_mode="r+")
+        return self._arrays[name]
 
     def write_table(self, table: pd.DataFrame) -> None:
         table.reset_index(drop=True).to_parquet(self.tmp / TABLE, index=False)
 
     def write_json(self, name: str, obj: Any) -> None:
-        (self.tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+        (self.tmp / name).write_text(
+            json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
 
     def write_text(self, name: str, text: str) -> None:
         (self.tmp / name).write_text(text, encoding="utf-8")
@@ -191,15 +238,54 @@ class StoreWriter:
         self._arrays.clear()
         full = {"format_version": STORE_FORMAT_VERSION, "key": self.key, **manifest}
         self.write_json(MANIFEST, full)
-        if (self.final / MANIFEST).is_file():
-            # Someone else finished the same store first; theirs is identical by key.
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        else:
+        if not (self.final / MANIFEST).is_file():
             if self.final.exists():
-                shutil.rmtree(self.final)  # an old incomplete folder without a manifest
-            os.replace(self.tmp, self.final)
+                shutil.rmtree(self.final, ignore_errors=True)  # incomplete, without a manifest
+            try:
+                os.replace(self.tmp, self.final)
+            except OSError:
+                # Another writer renamed the same key into place between our check and rename.
+                if not (self.final / MANIFEST).is_file():
+                    raise
+        # Else someone else finished the same store first; theirs is identical by key.
+        shutil.rmtree(self.tmp, ignore_errors=True)
         self.committed = True
         return self.final
+
+
+_TMP_PREFIX = ".tmp-"
+_HOST = socket.gethostname().replace("@", "_")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary store folders left by dead writers on this host; return them.
+
+    Folders of other hosts (a shared filesystem) and of live processes are left alone.
+    """
+    removed = []
+    base = Path(root)
+    if not base.is_dir():
+        return removed
+    for p in base.iterdir():
+        if not (p.is_dir() and p.name.startswith(_TMP_PREFIX)):
+            continue
+        parts = p.name[len(_TMP_PREFIX) :].split("@")
+        if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
+            continue
+        if not _pid_alive(int(parts[2])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def find_store(root: str | os.PathLike[str], key: str) -> Path | None:

@@ -1,0 +1,437 @@
+"""Frozen encoders: a wav2vec2-family audio encoder and a BERT-family text encoder.
+
+Both load with ``from_pretrained`` from a local directory or a hub id. The demo's tiny
+encoders are built here, saved with ``save_pretrained`` and loaded back through the very same
+loaders, so the demo exercises the real code path. Nothing here trains: models are put in
+eval mode with gradients off, and callers run them under ``torch.inference_mode``.
+
+An encoder's *identity* (what goes into a feature store's key) is computed without loading
+the model, so that an existing store is found before any weights are read: a local directory
+is identified by a hash of its files (config, weights, tokenizer / feature-extractor files),
+a hub id by the id plus the commit of the cached snapshot when one is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_AUDIO_MODEL = "kresnik/wav2vec2-large-xlsr-korean"
+DEFAULT_TEXT_MODEL = "klue/bert-base"
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+# Tiny but structurally real encoders for the demo. The conv stack keeps wav2vec2's real
+# kernels and strides, so one frame is still 20 ms (320 samples) with a 400-sample field.
+DEMO_AUDIO_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "conv_dim": [32] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    # Layer norm in the feature encoder (as in the large models) makes padded batches with
+    # attention masks give the same frames as one utterance at a time.
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+    "apply_spec_augment": False,
+    "mask_time_prob": 0.0,
+}
+DEMO_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+}
+DEMO_VOCAB_SIZE = 2000
+# Bump when the way demo encoders are built changes, so old saved copies are not reused.
+DEMO_ENCODER_VERSION = 1
+
+
+class EncoderError(RuntimeError):
+    """An encoder could not be found or loaded; the message says what to do."""
+
+
+# -- identity -------------------------------------------------------------------------------
+def _is_local(name_or_dir: str | os.PathLike[str]) -> bool:
+    return Path(name_or_dir).expanduser().is_dir()
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else can only be meant as a directory.
+    return (
+        name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    )
+
+
+@lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key so an edited file is hashed again.
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def hash_model_dir(path: str | os.PathLike[str]) -> str:
+    """sha256 over the names and contents of a saved model directory's files.
+
+    Covers config, weights and tokenizer / feature-extractor files; skips hidden files and
+    READMEs, which do not change what the encoder computes.
+    """
+    root = Path(path).expanduser().resolve()
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.iterdir() if p.is_file()):
+        if f.name.startswith(".") or f.name.lower().startswith("readme"):
+            continue
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0".encode())
+        h.update(_file_digest(str(f), st.st_size, st.st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def _cached_hub_revision(repo_id: str) -> str | None:
+    """Commit of the snapshot of ``repo_id`` in the local HF cache, if there is one."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return None
+    ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def encoder_identity(name_or_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies an encoder, computed without loading it.
+
+    Local directory: ``{"source": "local", "name", "path", "sha256"}``.
+    Hub id: ``{"source": "hub", "name", "revision"}`` (revision None when not cached).
+    Only the fields of :func:`identity_for_key` enter a store's key (not the path, so moving
+    a model folder does not invalidate stores).
+    """
+    if _is_local(name_or_dir):
+        root = Path(name_or_dir).expanduser().resolve()
+        return {
+            "source": "local",
+            "name": root.name,
+            "path": str(root),
+            "sha256": hash_model_dir(root),
+        }
+    name = str(name_or_dir)
+    if _looks_like_path(name):
+        raise EncoderError(f"model directory {name} does not exist")
+    return {"source": "hub", "name": name, "revision": _cached_hub_revision(name)}
+
+
+def identity_for_key(identity: dict[str, Any]) -> dict[str, Any]:
+    """The part of an identity that decides what features come out (no filesystem path)."""
+    if identity["source"] == "local":
+        return {"source": "local", "sha256": identity["sha256"]}
+    return {"source": "hub", "name": identity["name"], "revision": identity["revision"]}
+
+
+# -- loading --------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" -> CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _from_pretrained(
+    loader: Any, name_or_dir: str | os.PathLike[str], flag: str, **kwargs: Any
+) -> Any:
+    local = _is_local(name_or_dir)
+    name = str(Path(name_or_dir).expanduser()) if local else str(name_or_dir)
+    if not local and _looks_like_path(name):
+        raise EncoderError(f"{flag}: model directory {name} does not exist")
+    try:
+        with _quiet_transformers():
+            return loader(name, local_files_only=local, **kwargs)
+    except OSError as exc:
+        if local:
+            raise EncoderError(
+                f"{flag}: cannot load a model from directory {name}: {exc}. The directory "
+                "must hold files written by `save_pretrained` (config.json, weights, and the "
+                "tokenizer or feature-extractor files)."
+            ) from exc
+        raise EncoderError(
+            f"{flag}: cannot load {name!r}: it is not in the local Hugging Face cache and the "
+            "hub cannot be reached (offline). Download it on a machine with network access "
+            f"(e.g. `hf download {name} --local-dir DIR`), copy DIR here and "
+            f"pass `{flag} DIR`."
+        ) from exc
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own per-load progress bars (ours is the one that matters)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _freeze(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device)
+
+
+@dataclass
+class AudioEncoder:
+    """A frozen wav2vec2-family model and its feature extractor."""
+
+    model: Any
+    feature_extractor: Any
+    identity: dict[str, Any]
+    device: torch.device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.feature_extractor.sampling_rate)
+
+    @property
+    def use_attention_mask(self) -> bool:
+        """Whether batches get attention masks (see :mod:`data_prep.extract` for why not always)."""
+        return bool(getattr(self.feature_extractor, "return_attention_mask", False))
+
+    @property
+    def frame_stride(self) -> int:
+        """Samples between frames (320 = 20 ms at 16 kHz for every wav2vec2 model)."""
+        stride = 1
+        for s in self.model.config.conv_stride:
+            stride *= int(s)
+        return stride
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one frame (400 for the real conv stack)."""
+        field, jump = 1, 1
+        for k, s in zip(self.model.config.conv_kernel, self.model.config.conv_stride, strict=True):
+            field += (int(k) - 1) * jump
+            jump *= int(s)
+        return field
+
+    def frames_for(self, num_samples: int) -> int:
+        """Frames the model produces for ``num_samples`` samples (0 if too short)."""
+        return int(self.model._get_feat_extract_output_lengths(int(num_samples)))
+
+    def samples_for(self, num_frames: int) -> int:
+        """Fewest samples that give exactly ``num_frames`` frames."""
+        return self.receptive_field + self.frame_stride * (num_frames - 1)
+
+
+@dataclass
+class TextEncoder:
+    """A frozen BERT-family model and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    identity: dict[str, Any]
+    device: torch.device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def has_pooler(self) -> bool:
+        return getattr(self.model, "pooler", None) is not None
+
+
+def load_audio_encoder(
+    name_or_dir: str | os.PathLike[str] = DEFAULT_AUDIO_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    identity: dict[str, Any] | None = None,
+) -> AudioEncoder:
+    """Load a frozen audio encoder (``AutoModel`` + ``AutoFeatureExtractor``)."""
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    dev = resolve_device(device)
+    ident = identity or encoder_identity(name_or_dir)
+    fe = _from_pretrained(AutoFeatureExtractor.from_pretrained, name_or_dir, "--audio-model")
+    model = _from_pretrained(
+        AutoModel.from_pretrained, name_or_dir, "--audio-model", dtype=torch.float32
+    )
+    if not hasattr(model, "_get_feat_extract_output_lengths"):
+        raise EncoderError(
+            f"--audio-model {name_or_dir}: {type(model).__name__} is not a wav2vec2-family model"
+        )
+    return AudioEncoder(model=_freeze(model, dev), feature_extractor=fe, identity=ident, device=dev)
+
+
+def load_text_encoder(
+    name_or_dir: str | os.PathLike[str] = DEFAULT_TEXT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    identity: dict[str, Any] | None = None,
+) -> TextEncoder:
+    """Load a frozen text encoder (``AutoModel`` + ``AutoTokenizer``)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    dev = resolve_device(device)
+    ident = identity or encoder_identity(name_or_dir)
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, name_or_dir, "--text-model")
+    model = _from_pretrained(
+        AutoModel.from_pretrained, name_or_dir, "--text-model", dtype=torch.float32
+    )
+    return TextEncoder(model=_freeze(model, dev), tokenizer=tok, identity=ident, device=dev)
+
+
+# -- demo encoders --------------------------------------------------------------------------
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[
+        :16
+    ]
+
+
+def _save_atomically(final: Path, build: Any) -> Path:
+    """Run ``build(tmp_dir)`` and rename the result to ``final``; reuse ``final`` if present."""
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _build_demo_audio(out: Path, seed: int) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(seed)
+    model = Wav2Vec2Model(Wav2Vec2Config(**DEMO_AUDIO_CONFIG))
+    model.save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    ).save_pretrained(out)
+
+
+def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # strip_accents=False: NFD would split Hangul syllables into jamo.
+    tok.normalizer = normalizers.BertNormalizer(
+        lowercase=False, strip_accents=False, clean_text=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=DEMO_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tok.train_from_iterator(transcripts, trainer)
+    # The trainer orders tokens of equal frequency differently from run to run; rebuild the
+    # model from a sorted vocabulary so that token ids (and so the features) are reproducible.
+    learned = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS))
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *learned])}
+    tok.model = models.WordPiece(vocab=vocab, unk_token="[UNK]")
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=DEMO_TEXT_CONFIG["max_position_embeddings"],
+    )
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id("[PAD]"), **DEMO_TEXT_CONFIG
+    )
+    BertModel(config, add_pooling_layer=True).save_pretrained(out)
+    fast.save_pretrained(out)
+
+
+def build_demo_encoders(
+    out_dir: str | os.PathLike[str], transcripts: Iterable[str], seed: int = 0
+) -> tuple[Path, Path]:
+    """Build (or reuse) the tiny demo audio and text encoders under ``out_dir``.
+
+    Randomly initialised under ``torch.manual_seed(seed)``; the text encoder's WordPiece
+    vocabulary is trained on ``transcripts``. Folder names hash the configuration, the seed
+    and (for text) the transcripts, so an identical request reuses the saved copy.
+    Returns ``(audio_dir, text_dir)``, loadable with :func:`load_audio_encoder` /
+    :func:`load_text_encoder`.
+    """
+    import transformers
+
+    out = Path(out_dir).expanduser()
+    texts = sorted(set(transcripts))
+    if not texts:
+        raise ValueError("build_demo_encoders needs at least one transcript")
+    common = {
+        "seed": seed,
+        "version": DEMO_ENCODER_VERSION,
+        "transformers": transformers.__version__.split(".")[0],
+    }
+    audio_dir = out / f"demo-wav2vec2-{_digest({**common, 'config': DEMO_AUDIO_CONFIG})}"
+    text_dir = out / (
+        "demo-bert-"
+        + _digest(
+            {
+                **common,
+                "config": DEMO_TEXT_CONFIG,
+                "vocab": DEMO_VOCAB_SIZE,
+                "texts": _digest(texts),
+            }
+        )
+    )
+    with _quiet_transformers():
+        _save_atomically(audio_dir, lambda d: _build_demo_audio(d, seed))
+        _save_atomically(text_dir, lambda d: _build_demo_text(d, texts, seed))
+    return audio_dir, text_dir
