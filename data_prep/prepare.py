@@ -432,6 +432,13 @@ def _demo_source_digest() -> str:
     return h.hexdigest()[:8]
 
 
+# The demo's utterances last at most 4 s (200 frames of 20 ms) and its transcripts need fewer
+# than 16 word pieces, so its store keeps exactly that: padding to the seed's 512 x 128 would
+# make every demo trial several times slower while adding only zeros.
+DEMO_MAX_FRAMES = 200
+DEMO_MAX_TOKENS = 16
+
+
 def demo_corpus(sessions: int = 16, seed: int = 0, utterances_per_script: int = 7) -> Path:
     """Write (once) the demo corpus under ``$CASE_TUNE_HOME/corpora`` and return its root."""
     from data_prep.demo import write_demo_corpus
@@ -467,6 +474,10 @@ def prepare_demo_store(
     **kwargs: Any,
 ) -> PrepareResult:
     """The demo corpus, the tiny demo encoders (unless models are given) and its store."""
+    if kwargs.get("max_frames") is None:
+        kwargs["max_frames"] = DEMO_MAX_FRAMES
+    if kwargs.get("max_tokens") is None:
+        kwargs["max_tokens"] = DEMO_MAX_TOKENS
     root = demo_corpus(sessions, seed, utterances_per_script)
     read = read_corpus(root)
     if audio_model is None or text_model is None:
@@ -550,9 +561,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder holding stores (default $CASE_TUNE_HOME/stores)",
     )
-    ap.add_argument("--max-frames", type=int, default=512, help="audio frames kept (20 ms each)")
     ap.add_argument(
-        "--max-tokens", type=int, default=128, help="text tokens kept, with [CLS]/[SEP]"
+        "--max-frames",
+        type=int,
+        default=None,
+        help=f"audio frames kept, 20 ms each (default 512; demo {DEMO_MAX_FRAMES})",
+    )
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help=f"text tokens kept, with [CLS]/[SEP] (default 128; demo {DEMO_MAX_TOKENS})",
     )
     ap.add_argument("--batch-size", type=int, default=8, help="utterances per encoder batch")
     ap.add_argument("--keep-ties", action="store_true", help="keep multi-label (tied vote) rows")
@@ -609,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
                 **{k: v for k, v in common.items() if k != "stores_root"},
             )
         else:
+            common["max_frames"] = args.max_frames or 512
+            common["max_tokens"] = args.max_tokens or 128
             result = prepare_store(
                 args.kemdy20,
                 audio_model=args.audio_model or DEFAULT_AUDIO_MODEL,

@@ -27,7 +27,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a small prepared demo feature store, built once per test session.
 
     8 demo sessions (about 180 utterances), tiny demo encoders (64-d audio and text),
-    512 frames x 128 tokens. Built in a temporary CASE_TUNE_HOME, which is restored after.
+    DEMO_MAX_FRAMES x DEMO_MAX_TOKENS. Built in a temporary CASE_TUNE_HOME, which is restored after.
     """
     import torch
 

@@ -19,7 +19,13 @@ from data_prep.demo import write_demo_corpus
 from data_prep.encoders import build_demo_encoders, load_audio_encoder, load_text_encoder
 from data_prep.extract import extract_audio, extract_text
 from data_prep.labels import LABELS
-from data_prep.prepare import plan, prepare_demo_store, prepare_store
+from data_prep.prepare import (
+    DEMO_MAX_FRAMES,
+    DEMO_MAX_TOKENS,
+    plan,
+    prepare_demo_store,
+    prepare_store,
+)
 from data_prep.store import (
     FeatureStore,
     SplitSealedError,
@@ -45,7 +51,7 @@ def test_arrays_dtypes_lengths_and_padding(demo_store):
         assert getattr(st, name).dtype == np.float16
     for name in ("text_len", "audio_len"):
         assert getattr(st, name).dtype == np.int32
-    assert st.audio.shape == (n, 512, 64) and st.text.shape == (n, 128, 64)
+    assert st.audio.shape == (n, DEMO_MAX_FRAMES, 64) and st.text.shape == (n, DEMO_MAX_TOKENS, 64)
     assert (st.audio_len >= 1).all() and (st.audio_len <= st.max_frames).all()
     assert (st.text_len >= 3).all() and (st.text_len <= st.max_tokens).all()
     for arr, lens in ((st.audio, st.audio_len), (st.text, st.text_len)):
@@ -89,7 +95,7 @@ def test_manifest_split_and_faults(demo_store):
     st = FeatureStore.open(demo_store)
     m = st.manifest
     assert m["labels"] == list(LABELS) and st.num_classes == 7
-    assert (m["audio_dim"], m["text_dim"], m["max_frames"], m["max_tokens"]) == (64, 64, 512, 128)
+    assert (m["audio_dim"], m["text_dim"], m["max_frames"], m["max_tokens"]) == (64, 64, DEMO_MAX_FRAMES, DEMO_MAX_TOKENS)
     assert m["keep_ties"] is False and m["split_seed"] == 0
     assert not st.table["multi_label"].any()
     assert (
@@ -146,16 +152,21 @@ def test_key_follows_every_input(demo_store, tmp_path):
     corpus, audio_dir, text_dir = _inputs(demo_store)
     copy = tmp_path / "corpus"
     shutil.copytree(corpus, copy)
-    key = plan(copy, audio_model=audio_dir, text_model=text_dir).key
+    limits = dict(max_frames=DEMO_MAX_FRAMES, max_tokens=DEMO_MAX_TOKENS)
+    key = plan(copy, audio_model=audio_dir, text_model=text_dir, **limits).key
     assert key == demo_store.name.replace(corpus.name, "corpus")  # same bytes, same key
-    assert plan(copy, audio_model=audio_dir, text_model=text_dir).key == key
+    assert plan(copy, audio_model=audio_dir, text_model=text_dir, **limits).key == key
 
-    assert plan(copy, audio_model=audio_dir, text_model=text_dir, max_frames=256).key != key
-    assert plan(copy, audio_model=audio_dir, text_model=text_dir, max_tokens=64).key != key
-    assert plan(copy, audio_model=audio_dir, text_model=text_dir, keep_ties=True).key != key
-    assert plan(copy, audio_model=audio_dir, text_model=text_dir, split_seed=1).key != key
+    def key_with(**changes):
+        args = dict(audio_model=audio_dir, text_model=text_dir, **limits)
+        return plan(copy, **{**args, **changes}).key
+
+    assert key_with(max_frames=256) != key
+    assert key_with(max_tokens=64) != key
+    assert key_with(keep_ties=True) != key
+    assert key_with(split_seed=1) != key
     other_audio, _ = build_demo_encoders(tmp_path / "enc", ["아무 말"], seed=1)
-    assert plan(copy, audio_model=other_audio, text_model=text_dir).key != key
+    assert key_with(audio_model=other_audio) != key
 
     txt = sorted((copy / "wav").rglob("*.txt"))[5]
     txt.write_bytes("완전히 다른 문장이에요\n".encode("cp949"))
