@@ -1,0 +1,104 @@
+"""Classification metrics with torcheval, under one documented convention.
+
+Convention (the reference is scikit-learn's `f1_score(labels=range(num_classes),
+zero_division=0)`): every class counts in the macro average, including a class absent from
+both predictions and targets (its F1 is 0). torcheval's own "macro" drops such classes, which
+would inflate macro-F1 on small or skewed batches, so macro is taken here as the plain mean of
+torcheval's per-class F1. On a test set holding all seven classes the two agree.
+
+`{split}_seed_micro_f1` is the seed's "Micro-F1": micro-F1 over the rows whose gold label is
+not neutral, which is the accuracy on emotional rows (NaN when there are none).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torcheval.metrics.functional import multiclass_confusion_matrix, multiclass_f1_score
+
+from data_prep.labels import LABELS, NEUTRAL_INDEX
+
+
+@contextmanager
+def _quiet_torcheval():
+    # torcheval logs a root-level warning for every absent class; the convention above
+    # handles those classes on purpose.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).long().cpu()
+
+
+def _label_names(num_classes: int, label_names: Sequence[str] | None) -> list[str]:
+    if label_names is not None:
+        if len(label_names) != num_classes:
+            raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
+        return list(label_names)
+    return list(LABELS) if num_classes == len(LABELS) else [str(i) for i in range(num_classes)]
+
+
+def classification_metrics(
+    pred,
+    target,
+    split: str,
+    num_classes: int = 7,
+    neutral_index: int = NEUTRAL_INDEX,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Macro / weighted / micro F1, the seed's micro-F1 and per-class F1 of class ids ``pred``
+    against ``target`` (tensors or arrays of ints), keys prefixed with ``split``."""
+    p, t = _as_tensor(pred), _as_tensor(target)
+    if p.shape != t.shape or p.ndim != 1:
+        raise ValueError(f"pred {tuple(p.shape)} and target {tuple(t.shape)} must be equal 1-d")
+    names = _label_names(num_classes, label_names)
+    if len(t) == 0:
+        nan = float("nan")
+        out = {
+            f"{split}_{k}": nan for k in ("macro_f1", "weighted_f1", "micro_f1", "seed_micro_f1")
+        }
+        out.update({f"{split}_f1_{n}": nan for n in names})
+        return out
+    with _quiet_torcheval():
+        per_class = multiclass_f1_score(p, t, num_classes=num_classes, average=None).double()
+        micro = float(multiclass_f1_score(p, t, num_classes=num_classes, average="micro"))
+        emotional = t != neutral_index
+        if bool(emotional.any()):
+            seed_micro = float(multiclass_f1_score(p[emotional], t[emotional],
+                                                   num_classes=num_classes, average="micro"))  # fmt: skip
+        else:
+            seed_micro = float("nan")
+    support = torch.bincount(t, minlength=num_classes).double()
+    out = {
+        f"{split}_macro_f1": float(per_class.mean()),
+        f"{split}_weighted_f1": float((per_class * support).sum() / support.sum()),
+        f"{split}_micro_f1": micro,
+        f"{split}_seed_micro_f1": seed_micro,
+    }
+    out.update({f"{split}_f1_{name}": float(f) for name, f in zip(names, per_class, strict=True)})
+    return out
+
+
+def confusion_matrix(pred, target, num_classes: int = 7) -> np.ndarray:
+    """[num_classes, num_classes] counts, rows = gold class, columns = predicted class."""
+    p, t = _as_tensor(pred), _as_tensor(target)
+    return multiclass_confusion_matrix(p, t, num_classes=num_classes).numpy().astype(np.int64)
+
+
+def all_neutral_metrics(
+    target, split: str, num_classes: int = 7, neutral_index: int = NEUTRAL_INDEX,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """The all-neutral baseline (predict neutral for every row), scored by the same code."""
+    t = _as_tensor(target)
+    return classification_metrics(torch.full_like(t, neutral_index), t, split, num_classes,
+                                  neutral_index, label_names)  # fmt: skip

@@ -1,0 +1,218 @@
+"""The training loop on synthetic stores (and on the demo store when its fixture exists)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep.store import FeatureStore, SplitSealedError
+from models.config import TrainConfig
+from models.data import load_split
+from models.metrics import all_neutral_metrics
+from models.train import NonFiniteLossError, load_checkpoint, lr_lambda, train
+from tests.model_helpers import (
+    make_synthetic_store,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+)
+
+FAST = {"hidden": 32, "lr": 3e-3, "batch_size": 32, "dropout": 0.1, "epochs": 12}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> FeatureStore:
+    path = make_synthetic_store(tmp_path_factory.mktemp("stores"), n=600, seed=1)
+    return FeatureStore.open(path, sealed=("test",))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> FeatureStore:
+    # 61 training rows: with batch 10 the last batch of every epoch has one row.
+    path = make_synthetic_store(tmp_path_factory.mktemp("tiny"), n=100, sessions=10,
+                                val_sessions=(8,), test_sessions=(9, 10), seed=2)  # fmt: skip
+    return FeatureStore.open(path, sealed=("test",))
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig.from_dict({**FAST, **kw})
+
+
+def strip_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in history]
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    def eq(x, y):
+        return x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+
+    return len(a) == len(b) and all(
+        h.keys() == g.keys() and all(eq(h[k], g[k]) for k in h) for h, g in zip(a, b, strict=True)
+    )
+
+
+def test_compressing_beats_all_neutral_and_fusion_beats_unimodal(synth) -> None:
+    baseline = all_neutral_metrics(synth.labels("val"), "val")["val_macro_f1"]
+    scores = {m: train(cfg(model=m), synth).best_metrics["val_macro_f1"]
+              for m in ("case-compressing", "text-only", "speech-only")}  # fmt: skip
+    assert scores["case-compressing"] > baseline + 0.4, (scores, baseline)
+    assert scores["case-compressing"] > max(scores["text-only"], scores["speech-only"]) + 0.05, (
+        scores
+    )
+
+
+def test_history_and_callback(synth) -> None:
+    seen = []
+
+    def on_epoch(epoch, metrics):
+        seen.append((epoch, metrics))
+        return epoch == 3  # stop after the third epoch
+
+    result = train(cfg(model="case-attention", epochs=10), synth, on_epoch=on_epoch)
+    assert [e for e, _ in seen] == [1, 2, 3] and len(result.history) == 3
+    assert result.stopped_early
+    m = seen[-1][1]
+    for key in ("train_loss", "train_macro_f1", "val_loss", "val_macro_f1", "val_weighted_f1",
+                "val_micro_f1", "val_seed_micro_f1", "val_f1_neutral", "train_seed_micro_f1"):  # fmt: skip
+        assert key in m and np.isfinite(m[key]), key
+    best = max(range(3), key=lambda i: result.history[i]["val_macro_f1"])
+    assert result.best_epoch == best + 1
+    assert result.best_metrics == result.history[best]
+    assert synth.accessed <= {"train", "val"}
+    assert set(result.state_dict) >= {"text_proj.weight", "classifier.4.bias"}
+
+
+def test_deterministic_on_cpu(tiny) -> None:
+    c = cfg(model="case-compressing", epochs=3, batch_size=10, contrastive="supervised")
+    a, b = train(c, tiny), train(c, tiny)
+    assert same(strip_time(a.history), strip_time(b.history))
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+    other = train(c.replace(seed=1), tiny)
+    assert not same(strip_time(a.history), strip_time(other.history))
+
+
+@pytest.mark.parametrize(
+    "extra", [{"model": "case-attention"}, {"model": "case-compressing", "audio_frames": 40}]
+)
+def test_streamed_and_resident_give_the_same_history(tiny, monkeypatch, extra) -> None:
+    c = cfg(epochs=2, batch_size=10, **extra)
+    resident = train(c, tiny)
+    monkeypatch.setenv("CASE_TUNE_RESIDENT_MAX_BYTES", "1")
+    streamed = train(c, tiny)
+    assert any("streamed" in n for n in streamed.notes)
+    assert same(strip_time(resident.history), strip_time(streamed.history))
+
+
+@pytest.mark.parametrize("model", ["case-concat-compressing", "mmm", "speech-only", "concat"])
+def test_options_train(tiny, model) -> None:
+    c = cfg(model=model, epochs=1, batch_size=10, loss="focal", focal_gamma=2.0,
+            class_weights="inverse_sqrt", schedule="cosine", grad_clip=1.0,
+            contrastive="infonce" if model != "speech-only" else "supervised",
+            audio_frames=16 if model != "concat" else 40, label_smoothing=0.1, amp=True)  # fmt: skip
+    result = train(c, tiny)
+    assert np.isfinite(result.history[-1]["train_loss"])
+    assert np.isfinite(result.history[-1]["val_loss"])
+    assert any("amp ignored" in n for n in result.notes)
+
+
+def test_batch_size_one(tiny) -> None:
+    c = cfg(model="case-attention", epochs=1, batch_size=1, contrastive="supervised")
+    result = train(c, tiny)
+    assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(
+        result.history[0]["val_loss"]
+    )
+
+
+def test_non_finite_loss_names_epoch_and_step(tiny) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+") as info:
+        train(cfg(model="concat", lr=1e30, epochs=2, batch_size=10), tiny)
+    assert info.value.epoch == 1 and info.value.step >= 2
+
+
+def test_checkpoints_round_trip(tiny, tmp_path) -> None:
+    c = cfg(model="case-compressing", epochs=4, batch_size=10)
+    result = train(c, tiny, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0002.pt", "epoch_0004.pt"]
+    raw = torch.load(tmp_path / "epoch_0004.pt", weights_only=True)
+    assert raw["epoch"] == 4 and raw["config"] == c.to_dict()
+    assert raw["metrics"]["val_macro_f1"] == result.history[3]["val_macro_f1"]
+    model, config = load_checkpoint(tmp_path / "epoch_0004.pt", tiny)
+    assert config == c
+    for k, v in result.state_dict.items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def test_sealed_test_split_is_never_read(tiny) -> None:
+    with pytest.raises(SplitSealedError):
+        train(cfg(model="text-only", epochs=1), tiny, eval_splits=("val", "test"))
+
+
+@pytest.mark.parametrize("budget", [10**12, None, 0])  # fp32, fp16 resident, streamed
+@pytest.mark.parametrize("frames", [16, 24, 40])
+def test_batches_equal_the_store_rows(tiny, budget, frames) -> None:
+    rows = tiny.indices("train")
+    if budget is None:  # fits as fp16 only
+        budget = 2 * len(rows) * (16 * 10 + 12 * frames + 16) + 1
+    data = load_split(tiny, "train", uses=frozenset({"text", "audio", "text_pooled"}),
+                      frames=frames, trim=frozenset({"text", "audio"}),
+                      device=torch.device("cpu"), budget=budget)  # fmt: skip
+    expected_dtype = {10**12: torch.float32, 0: None}.get(budget, torch.float16)
+    assert (data.arrays["text"].dtype if data.resident else None) == expected_dtype
+    for idx in ([5, 0, 17], [3], list(range(len(rows)))[:10]):
+        b = data.batch(torch.tensor(idx))
+        r = rows[idx]
+        tl = np.minimum(tiny.text_len[r], 10)
+        al = np.minimum(tiny.audio_len[r], frames)
+        assert b["text"].shape == (len(idx), tl.max(), 16)
+        assert b["audio"].shape == (len(idx), al.max(), 12)
+        np.testing.assert_array_equal(
+            b["text"].numpy(), tiny.text[r, : tl.max()].astype(np.float32)
+        )
+        np.testing.assert_array_equal(
+            b["audio"].numpy(), tiny.audio[r, : al.max()].astype(np.float32)
+        )
+        np.testing.assert_array_equal(
+            b["text_pooled"].numpy(), tiny.text_pooled[r].astype(np.float32)
+        )
+        np.testing.assert_array_equal(b["audio_len"].numpy(), al)
+
+
+def test_schedules() -> None:
+    c = TrainConfig.from_dict({"schedule": "linear_warmup", "warmup_ratio": 0.1})
+    f = lr_lambda(c, 100)
+    assert [f(0), f(5), f(10), f(55), f(100)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
+    g = lr_lambda(c.replace(schedule="cosine"), 100)
+    assert [g(10), g(55), g(100)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_lambda(c.replace(schedule="none"), 100)(50) == 1.0
+
+
+def test_cli_prints_a_table(tiny, capsys) -> None:
+    from models.train import main
+
+    main(["--model", "text-only", "--data", str(tiny.path), "--epochs", "2", "--lr", "1e-3",
+          "--set", "hidden=16", "--set", "weight_decay=1e-2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "all-neutral val" in out and "macro" in out and "best epoch" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2
+
+
+@pytest.fixture
+def demo(request) -> FeatureStore:
+    try:
+        path = request.getfixturevalue("demo_store")
+    except pytest.FixtureLookupError:
+        pytest.skip("the demo_store fixture is not defined yet")
+    return FeatureStore.open(path, sealed=("test",))
+
+
+def test_on_demo_store_fusion_beats_unimodal(demo) -> None:
+    baseline = all_neutral_metrics(demo.labels("val"), "val")["val_macro_f1"]
+    # 5 training rows per emotion: without class weights every head (and a logistic
+    # regression) predicts all-neutral.
+    c = cfg(epochs=15, class_weights="inverse")
+    scores = {m: train(c.replace(model=m), demo).best_metrics["val_macro_f1"]
+              for m in ("case-compressing", "text-only", "speech-only")}  # fmt: skip
+    assert scores["case-compressing"] > baseline + 0.15, (scores, baseline)
+    assert scores["case-compressing"] > max(scores["text-only"], scores["speech-only"]), scores
