@@ -47,6 +47,10 @@ class NonFiniteLossError(FloatingPointError):
         )
         self.epoch, self.step, self.value = epoch, step, value
 
+    def __reduce__(self):
+        # Ray ships exceptions between processes by pickling; rebuild from our own arguments.
+        return (type(self), (self.epoch, self.step, self.value))
+
 
 @dataclass
 class TrainResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -129,6 +130,9 @@ def test_non_finite_loss_names_epoch_and_step(tiny) -> None:
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+") as info:
         train(cfg(model="concat", lr=1e30, epochs=2, batch_size=10), tiny)
     assert info.value.epoch == 1 and info.value.step >= 2
+    # Ray moves trial errors between processes by pickling: the error must survive that.
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.epoch, copy.step, str(copy)) == (info.value.epoch, info.value.step, str(info.value))
 
 
 def test_checkpoints_round_trip(tiny, tmp_path) -> None:

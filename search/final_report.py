@@ -1,0 +1,383 @@
+"""What `search.finalize` writes for people to read: the seed-style table, CSVs and figures.
+
+Everything here is computed from the finished units' JSON records (one per (config, seed)), so
+a resumed finalize rebuilds the same files from the same records. Files, under results/<sweep>/:
+
+    final.md                 the table in the seed's format (mean ± std over seeds, x100),
+                             the all-neutral baseline, the published numbers when comparable,
+                             per-class F1 of the best row, and how every number was chosen
+    final.csv                one row per config: means and stds of every test metric, for the
+                             epoch chosen by validation and for the seed's fixed epoch 120
+    final_runs.csv           one row per (config, seed): the same metrics, unaggregated
+    final_macro_f1.png       macro-F1 per config, mean with spread over seeds
+    final_confusion.png      confusion matrix of the best row (summed over seeds)
+
+The "best row" is the config with the highest mean *validation* macro-F1 at its chosen epochs:
+test numbers never pick anything, not even which row gets the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The four numbers of every row; the first three are the seed's table columns.
+METRICS = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
+HEADINGS = {
+    "macro_f1": "Macro-F1",
+    "seed_micro_f1": "Seed Micro-F1 (non-neutral rows)",
+    "weighted_f1": "Weighted-F1",
+    "micro_f1": "Micro-F1 (= accuracy)",
+}
+SEED_MICRO_DEFINITION = (
+    '*Seed Micro-F1 (non-neutral rows)*: the seed\'s "Micro-F1" — micro-F1 over the test rows '
+    "whose gold label is not neutral, i.e. accuracy on the emotional utterances; it is not the "
+    "usual micro-F1, which is the last column (accuracy over all rows)."
+)
+
+# The seed README's table (KEMDy20 test sessions, epoch 120, mean of seeds 0/42/2023):
+# Macro / "Micro" (non-neutral rows) / Weighted, x100. Unimodal rows come from its notebook.
+PUBLISHED: dict[str, tuple[str, float, float, float, str]] = {
+    "case-compressing": ("CASE (compressing)", 32.82, 43.77, 87.89, "README"),
+    "case-attention": ("CASE (attention)", 27.91, 39.15, 86.60, "README"),
+    "concat": ("Concat", 30.16, 40.54, 87.94, "README"),
+    "mmm": ("MMM", 30.01, 40.07, 86.94, "README"),
+    "case-concat-compressing": ("CASE-concat (compressing)", 31.62, 45.34, 88.40, "README"),
+    "case-concat-attention": ("CASE-concat (attention)", 26.49, 34.53, 86.51, "README"),
+    "text-only": ("text_only", 14.45, 0.55, 80.13, "notebook"),
+    "speech-only": ("speech_only", 17.86, 14.40, 83.63, "notebook"),
+}
+SEED_ENCODERS = ("klue/bert-base", "kresnik/wav2vec2-large-xlsr-korean")
+DEMO_NOTE = "demo corpus: not comparable with the published KEMDy20 numbers"
+
+
+# -- which corpus ---------------------------------------------------------------------------
+def corpus_kind(manifest: Mapping[str, Any]) -> str:
+    """ "demo", "kemdy20" (the seed's corpus and encoders), or "other" (anything else).
+
+    The store manifest names the corpus folder and the encoders; the demo corpus is written
+    as ``demo-*`` and encoded by the locally built ``demo-*`` encoders. An explicit
+    ``corpus.kind`` in the manifest wins if data_prep ever writes one.
+    """
+    corpus = manifest.get("corpus") or {}
+    if isinstance(corpus, Mapping) and corpus.get("kind") in ("demo", "kemdy20"):
+        kind = str(corpus["kind"])
+    else:
+        name = str(corpus.get("name", "")) if isinstance(corpus, Mapping) else ""
+        encoders = manifest.get("encoders") or {}
+        enc_names = [str((encoders.get(m) or {}).get("name", "")) for m in ("text", "audio")]
+        if name.startswith("demo-") or any(n.startswith("demo-") for n in enc_names):
+            return "demo"
+        kind = "kemdy20"
+    if kind == "kemdy20":
+        encoders = manifest.get("encoders") or {}
+        names = tuple(str((encoders.get(m) or {}).get("name", "")) for m in ("text", "audio"))
+        if names != SEED_ENCODERS:
+            return "other"
+    return kind
+
+
+# -- aggregation ----------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One config of the table: its per-seed test metrics at the chosen and the fixed epoch."""
+
+    key: str
+    label: str
+    model: str
+    rank: int | None
+    trial_id: str
+    seeds: list[int] = field(default_factory=list)
+    chosen_epochs: list[int] = field(default_factory=list)
+    fixed_epochs: list[int] = field(default_factory=list)
+    chosen: dict[str, list[float]] = field(default_factory=dict)  # test_* metric -> per seed
+    fixed: dict[str, list[float]] = field(default_factory=dict)
+    val_chosen: list[float] = field(default_factory=list)  # val macro-F1 at the chosen epoch
+    units: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def val_score(self) -> float:
+        vals = [v for v in self.val_chosen if math.isfinite(v)]
+        return float(np.mean(vals)) if vals else -math.inf
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single seed)."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+
+
+def fmt_pm(values: Sequence[float]) -> str:
+    """``mean ± std`` in percent with two decimals, as in the seed's table."""
+    m, s = mean_std(values)
+    if not math.isfinite(m):
+        return "—"
+    return f"{100 * m:.2f} ± {100 * s:.2f}" if math.isfinite(s) else f"{100 * m:.2f}"
+
+
+def build_rows(
+    candidates: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, Any]]
+) -> list[Row]:
+    """Rows in candidate order; each collects the finished units of its config, by seed."""
+    rows = []
+    for c in candidates:
+        row = Row(key=c["key"], label=c["label"], model=c["model"], rank=c.get("rank"),
+                  trial_id=c.get("trial_id", ""))  # fmt: skip
+        mine = sorted((u for u in units if u["candidate"] == c["key"]), key=lambda u: u["seed"])
+        for u in mine:
+            row.units.append(dict(u))
+            row.seeds.append(int(u["seed"]))
+            ce, fe = int(u["chosen_epoch"]), int(u["fixed_epoch"])
+            row.chosen_epochs.append(ce)
+            row.fixed_epochs.append(fe)
+            t_ch = u["test_at_checkpoint"][str(ce)]
+            t_fx = u["test_at_checkpoint"][str(fe)]
+            for m in (*METRICS, *[k[5:] for k in t_ch if k.startswith("test_f1_")]):
+                row.chosen.setdefault(m, []).append(float(t_ch.get(f"test_{m}", math.nan)))
+                row.fixed.setdefault(m, []).append(float(t_fx.get(f"test_{m}", math.nan)))
+            row.val_chosen.append(float(u["val_at_checkpoint"][str(ce)]))
+        rows.append(row)
+    return rows
+
+
+def best_row(rows: Sequence[Row]) -> Row | None:
+    """The row with the highest mean validation macro-F1 at its chosen epochs (never test)."""
+    scored = [r for r in rows if r.seeds and math.isfinite(r.val_score)]
+    return max(scored, key=lambda r: r.val_score) if scored else None
+
+
+def _epochs_text(epochs: Sequence[int]) -> str:
+    return ", ".join(str(e) for e in epochs) if epochs else "—"
+
+
+# -- files ----------------------------------------------------------------------------------
+def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
+    per_config = out_dir / "final.csv"
+    per_run = out_dir / "final_runs.csv"
+    cols = ["label", "model", "sweep_rank", "trial_id", "seeds", "chosen_epochs",
+            "fixed_epochs", "val_macro_f1_mean"]  # fmt: skip
+    for proto in ("chosen", "fixed120"):
+        for m in METRICS:
+            cols += [f"{proto}_test_{m}_mean", f"{proto}_test_{m}_std"]
+    with per_config.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            rec: dict[str, Any] = {
+                "label": r.label, "model": r.model, "sweep_rank": r.rank, "trial_id": r.trial_id,
+                "seeds": " ".join(map(str, r.seeds)),
+                "chosen_epochs": " ".join(map(str, r.chosen_epochs)),
+                "fixed_epochs": " ".join(map(str, r.fixed_epochs)),
+                "val_macro_f1_mean": mean_std(r.val_chosen)[0],
+            }  # fmt: skip
+            for proto, src in (("chosen", r.chosen), ("fixed120", r.fixed)):
+                for m in METRICS:
+                    mean, std = mean_std(src.get(m, []))
+                    rec[f"{proto}_test_{m}_mean"], rec[f"{proto}_test_{m}_std"] = mean, std
+            w.writerow(rec)
+    with per_run.open("w", newline="", encoding="utf-8") as fh:
+        rcols = ["label", "model", "seed", "unit_id", "mlflow_run_id", "chosen_epoch",
+                 "val_macro_f1_at_chosen", "fixed_epoch"]  # fmt: skip
+        rcols += [f"chosen_test_{m}" for m in METRICS] + [f"fixed120_test_{m}" for m in METRICS]
+        w = csv.DictWriter(fh, fieldnames=rcols)
+        w.writeheader()
+        for r in rows:
+            for i, u in enumerate(r.units):
+                rec = {"label": r.label, "model": r.model, "seed": r.seeds[i],
+                       "unit_id": u["unit_id"], "mlflow_run_id": u.get("mlflow_run_id", ""),
+                       "chosen_epoch": r.chosen_epochs[i], "val_macro_f1_at_chosen": r.val_chosen[i],
+                       "fixed_epoch": r.fixed_epochs[i]}  # fmt: skip
+                for m in METRICS:
+                    rec[f"chosen_test_{m}"] = r.chosen[m][i]
+                    rec[f"fixed120_test_{m}"] = r.fixed[m][i]
+                w.writerow(rec)
+    return per_config, per_run
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_macro_f1(rows: Sequence[Row], baseline_macro: float, path: Path) -> Path:
+    """Bars = mean test macro-F1 at the validation-chosen epoch; dots = single seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.seeds]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(shown) + 2), 3.8))
+    for i, r in enumerate(shown):
+        vals = [100 * v for v in r.chosen["macro_f1"]]
+        m, s = mean_std(vals)
+        ax.bar(i, m, yerr=s if math.isfinite(s) else None, color="tab:blue", alpha=0.75,
+               capsize=4)  # fmt: skip
+        ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
+        ax.text(i + 0.08, m, f"{m:.1f}", ha="left", va="bottom", fontsize=8)
+    if math.isfinite(baseline_macro):
+        ax.axhline(100 * baseline_macro, color="tab:red", ls="--", lw=1, label="all-neutral")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=20, ha="right",
+                  fontsize=8)  # fmt: skip
+    ax.set_ylabel("test macro-F1 (x100)")
+    ax.set_title(
+        "Test macro-F1 per config at the epoch chosen by validation\n"
+        "bar = mean over seeds, whisker = std, dots = single seeds",
+        fontsize=9,
+    )
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="row fraction")
+    return _save(fig, path)
+
+
+def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
+           published: bool) -> list[str]:  # fmt: skip
+    epoch_head = "Epochs (chosen by val macro-F1)" if proto == "chosen" else "Epoch used"
+    head = ["Model", "Sweep rank", *(HEADINGS[m] for m in METRICS), epoch_head, "Seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        src = r.chosen if proto == "chosen" else r.fixed
+        epochs = r.chosen_epochs if proto == "chosen" else r.fixed_epochs
+        cells = [r.label, str(r.rank) if r.rank else "—",
+                 *(fmt_pm(src.get(m, [])) for m in METRICS), _epochs_text(epochs),
+                 " ".join(map(str, r.seeds)) or "none finished"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    base = [f"{100 * baseline.get(f'test_{m}', math.nan):.2f}" for m in METRICS]
+    base = [b if b != "nan" else "—" for b in base]
+    lines.append(f"| *all-neutral baseline (same test split)* | — | {' | '.join(base)} | — | — |")
+    if published:
+        for model in dict.fromkeys([r.model for r in rows] + list(PUBLISHED)):
+            if model not in PUBLISHED:
+                continue
+            name, macro, micro, weighted, source = PUBLISHED[model]
+            lines.append(
+                f"| *{name} — published on KEMDy20 (seed {source})* | — | {macro:.2f} | "
+                f"{micro:.2f} | {weighted:.2f} | — | 120 (picked on test) | 0 42 2023 |"
+            )
+    return lines
+
+
+def write_markdown(
+    path: Path,
+    rows: Sequence[Row],
+    *,
+    baseline: Mapping[str, float],
+    kind: str,
+    header: Mapping[str, Any],
+    label_names: Sequence[str],
+    best: Row | None,
+    failed: Sequence[str] = (),
+    figures: Mapping[str, str] | None = None,
+) -> Path:
+    """The seed-style Markdown report. ``header`` holds command, store_key, date, sweep and
+    tracking details; ``kind`` is :func:`corpus_kind` of the store."""
+    h = header
+    lines = [
+        f"# Final results — sweep `{h['sweep']}`",
+        "",
+        f"- Command: `{h['command']}`",
+        *(f"- Resumed with: `{c}`" for c in h.get("resumed_commands", [])),
+        f"- Data store key: `{h['store_key']}` ({kind} corpus)",
+        f"- Date: {h['date']}",
+        f"- Protocol: each config retrained for {h['epochs']} epochs on the training sessions, "
+        f"once per seed ({' '.join(map(str, h['seeds']))}), checkpointed every {h['every']} "
+        "epochs; validation scored every epoch, test scored once per checkpoint after training.",
+        f"- MLflow: parent run `{h.get('parent_run_id', '')}` in `{h.get('tracking_uri', '')}`",
+        "",
+    ]
+    if kind == "demo":
+        lines += [f"**{DEMO_NOTE}.** The published rows are therefore not shown.", ""]
+    elif kind == "other":
+        lines += [
+            "**Not the seed's setting** (a KEMDy20-format corpus with other encoders than "
+            f"{' / '.join(SEED_ENCODERS)}): the published numbers are not shown.",
+            "",
+        ]
+    lines += [
+        "## Test scores at the epoch chosen by validation",
+        "",
+        "Mean ± sample standard deviation over seeds, x100. For each seed the reported epoch "
+        "is the checkpoint with the highest validation macro-F1 (ties: earliest); test never "
+        "chose anything.",
+        "",
+        *_table(rows, "chosen", baseline, published=kind == "kemdy20"),
+        "",
+        SEED_MICRO_DEFINITION,
+        "",
+        f"## The seed's protocol: fixed epoch {h.get('fixed_target', 120)} (for comparison)",
+        "",
+        f"The checkpoint at epoch {h.get('fixed_target', 120)} (or the last checkpoint before "
+        "it when training is shorter), as the seed reported — an epoch the seed picked while "
+        "looking at test scores. The epoch actually used is in the table.",
+        "",
+        *_table(rows, "fixed", baseline, published=False),
+        "",
+    ]
+    if kind == "kemdy20":
+        lines += [
+            "Published rows: the seed README's table (KEMDy20, epoch 120, seeds 0/42/2023); "
+            "unimodal rows from the seed's notebook. Published rows have no ordinary "
+            "micro-F1.",
+            "",
+        ]
+    if best is not None:
+        lines += [
+            f"## Best row: {best.label}",
+            "",
+            f"Chosen by mean validation macro-F1 at the chosen epochs ({best.val_score:.4f}). "
+            "Per-class test F1 (x100, mean ± std over seeds):",
+            "",
+            "| " + " | ".join(label_names) + " |",
+            "|" + "---|" * len(label_names),
+            "| " + " | ".join(fmt_pm(best.chosen.get(f"f1_{n}", [])) for n in label_names) + " |",
+            "",
+        ]
+        if figures and figures.get("confusion"):
+            lines += [
+                f"Confusion matrix (test, summed over seeds): ![]({figures['confusion']})",
+                "",
+            ]
+    if figures and figures.get("macro"):
+        lines += [f"![test macro-F1 per config]({figures['macro']})", ""]
+    if failed:
+        lines += ["## Units that failed", "", *(f"- {f}" for f in failed), ""]
+    lines += [
+        "Files: `final.csv` (per config), `final_runs.csv` (per config and seed), "
+        "`final/units/*.json` (the raw records this page is built from).",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

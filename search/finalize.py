@@ -1,0 +1,864 @@
+"""`python -m search.finalize --sweep NAME`: retrain a sweep's best configs and score test once.
+
+The top-K configs of `results/<sweep>/best_configs.yaml` (by validation macro-F1), plus with
+`--models` the best config of each named model family, are retrained for `--epochs` on the
+training sessions, once per seed, as Ray tasks (the resources of `search.run`), checkpointing
+every `--every` epochs. Validation is scored every epoch; after training, and only then, each
+checkpoint is scored once on the test sessions. The reported epoch of a (config, seed) is the
+checkpoint with the highest validation macro-F1; the seed's fixed epoch 120 is reported beside
+it for comparison. This is the only code that opens the feature store without sealing test.
+
+Layout under results/<sweep>/:
+    final.md, final.csv, final_runs.csv, final_*.png    (search/final_report.py)
+    final/state.json          the plan, the MLflow parent run, the commands that ran
+    final/units/<unit>.json   one finished (config, seed), written atomically when it ends
+    final/checkpoints/<unit>/ the chosen (and fixed-epoch) checkpoints (git-ignored)
+
+A killed finalize continues with `--resume`: finished units are read back, not retrained, and
+MLflow runs a dead driver left RUNNING are ended KILLED and deleted, so each unit ends with
+exactly one active run. Tracking is done from the driver through `search.tracking`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repo's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from search.settings import (  # noqa: E402
+    SWEEP_MANIFEST,
+    UsageError,
+    default_tracking_uri,
+)
+
+EXIT_USAGE = 2
+_PROG = "search.finalize"
+DEFAULT_TOP_K = 3
+DEFAULT_EPOCHS = 150
+DEFAULT_EVERY = 30
+DEFAULT_SEEDS = (0, 42, 2023)
+DEFAULT_MAX_CONCURRENT = 2
+FIXED_EPOCH = 120  # the seed's reported epoch
+BEST_CONFIGS = "best_configs.yaml"
+FINAL_DIR = "final"
+STATE = "state.json"
+# MLflow tags of finalize runs (beside search.tracking's KIND/SPACE/MODEL/SWEEP/PARENT).
+UNIT = "case_tune.unit"
+SEED = "case_tune.seed"
+SOURCE_TRIAL = "case_tune.source_trial"
+TEST_READ = "case_tune.test_read"
+# Settings that define the plan: a resume must not change them.
+PLAN_KEYS = ("top_k", "epochs", "every", "seeds", "models", "tracking_uri")
+
+
+# -- settings -------------------------------------------------------------------------------
+@dataclass
+class FinalizeSettings:
+    sweep: str
+    results_dir: str
+    top_k: int = DEFAULT_TOP_K
+    epochs: int = DEFAULT_EPOCHS
+    every: int = DEFAULT_EVERY
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    models: list[str] = field(default_factory=list)
+    tracking_uri: str = ""
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    resume: bool = False
+    command: str = ""
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.results_dir) / self.sweep
+
+    @property
+    def out_dir(self) -> Path:
+        return self.sweep_dir / FINAL_DIR
+
+    @property
+    def units_dir(self) -> Path:
+        return self.out_dir / "units"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.finalize",
+        description="Retrain a sweep's best configs over several seeds and score the test "
+        "sessions once per checkpoint (epoch chosen by validation).",
+    )
+    p.add_argument("--sweep", required=True, help="sweep name (results/<sweep>/best_configs.yaml)")
+    p.add_argument(
+        "--top-k", type=int, help=f"best configs by val macro-F1 (default {DEFAULT_TOP_K})"
+    )
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="also the best config of each of these model families ('all' = every "
+                   "family the sweep tried)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS})")
+    p.add_argument("--every", type=int, help=f"checkpoint every N epochs (default {DEFAULT_EVERY})")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 42 2023)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's)")
+    p.add_argument("--results-dir", help="folder holding results/<sweep>/ (default ./results)")
+    p.add_argument(
+        "--max-concurrent", type=int, help=f"runs at once (default {DEFAULT_MAX_CONCURRENT})"
+    )
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default 1)")
+    p.add_argument(
+        "--gpus-per-trial", type=float, help="GPUs per run, may be fractional (default 0)"
+    )
+    p.add_argument("--address", help="Ray cluster address ('auto' or host:port); default local")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted finalize")
+    return p
+
+
+def _known_sweeps(results_dir: Path) -> str:
+    names = sorted(p.parent.name for p in results_dir.glob(f"*/{BEST_CONFIGS}"))
+    return ", ".join(names) or "none"
+
+
+def _check_resources(cpus: float, gpus: float) -> None:
+    # Same rules as search.settings.parse_settings (which has them inline).
+    if not math.isfinite(cpus) or cpus <= 0:
+        raise UsageError(f"--cpus-per-trial must be > 0 (fractions allowed), got {cpus}")
+    if not math.isfinite(gpus) or gpus < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0 (fractions share a GPU), got {gpus}")
+    if gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, *, cwd: Path | None = None
+) -> FinalizeSettings:
+    """Parse and validate the command line; raises UsageError (never SystemExit but --help)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+
+    def _error(message: str) -> None:
+        raise UsageError(f"{message} (see `python -m search.finalize --help`)")
+
+    parser.error = _error  # type: ignore[method-assign]
+    a = parser.parse_args(argv)
+    cwd = (cwd or Path.cwd()).resolve()
+    results_dir = Path(a.results_dir or "results").expanduser()
+    results_dir = results_dir if results_dir.is_absolute() else (cwd / results_dir).resolve()
+    sweep_dir = results_dir / a.sweep
+    if not (sweep_dir / BEST_CONFIGS).is_file():
+        raise UsageError(
+            f"--sweep {a.sweep}: no {BEST_CONFIGS} in {sweep_dir}; known sweeps under "
+            f"{results_dir}: {_known_sweeps(results_dir)}"
+        )
+    s = FinalizeSettings(sweep=a.sweep, results_dir=str(results_dir))
+    s.command = "python -m search.finalize " + shlex.join(argv)
+    if a.top_k is not None:
+        s.top_k = a.top_k
+    if a.epochs is not None:
+        s.epochs = a.epochs
+    if a.every is not None:
+        s.every = a.every
+    if a.seeds is not None:
+        s.seeds = list(dict.fromkeys(a.seeds))
+    if a.models is not None:
+        s.models = list(dict.fromkeys(a.models))
+    if a.max_concurrent is not None:
+        s.max_concurrent = a.max_concurrent
+    s.cpus_per_trial = 1.0 if a.cpus_per_trial is None else a.cpus_per_trial
+    s.gpus_per_trial = 0.0 if a.gpus_per_trial is None else a.gpus_per_trial
+    s.address = a.address
+    s.resume = a.resume
+    if a.tracking_uri:
+        s.tracking_uri = _absolute_uri(a.tracking_uri, cwd)
+    else:
+        manifest = sweep_dir / SWEEP_MANIFEST
+        saved = {}
+        if manifest.is_file():
+            with contextlib.suppress(ValueError):
+                saved = json.loads(manifest.read_text(encoding="utf-8"))
+        s.tracking_uri = saved.get("tracking_uri") or default_tracking_uri(cwd)
+
+    state_path = s.state_path
+    if s.resume and state_path.is_file():
+        saved = json.loads(state_path.read_text(encoding="utf-8"))["settings"]
+        given = {"top_k": a.top_k, "epochs": a.epochs, "every": a.every, "seeds": a.seeds,
+                 "models": a.models, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
+        for key in PLAN_KEYS:
+            if given[key] is not None and getattr(s, key) != saved[key]:
+                raise UsageError(
+                    f"--resume: --{key.replace('_', '-')} {getattr(s, key)} differs from the "
+                    f"interrupted finalize's {saved[key]}; drop the flag to resume it"
+                )
+            setattr(s, key, saved[key])
+    if s.top_k < 0 or (s.top_k == 0 and not s.models):
+        raise UsageError(f"--top-k must be >= 1 (or 0 with --models), got {s.top_k}")
+    if s.epochs <= 0:
+        raise UsageError(f"--epochs must be a positive integer, got {s.epochs}")
+    if s.every <= 0 or s.every > s.epochs:
+        raise UsageError(
+            f"--every must be between 1 and --epochs ({s.epochs}), got {s.every}: no checkpoint "
+            "would be written"
+        )
+    if any(seed < 0 for seed in s.seeds):
+        raise UsageError(f"--seeds must be >= 0, got {s.seeds}")
+    if s.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent must be >= 1, got {s.max_concurrent}")
+    _check_resources(s.cpus_per_trial, s.gpus_per_trial)
+    if s.models:
+        from models.config import MODEL_NAMES
+
+        bad = [m for m in s.models if m != "all" and m not in MODEL_NAMES]
+        if bad:
+            raise UsageError(
+                f"--models: unknown model family {', '.join(bad)}; known: "
+                f"{', '.join(MODEL_NAMES)} (or 'all')"
+            )
+    if not s.resume and state_path.is_file():
+        raise UsageError(
+            f"sweep {s.sweep!r} already has a finalize in {s.out_dir}; add --resume to continue "
+            "it, or move that folder away to start over"
+        )
+    return s
+
+
+def _absolute_uri(uri: str, cwd: Path) -> str:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        db = db if db.is_absolute() else (cwd / db).resolve()
+        if not db.parent.is_dir():
+            raise UsageError(f"--tracking-uri {uri}: folder {db.parent} does not exist")
+        return f"sqlite:///{db}"
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise UsageError(f"--tracking-uri {uri!r}: expected a URI such as sqlite:////abs/mlflow.db")
+    return uri
+
+
+# -- the plan -------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One config to retrain, as chosen from the sweep (by validation only)."""
+
+    key: str
+    label: str
+    model: str
+    rank: int | None
+    trial_id: str
+    sweep_run_id: str
+    config: dict[str, Any]
+    val_metrics: dict[str, float]
+    why: str
+
+
+def load_best_configs(settings: FinalizeSettings) -> dict[str, Any]:
+    path = settings.sweep_dir / BEST_CONFIGS
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc}); run the sweep's results step again") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("top"), list):
+        raise UsageError(f"{path}: no 'top' list of configs; was it written by search.run?")
+    if not doc["top"]:
+        raise UsageError(f"{path}: the sweep has no scored trial to finalize")
+    return doc
+
+
+def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str]) -> list[Candidate]:
+    """The top-K entries, then the best entry of each family in ``models`` not already in."""
+    per_model: Mapping[str, Any] = doc.get("best_per_model") or {}
+    wanted = list(per_model) if "all" in models else list(models)
+    missing = [m for m in wanted if m not in per_model]
+    if missing:
+        raise UsageError(
+            f"--models: sweep {doc.get('sweep', '?')} has no scored trial of "
+            f"{', '.join(missing)}; families in it: {', '.join(per_model) or 'none'}"
+        )
+    picked: list[tuple[dict[str, Any], str]] = [(e, "top-k") for e in doc["top"][:top_k]]
+    seen = {e["trial_id"] for e, _ in picked}
+    for m in wanted:
+        e = per_model[m]
+        if e["trial_id"] not in seen:
+            picked.append((e, f"best {m}"))
+            seen.add(e["trial_id"])
+    out = []
+    for e, why in picked:
+        rank = e.get("rank")
+        out.append(Candidate(
+            key=f"r{int(rank or 0):02d}-{e['trial_id']}",
+            label=f"{e['model']} (#{rank} {e['trial_id']})",
+            model=e["model"], rank=rank, trial_id=str(e["trial_id"]),
+            sweep_run_id=str(e.get("mlflow_run_id", "")),
+            config=dict(e["config"]), val_metrics=dict(e.get("val_metrics") or {}), why=why,
+        ))  # fmt: skip
+    return out
+
+
+def unit_id(candidate: Candidate, seed: int) -> str:
+    return f"{candidate.key}-s{seed}"
+
+
+def unit_config(candidate: Candidate, seed: int, epochs: int) -> dict[str, Any]:
+    """The candidate's TrainConfig with the finalize's epochs and this seed (validated)."""
+    from models.config import ConfigError, TrainConfig
+
+    try:
+        return TrainConfig.from_dict({**candidate.config, "epochs": epochs, "seed": seed}).to_dict()
+    except ConfigError as exc:
+        raise UsageError(f"config of trial {candidate.trial_id} is invalid now: {exc}") from exc
+
+
+def checkpoint_epochs(epochs: int, every: int) -> list[int]:
+    """The epochs `models.train.train` writes a checkpoint at (multiples of ``every``)."""
+    return list(range(every, epochs + 1, every))
+
+
+def choose_epoch(val_macro_f1: Mapping[int, float], checkpoints: Sequence[int]) -> int:
+    """The checkpoint epoch with the highest validation macro-F1; ties and all-NaN go to the
+    earliest. Takes no test data by construction."""
+    if not checkpoints:
+        raise ValueError("no checkpoint epochs to choose from")
+    best, best_value = checkpoints[0], -math.inf
+    for e in checkpoints:
+        v = val_macro_f1.get(e, math.nan)
+        if math.isfinite(v) and v > best_value:
+            best, best_value = e, v
+    return best
+
+
+def fixed_epoch(checkpoints: Sequence[int], target: int = FIXED_EPOCH) -> int:
+    """The seed's epoch: the checkpoint at ``target``, else the last one before it (else the
+    first checkpoint, when every checkpoint is later than ``target``)."""
+    before = [e for e in checkpoints if e <= target]
+    return max(before) if before else min(checkpoints)
+
+
+# -- one unit (runs in a Ray worker) --------------------------------------------------------
+def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: int | None = None,
+             device: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train one (config, seed) with test sealed, then score each checkpoint on test once.
+
+    Returns plain data (history, val and test metrics per checkpoint, the chosen and fixed
+    epochs, test predictions, the bytes of the chosen/fixed checkpoints); writes nothing
+    outside a temporary folder, so it works on any node of a cluster.
+    """
+    import tempfile
+
+    import torch
+
+    from data_prep.store import FeatureStore
+    from models.config import TrainConfig
+    from models.data import load_split
+    from models.losses import Objective, class_weights
+    from models.metrics import classification_metrics
+    from models.train import evaluate, load_checkpoint, resolve_device, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.time()
+    config = TrainConfig.from_dict(dict(unit["config"]))
+    dev = resolve_device(device)
+    train_store = FeatureStore.open(store_path, sealed=("test",))
+    ckpts = checkpoint_epochs(config.epochs, every)
+    with tempfile.TemporaryDirectory(prefix="case-tune-final-") as tmp:
+        result = train(config, train_store, eval_splits=("val",), checkpoint_dir=tmp,
+                       checkpoint_every=every, device=dev)  # fmt: skip
+        history = [{k: float(v) for k, v in h.items()} for h in result.history]
+        val = {int(h["epoch"]): h.get("val_macro_f1", math.nan) for h in history}
+        chosen = choose_epoch(val, ckpts)
+        fixed = fixed_epoch(ckpts)
+        # Training is over: from here on the test split is read, once per checkpoint.
+        score_store = FeatureStore.open(store_path, sealed=())
+        names, n_cls = score_store.label_names, score_store.num_classes
+        weight = class_weights(score_store.labels("train"), n_cls, config.class_weights)
+        objective = Objective(config, weight).to(dev)
+        test_data = None
+        test_metrics: dict[str, dict[str, float]] = {}
+        test_pred: dict[str, list[int]] = {}
+        blobs: dict[str, bytes] = {}
+        for e in ckpts:
+            path = Path(tmp) / f"epoch_{e:04d}.pt"
+            model, _ = load_checkpoint(path, score_store)
+            model.to(dev)
+            if test_data is None:
+                frames = config.audio_frames or score_store.max_frames
+                test_data = load_split(score_store, "test", uses=model.uses, frames=frames,
+                                       trim=model.trim, device=dev)  # fmt: skip
+            loss, pred = evaluate(model, test_data, objective, config.batch_size,
+                                  contextlib.nullcontext)  # fmt: skip
+            m = classification_metrics(pred, test_data.labels.cpu(), "test", n_cls,
+                                       label_names=names)  # fmt: skip
+            m["test_loss"] = loss
+            test_metrics[str(e)] = {k: float(v) for k, v in m.items()}
+            test_pred[str(e)] = [int(x) for x in pred.tolist()]
+            if e in (chosen, fixed):
+                blobs[str(e)] = path.read_bytes()
+    return {
+        **dict(unit),
+        "checkpoint_epochs": ckpts,
+        "history": history,
+        "val_at_checkpoint": {str(e): float(val.get(e, math.nan)) for e in ckpts},
+        "test_at_checkpoint": test_metrics,
+        "test_pred": test_pred,
+        "chosen_epoch": chosen,
+        "fixed_epoch": fixed,
+        "fixed_target": FIXED_EPOCH,
+        "train_splits_read": sorted(train_store.accessed),
+        "score_splits_read": sorted(score_store.accessed),
+        "store_key": train_store.key,
+        "notes": list(result.notes),
+        "seconds": time.time() - started,
+        "host": os.uname().nodename,
+        "finished": _now(),
+        "_checkpoints": blobs,
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _unit_task(unit: dict[str, Any], store_path: str, every: int, threads: int,
+               device: str | None) -> dict[str, Any]:  # fmt: skip
+    return run_unit(unit, store_path, every=every, threads=threads, device=device)
+
+
+# -- persistence ----------------------------------------------------------------------------
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def finished_units(settings: FinalizeSettings) -> dict[str, dict[str, Any]]:
+    """Unit id -> record of every unit whose JSON was written (they are complete by design)."""
+    out = {}
+    if settings.units_dir.is_dir():
+        for p in sorted(settings.units_dir.glob("*.json")):
+            with contextlib.suppress(ValueError, OSError):
+                rec = json.loads(p.read_text(encoding="utf-8"))
+                out[rec["unit_id"]] = rec
+    return out
+
+
+def save_unit(settings: FinalizeSettings, record: dict[str, Any]) -> dict[str, Any]:
+    """Write the unit's checkpoints, then its JSON (last, atomically: it marks it finished)."""
+    blobs = record.pop("_checkpoints", {})
+    ck_dir = settings.checkpoints_dir / record["unit_id"]
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    ignore = settings.checkpoints_dir / ".gitignore"
+    if not ignore.exists():  # checkpoints are outputs, MBs each: keep them out of git
+        ignore.write_text("*\n", encoding="utf-8")
+    files = {}
+    for epoch, blob in blobs.items():
+        path = ck_dir / f"epoch_{int(epoch):04d}.pt"
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+        files[epoch] = str(path)
+    record["checkpoint_files"] = files
+    _write_json_atomic(settings.units_dir / f"{record['unit_id']}.json", record)
+    return record
+
+
+# -- MLflow ---------------------------------------------------------------------------------
+def _unit_runs(client: Any, exp_id: str, parent: str) -> list[Any]:
+    from mlflow.entities import ViewType
+
+    from search import tracking
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{tracking.PARENT}` = '{parent}' and tags.`{tracking.KIND}` = 'final'",
+            run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token,
+        )  # fmt: skip
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def clean_stale_runs(
+    client: Any, exp_id: str, parent: str, done: Mapping[str, Any]
+) -> dict[str, str]:
+    """Keep one FINISHED run per finished unit; end KILLED and delete every other unit run
+    (a dead driver's RUNNING ones, or a finished unit whose logging was cut). Returns unit ->
+    run id of the runs kept."""
+    keep: dict[str, str] = {}
+    for run in _unit_runs(client, exp_id, parent):
+        uid = run.data.tags.get(UNIT, "")
+        if uid in done and run.info.status == "FINISHED" and uid not in keep:
+            keep[uid] = run.info.run_id
+            continue
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "case_tune.status", "killed")
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.delete_run(run.info.run_id)
+    return keep
+
+
+def start_unit_run(client: Any, exp_id: str, parent: str, space: str, sweep: str,
+                   cand: Candidate, unit: Mapping[str, Any]) -> str:  # fmt: skip
+    from search import tracking
+
+    run = client.create_run(
+        exp_id,
+        run_name=f"final {cand.model} seed {unit['seed']}",
+        tags={tracking.PARENT: parent, tracking.KIND: "final", tracking.SPACE: space,
+              tracking.MODEL: cand.model, tracking.SWEEP: sweep, UNIT: unit["unit_id"],
+              SEED: str(unit["seed"]), SOURCE_TRIAL: cand.trial_id,
+              tracking.CONFIG: json.dumps(unit["config"], default=str)[:5000]},
+    )  # fmt: skip
+    tracking.log_params(client, run.info.run_id, unit["config"])
+    return run.info.run_id
+
+
+def log_unit(client: Any, run_id: str, record: Mapping[str, Any]) -> None:
+    """Per-epoch train/val metrics, test metrics at each checkpoint (step = epoch), the chosen
+    epoch, the chosen checkpoint as an artifact; then FINISHED."""
+    from mlflow.entities import Metric, RunTag
+
+    from search import tracking
+
+    now = int(time.time() * 1000)
+    ms = []
+    for h in record["history"]:
+        step = int(h["epoch"])
+        ms += [Metric(k, v, now, step) for k, v in tracking.trial_metrics(h).items()]
+    for e, m in record["test_at_checkpoint"].items():
+        ms += [Metric(k, float(v), now, int(e)) for k, v in m.items() if math.isfinite(v)]
+    ms += [Metric("chosen_epoch", float(record["chosen_epoch"]), now, 0),
+           Metric("fixed_epoch", float(record["fixed_epoch"]), now, 0)]  # fmt: skip
+    chosen = record["test_at_checkpoint"][str(record["chosen_epoch"])]
+    ms += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen.items() if math.isfinite(v)]
+    tags = [RunTag(tracking.SPLITS_READ, ",".join(record["train_splits_read"])),
+            RunTag(TEST_READ, "after training, once per checkpoint"),
+            RunTag("case_tune.status", "completed")]  # fmt: skip
+    for i in range(0, len(ms), 900):
+        client.log_batch(run_id, metrics=ms[i : i + 900], tags=tags if i == 0 else [],
+                         synchronous=True)  # fmt: skip
+    tracking.log_params(client, run_id, {"chosen_epoch": record["chosen_epoch"],
+                                         "fixed_epoch": record["fixed_epoch"]})  # fmt: skip
+    with contextlib.suppress(Exception):  # an unreachable artifact store must not lose a unit
+        path = record.get("checkpoint_files", {}).get(str(record["chosen_epoch"]))
+        if path:
+            client.log_artifact(run_id, path, "checkpoint")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def fail_unit_run(client: Any, run_id: str, error: str) -> None:
+    from search import tracking
+
+    client.set_tag(run_id, "case_tune.status", "failed")
+    client.set_tag(run_id, tracking.ERROR, error.strip().splitlines()[-1][:5000] if error else "")
+    with contextlib.suppress(Exception):
+        client.log_text(run_id, error, "error.txt")
+    client.set_terminated(run_id, "FAILED")
+
+
+# -- the command ----------------------------------------------------------------------------
+@dataclass
+class FinalizeOutcome:
+    sweep: str
+    out_dir: Path
+    report: Path | None
+    parent_run_id: str
+    tracking_uri: str
+    units_total: int = 0
+    units_run: int = 0
+    units_reused: int = 0
+    failed: list[str] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    files: list[Path] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def _store_path(doc: Mapping[str, Any], settings: FinalizeSettings) -> Path:
+    path = doc.get("store_path")
+    if not path:
+        manifest = settings.sweep_dir / SWEEP_MANIFEST
+        if manifest.is_file():
+            path = json.loads(manifest.read_text(encoding="utf-8")).get("store_path")
+    if not path:
+        raise UsageError(f"{settings.sweep_dir}: neither {BEST_CONFIGS} nor {SWEEP_MANIFEST} "
+                         "names the sweep's feature store")  # fmt: skip
+    return Path(path)
+
+
+def _space_name(doc: Mapping[str, Any], settings: FinalizeSettings) -> str:
+    manifest = settings.sweep_dir / SWEEP_MANIFEST
+    if manifest.is_file():
+        with contextlib.suppress(ValueError):
+            name = json.loads(manifest.read_text(encoding="utf-8")).get("space_name")
+            if name:
+                return str(name)
+    space = doc.get("space")
+    return space if isinstance(space, str) else ""
+
+
+def finalize(settings: FinalizeSettings, *, quiet: bool = False,
+             stop_after: int | None = None) -> FinalizeOutcome:  # fmt: skip
+    """Run (or resume) the finalize of one sweep; see the module docstring.
+
+    ``stop_after`` (tests): return after that many units finished in this call, without
+    writing the report, as if the driver had been killed (runs in flight are left RUNNING).
+    """
+    from data_prep.store import FeatureStore, StoreError
+
+    t0 = time.time()
+    say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    doc = load_best_configs(settings)
+    candidates = select_candidates(doc, settings.top_k, settings.models)
+    store_path = _store_path(doc, settings)
+    try:
+        store = FeatureStore.open(store_path, sealed=())  # the one unsealed opener
+    except (StoreError, OSError, ValueError) as exc:
+        raise UsageError(f"cannot open the sweep's feature store {store_path}: {exc}") from exc
+    if doc.get("store_key") and doc["store_key"] != store.key:
+        raise UsageError(f"store {store_path} has key {store.key}, the sweep used "
+                         f"{doc['store_key']}; the store was replaced")  # fmt: skip
+    units: list[dict[str, Any]] = []
+    by_key = {c.key: c for c in candidates}
+    for c in candidates:
+        for seed in settings.seeds:
+            units.append({"unit_id": unit_id(c, seed), "candidate": c.key, "model": c.model,
+                          "seed": seed, "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
+    space = _space_name(doc, settings)
+
+    from search import tracking
+    from search.run import init_ray
+
+    client = tracking.client_for(settings.tracking_uri)
+    exp_id = tracking.experiment_id(client, settings.tracking_uri)
+    state: dict[str, Any] = {}
+    if settings.resume and settings.state_path.is_file():
+        state = json.loads(settings.state_path.read_text(encoding="utf-8"))
+        parent = state["parent_run_id"]
+        tracking.reopen_run(client, parent)
+        state.setdefault("resumed_commands", []).append(settings.command)
+    else:
+        parent = client.create_run(
+            exp_id, run_name=f"final {settings.sweep}",
+            tags={tracking.KIND: "final", tracking.SPACE: space, tracking.SWEEP: settings.sweep,
+                  "case_tune.role": "finalize"},
+        ).info.run_id  # fmt: skip
+        tracking.log_params(client, parent, {
+            "sweep": settings.sweep, "top_k": settings.top_k, "models": ",".join(settings.models),
+            "epochs": settings.epochs, "every": settings.every,
+            "seeds": ",".join(map(str, settings.seeds)), "store_key": store.key,
+            "store_path": str(store_path), "num_units": len(units),
+            "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
+        })  # fmt: skip
+        state = {"sweep": settings.sweep, "parent_run_id": parent, "experiment_id": exp_id,
+                 "store_key": store.key, "store_path": str(store_path), "created": _now(),
+                 "settings": settings.to_dict(), "resumed_commands": []}  # fmt: skip
+    state["candidates"] = [asdict(c) for c in candidates]
+    _write_json_atomic(settings.state_path, state)
+
+    done = {k: v for k, v in finished_units(settings).items() if k in {u["unit_id"] for u in units}}
+    kept = clean_stale_runs(client, exp_id, parent, done)
+    for uid, rec in done.items():  # finished, but its MLflow run was lost with the driver
+        if uid not in kept:
+            run_id = start_unit_run(client, exp_id, parent, space, settings.sweep,
+                                    by_key[rec["candidate"]], rec)  # fmt: skip
+            rec["mlflow_run_id"] = run_id
+            _write_json_atomic(settings.units_dir / f"{uid}.json", rec)
+            log_unit(client, run_id, rec)
+    todo = [u for u in units if u["unit_id"] not in done]
+    outcome = FinalizeOutcome(sweep=settings.sweep, out_dir=settings.out_dir, report=None,
+                              parent_run_id=parent, tracking_uri=settings.tracking_uri,
+                              units_total=len(units), units_reused=len(done))  # fmt: skip
+    say(f"finalize {settings.sweep}: {len(candidates)} config(s) x {len(settings.seeds)} seed(s) "
+        f"= {len(units)} runs of {settings.epochs} epochs; {len(done)} already finished")  # fmt: skip
+
+    status = "FAILED"
+    started_ray = False
+    running: dict[Any, tuple[dict[str, Any], str]] = {}
+    try:
+        if todo:
+            started_ray = init_ray(settings)  # type: ignore[arg-type]  # same attribute names
+            import ray
+
+            device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
+            # By module path, not __main__'s copy: workers import it instead of unpickling code.
+            from search.finalize import _unit_task as unit_task
+
+            task = ray.remote(unit_task).options(
+                num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
+                max_retries=0,
+            )  # fmt: skip
+            threads = max(1, int(settings.cpus_per_trial))
+            queue = list(todo)
+            finished_now = 0
+            while queue or running:
+                while queue and len(running) < settings.max_concurrent:
+                    u = queue.pop(0)
+                    run_id = start_unit_run(client, exp_id, parent, space, settings.sweep,
+                                            by_key[u["candidate"]], u)  # fmt: skip
+                    ref = task.remote({**u, "mlflow_run_id": run_id}, str(store_path),
+                                      settings.every, threads, device)  # fmt: skip
+                    running[ref] = (u, run_id)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                u, run_id = running.pop(ready[0])
+                try:
+                    rec = ray.get(ready[0])
+                except Exception as exc:  # noqa: BLE001 - one failed unit must not stop others
+                    fail_unit_run(client, run_id, str(exc))
+                    outcome.failed.append(f"{u['unit_id']}: {str(exc).strip().splitlines()[-1]}")
+                    say(f"  FAILED {u['unit_id']}: {outcome.failed[-1]}")
+                    continue
+                rec = save_unit(settings, rec)
+                log_unit(client, run_id, rec)
+                done[rec["unit_id"]] = rec
+                outcome.units_run += 1
+                finished_now += 1
+                say(f"  [{len(done)}/{len(units)}] {rec['unit_id']}: chosen epoch "
+                    f"{rec['chosen_epoch']} (val macro-F1 "
+                    f"{rec['val_at_checkpoint'][str(rec['chosen_epoch'])]:.4f}), test macro-F1 "
+                    f"{rec['test_at_checkpoint'][str(rec['chosen_epoch'])]['test_macro_f1']:.4f}"
+                    f"  ({rec['seconds']:.0f} s)")  # fmt: skip
+                if stop_after is not None and finished_now >= stop_after:
+                    status = "INTERRUPTED"
+                    for ref in running:
+                        ray.cancel(ref, force=True)
+                    return outcome
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status in ("KILLED", "FAILED"):
+            for _u, run_id in running.values():
+                client.set_tag(run_id, "case_tune.status", status.lower())
+                client.set_terminated(run_id, status)
+            client.set_terminated(parent, status)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    outcome.files, outcome.best = write_report(settings, store, candidates, done, state,
+                                               outcome.failed)  # fmt: skip
+    outcome.report = settings.sweep_dir / "final.md"
+    for f in outcome.files:
+        with contextlib.suppress(Exception):
+            client.log_artifact(parent, str(f), "results")
+    metrics = {"units_finished": float(len(done)), "units_failed": float(len(outcome.failed))}
+    if outcome.best:
+        metrics.update({f"best_{k}": v for k, v in outcome.best["metrics"].items()})
+    tracking.finish_sweep_run(client, parent, status="FINISHED" if not outcome.failed else "FAILED",
+                              metrics=metrics,
+                              tags={"case_tune.best_label": (outcome.best or {}).get("label", "")})  # fmt: skip
+    outcome.wall_seconds = time.time() - t0
+    return outcome
+
+
+def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Candidate],
+                 done: Mapping[str, Mapping[str, Any]], state: Mapping[str, Any],
+                 failed: Sequence[str]) -> tuple[list[Path], dict[str, Any] | None]:  # fmt: skip
+    """final.md, final.csv, final_runs.csv and the figures, from the finished units."""
+    import numpy as np
+
+    from models.metrics import all_neutral_metrics, confusion_matrix
+    from search import final_report as fr
+
+    out = settings.sweep_dir
+    gold = store.labels("test")
+    names = store.label_names
+    baseline = all_neutral_metrics(gold, "test", store.num_classes, label_names=names)
+    cands = [asdict(c) for c in candidates]
+    rows = fr.build_rows(cands, list(done.values()))
+    best = fr.best_row(rows)
+    files = list(fr.write_csvs(rows, out))
+    figures: dict[str, str] = {}
+    if any(r.seeds for r in rows):
+        files.append(fr.plot_macro_f1(rows, baseline["test_macro_f1"], out / "final_macro_f1.png"))
+        figures["macro"] = files[-1].name
+    if best is not None:
+        cm = np.zeros((store.num_classes, store.num_classes), dtype=np.int64)
+        for u in best.units:
+            cm += confusion_matrix(u["test_pred"][str(u["chosen_epoch"])], gold, store.num_classes)
+        title = f"{best.label}: test, chosen epochs, summed over {len(best.units)} seed(s)"
+        files.append(fr.plot_confusion(cm, names, title, out / "final_confusion.png"))
+        figures["confusion"] = files[-1].name
+    header = {
+        "sweep": settings.sweep, "command": state["settings"].get("command") or settings.command,
+        "resumed_commands": state.get("resumed_commands", []), "store_key": store.key,
+        "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "every": settings.every,
+        "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
+        "tracking_uri": settings.tracking_uri, "fixed_target": FIXED_EPOCH,
+    }  # fmt: skip
+    kind = fr.corpus_kind(store.manifest)
+    md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
+                           label_names=names, best=best, failed=failed, figures=figures)  # fmt: skip
+    files.insert(0, md)
+    info = None
+    if best is not None:
+        info = {"label": best.label, "seeds": best.seeds, "chosen_epochs": best.chosen_epochs,
+                "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in fr.METRICS}}  # fmt: skip
+    return files, info
+
+
+def summary(outcome: FinalizeOutcome) -> str:
+    lines = [f"Finalize {outcome.sweep}: {outcome.units_total} runs ({outcome.units_run} trained "
+             f"now, {outcome.units_reused} reused), {len(outcome.failed)} failed, "
+             f"{outcome.wall_seconds / 60:.1f} min."]  # fmt: skip
+    if outcome.best:
+        b = outcome.best
+        m = b["metrics"]
+        lines.append(f"Best row (by validation): {b['label']} — test macro-F1 "
+                     f"{100 * m['test_macro_f1']:.2f}, seed micro-F1 {100 * m['test_seed_micro_f1']:.2f}, "
+                     f"weighted-F1 {100 * m['test_weighted_f1']:.2f} (mean of seeds {b['seeds']}, "
+                     f"epochs {b['chosen_epochs']})")  # fmt: skip
+    for f in outcome.failed:
+        lines.append(f"Failed:    {f}")
+    if outcome.report:
+        lines.append(f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
+                     f"records in {outcome.out_dir}/units/)")  # fmt: skip
+    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = None
+    try:
+        settings = parse_settings(argv)
+        outcome = finalize(settings)
+    except UsageError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sweep = settings.sweep if settings else "NAME"
+        print(f"{_PROG}: interrupted; continue with --sweep {sweep} --resume", file=sys.stderr)
+        return 130
+    print(summary(outcome), flush=True)
+    return 1 if outcome.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""A compact progress line per finished trial, printed by the driver."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from ray.tune import Callback
+
+
+class CompactProgress(Callback):
+    """One line per finished trial (Tune's own tables are too loud for 2 cores)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.best = -math.inf
+
+    def _line(self, trial: Any, status: str) -> None:
+        self.done += 1
+        r = trial.last_result or {}
+        best = r.get("val_macro_f1_best", float("nan"))
+        if isinstance(best, float) and math.isfinite(best):
+            self.best = max(self.best, best)
+        print(
+            f"[{self.done}/{self.total}] {trial.trial_id} {trial.config.get('model', '?'):<24} "
+            f"{status:<13} epochs {r.get('training_iteration', 0)}/{trial.config.get('epochs', '?')}"
+            f"  best val macro-F1 {best:.4f}  (sweep best {self.best:.4f})",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        early = r.get("training_iteration", 0) < trial.config.get("epochs", 0)
+        self._line(trial, "stopped early" if early else "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from search.tracking import _error_text, error_summary
+
+        self._line(trial, "FAILED")
+        print(f"    {error_summary(_error_text(trial))}", flush=True)
+
+
+class _DropTrialFailures(logging.Filter):
+    """Tune logs each trial's full traceback; the progress line and MLflow already carry it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not msg.startswith(("Trial task failed", "Trials did not complete"))
+
+
+def quiet_tune_logs() -> None:
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).addFilter(_DropTrialFailures())

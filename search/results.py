@@ -1,0 +1,291 @@
+"""What a sweep writes for people to read, under results/<sweep>/, built from its MLflow record.
+
+MLflow is the sweep's record of every trial (params, per-epoch metrics, status), so the files
+here are derived from it and agree with it by construction; the Optuna study (persisted in
+sqlite) supplies the optimisation-history and parameter-importance figures.
+
+    leaderboard.md      top trials by best val macro-F1
+    trials.csv          every trial: parameters, best val metrics, epochs run, status
+    best_configs.yaml   top-K full TrainConfig dicts (+ trial/run ids, best epoch, metrics),
+                        the best config per model family, and where the sweep's data lives
+    optimization_history.png, param_importances.png, best_by_model.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from search import tracking
+
+VAL_METRICS = ("val_macro_f1", "val_weighted_f1", "val_micro_f1", "val_seed_micro_f1", "val_loss")
+CONFIG_TAG = tracking.CONFIG
+TOP_K = 10
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    run_id: str
+    model: str
+    status: str  # completed | stopped_early | failed | killed
+    config: dict[str, Any]
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    best: dict[str, float] = field(default_factory=dict)  # val metrics at the best epoch
+    error: str = ""
+
+    @property
+    def score(self) -> float:
+        v = self.best.get("val_macro_f1", float("nan"))
+        return v if math.isfinite(v) else -math.inf
+
+
+def _config_of(run: Any) -> dict[str, Any]:
+    raw = run.data.tags.get(CONFIG_TAG)
+    if raw:
+        return json.loads(raw)
+    return dict(run.data.params)  # strings; only if the tag is missing
+
+
+def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRecord]:
+    """Every trial of the sweep, from MLflow, sorted best first (failed ones last)."""
+    records = []
+    for run in tracking.trial_runs(client, exp_id, parent_run_id):
+        tags = run.data.tags
+        status = tags.get(tracking.STATUS) or {
+            "FINISHED": "completed",
+            "FAILED": "failed",
+            "KILLED": "killed",
+        }.get(run.info.status, run.info.status.lower())
+        rec = TrialRecord(
+            trial_id=tags.get(tracking.TRIAL_ID, ""),
+            run_id=run.info.run_id,
+            model=tags.get(tracking.MODEL, ""),
+            status=status,
+            config=_config_of(run),
+            error=tags.get(tracking.ERROR, ""),
+        )
+        history = {
+            m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")
+        }
+        if history:
+            rec.epochs_run = max(history)
+            # First epoch reaching the maximum: ties go to the cheaper epoch.
+            rec.best_epoch = min(
+                (s for s, v in history.items() if v == max(history.values())), default=None
+            )
+            for key in VAL_METRICS:
+                values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                if rec.best_epoch in values:
+                    rec.best[key] = values[rec.best_epoch]
+        records.append(rec)
+    records.sort(key=lambda r: (-r.score, r.trial_id))
+    return records
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+KEY_PARAMS = (
+    "hidden",
+    "dropout",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "schedule",
+    "loss",
+    "class_weights",
+    "contrastive",
+    "faithful",
+)
+
+
+def write_trials_csv(records: list[TrialRecord], path: Path) -> None:
+    param_keys: list[str] = []
+    for r in records:
+        for k in r.config:
+            if k not in param_keys:
+                param_keys.append(k)
+    rows = []
+    for r in records:
+        row = {
+            "trial_id": r.trial_id,
+            "mlflow_run_id": r.run_id,
+            "model": r.model,
+            "status": r.status,
+            "epochs_run": r.epochs_run,
+            "best_epoch": r.best_epoch,
+        }
+        row.update({f"best_{k}": r.best.get(k) for k in VAL_METRICS})
+        row.update({k: r.config.get(k) for k in param_keys if k != "model"})
+        row["error"] = r.error
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top: int = 20) -> None:
+    lines = [
+        f"# Sweep `{sweep}` — leaderboard",
+        "",
+        f"{len(records)} trials; sorted by best validation macro-F1 (the search metric). "
+        "Test data was not read.",
+        "",
+        "| # | trial | model | key params | val macro-F1 | val weighted-F1 | val micro-F1 "
+        "| val seed micro-F1 | best epoch | epochs run | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(records[:top], 1):
+        params = ", ".join(f"{k}={_fmt(r.config[k])}" for k in KEY_PARAMS if k in r.config)
+        extra = [
+            f"{k}={_fmt(r.config[k])}"
+            for k in ("focal_gamma", "warmup_ratio", "contrastive_weight")
+            if k in r.config
+        ]
+        if extra:
+            params += ", " + ", ".join(extra)
+        m = [f"{r.best[k]:.4f}" if k in r.best else "—" for k in VAL_METRICS[:4]]
+        lines.append(
+            f"| {i} | {r.trial_id} | {r.model} | {params} | {' | '.join(m)} | "
+            f"{r.best_epoch if r.best_epoch is not None else '—'} | {r.epochs_run} | {r.status} |"
+        )
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        lines += ["", f"{len(failed)} trial(s) failed:"]
+        lines += [f"- {r.trial_id} ({r.model}): {r.error}" for r in failed]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _full_config(config: dict[str, Any]) -> dict[str, Any]:
+    from models.config import TrainConfig
+
+    return TrainConfig.from_dict(config).to_dict()
+
+
+def _entry(rank: int, r: TrialRecord) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "trial_id": r.trial_id,
+        "mlflow_run_id": r.run_id,
+        "model": r.model,
+        "status": r.status,
+        "best_epoch": r.best_epoch,
+        "epochs_run": r.epochs_run,
+        "val_metrics": {k: float(v) for k, v in r.best.items()},
+        "config": _full_config(r.config),
+    }
+
+
+def write_best_configs(
+    records: list[TrialRecord], path: Path, *, sweep_info: dict[str, Any], top_k: int = TOP_K
+) -> None:
+    scored = [r for r in records if math.isfinite(r.score)]
+    per_model: dict[str, dict[str, Any]] = {}
+    for rank, r in enumerate(scored, 1):
+        if r.model not in per_model:
+            per_model[r.model] = _entry(rank, r)
+    doc = {
+        **sweep_info,
+        "metric": "val_macro_f1",
+        "mode": "max",
+        "top": [_entry(i, r) for i, r in enumerate(scored[:top_k], 1)],
+        "best_per_model": per_model,
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _save(fig_or_ax: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") else fig_or_ax
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(
+    records: list[TrialRecord], out: Path, *, optuna_storage: str | None, study_name: str
+) -> list[str]:
+    """PNG figures; returns notes about figures that could not be drawn (never raises)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    notes: list[str] = []
+    best: dict[str, float] = {}
+    for r in records:
+        if math.isfinite(r.score):
+            best[r.model] = max(best.get(r.model, -math.inf), r.score)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if best:
+        names = sorted(best, key=best.get, reverse=True)
+        ax.bar(names, [best[n] for n in names], color="tab:blue")
+        for i, n in enumerate(names):
+            ax.text(i, best[n], f"{best[n]:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", rotation=25)
+    ax.set_ylabel("best val macro-F1")
+    ax.set_title("Best validation macro-F1 per model family")
+    _save(fig, out / "best_by_model.png")
+
+    if not optuna_storage:
+        return ["no Optuna storage: optimisation history and importances skipped"]
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    except Exception as exc:  # noqa: BLE001 - a missing study only costs figures
+        return [f"Optuna study {study_name} unreadable: {exc}"]
+    from optuna.visualization import matplotlib as ovm
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        try:
+            _save(ovm.plot_optimization_history(study), out / "optimization_history.png")
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"optimisation history not drawn: {exc}")
+        if len(complete) >= 2:
+            try:
+                _save(ovm.plot_param_importances(study), out / "param_importances.png")
+            except Exception as exc:  # noqa: BLE001
+                notes.append(f"parameter importances not drawn: {exc}")
+        else:
+            notes.append(
+                f"parameter importances need >= 2 completed trials ({len(complete)} completed)"
+            )
+    return notes
+
+
+def write_results(
+    client: Any,
+    exp_id: str,
+    parent_run_id: str,
+    out_dir: Path,
+    *,
+    sweep_info: dict[str, Any],
+    optuna_storage: str | None,
+) -> tuple[list[TrialRecord], list[str]]:
+    """Write every results file of a sweep; returns the trial records and figure notes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = collect_trials(client, exp_id, parent_run_id)
+    sweep = str(sweep_info.get("sweep", out_dir.name))
+    write_trials_csv(records, out_dir / "trials.csv")
+    write_leaderboard(records, out_dir / "leaderboard.md", sweep=sweep)
+    write_best_configs(records, out_dir / "best_configs.yaml", sweep_info=sweep_info)
+    notes = write_figures(records, out_dir, optuna_storage=optuna_storage, study_name=sweep)
+    return records, notes

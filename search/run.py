@@ -1,0 +1,459 @@
+"""`python -m search.run --space case`: one hyperparameter sweep, end to end.
+
+Ray Tune runs the trials (CPU or fractional GPU each), Optuna's TPE proposes them through a
+define-by-run space (the seed's own configs enqueued first), ASHA stops poor ones early, a
+driver-side callback tracks every trial in MLflow under one sweep run, and results/<sweep>/
+gets a leaderboard, a CSV of all trials, the best configs for `search.finalize`, and figures.
+A killed sweep continues with `--name SWEEP --resume`.
+
+Also runs as a plain script (`python search/run.py ...`, e.g. under `ray submit`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repo's packages importable
+    _here = str(Path(__file__).resolve().parent)
+    # search/ itself must not be on the path: its modules would shadow top-level names.
+    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
+    sys.path.insert(0, str(Path(_here).parent))
+
+from search.settings import SweepSettings, UsageError, parse_settings  # noqa: E402
+from search.spaces import get_space, seed_points, validate_space, with_fixed  # noqa: E402
+
+EXIT_USAGE = 2
+_PROG = "search.run"
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    results_dir: Path
+    parent_run_id: str
+    tracking_uri: str
+    num_trials: int = 0
+    num_failed: int = 0
+    best: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+
+
+# -- before Ray: data and space ------------------------------------------------------------
+def resolve_store(settings: SweepSettings) -> Path:
+    """The feature store the sweep trains on (preparing the demo or a KEMDy20 corpus first)."""
+    if settings.data_kind == "demo":
+        from data_prep.prepare import prepare_demo
+
+        return Path(prepare_demo())
+    if settings.data_kind == "kemdy20":
+        from data_prep.prepare import prepare
+
+        return Path(prepare(settings.data))
+    return Path(settings.data)
+
+
+def sweep_space(settings: SweepSettings, space: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The named (or given) space with the sweep's fixed values: epochs and training seed."""
+    base = validate_space(space, name="custom") if space is not None else get_space(settings.space)
+    fixed = {"epochs": settings.max_epochs, "seed": settings.seed, **settings.fixed}
+    return with_fixed(base, fixed)
+
+
+def _check_configs(space: dict[str, Any]) -> None:
+    """The warm-start configs must be valid TrainConfigs (catches a bad fixed value early)."""
+    from models.config import ConfigError, TrainConfig
+    from search.spaces import seed_configs
+
+    for cfg in seed_configs(space):
+        try:
+            TrainConfig.from_dict(cfg)
+        except ConfigError as exc:
+            raise UsageError(f"space {space!r} gives an invalid config: {exc}") from exc
+
+
+# -- Ray -------------------------------------------------------------------------------------
+def init_ray(settings: SweepSettings) -> bool:
+    """Start or join Ray; returns True if this call started it (and should shut it down)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Save Tune's experiment state on every controller step, so a killed driver loses at most
+    # the step in flight and finished trials are never rerun after --resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if settings.address:
+        ray.init(address=settings.address, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, math.ceil(settings.cpus_per_trial)),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    return True
+
+
+def build_tuner(
+    settings: SweepSettings,
+    space: dict[str, Any],
+    store_path: Path,
+    callbacks: list[Any],
+    *,
+    points: list[dict[str, Any]] | None,
+) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.spaces import define_by_run
+    from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC, make_trainable
+
+    searcher = OptunaSearch(
+        space=define_by_run(space),
+        metric=SEARCH_METRIC,
+        mode=MODE,
+        points_to_evaluate=points or None,
+        sampler=(
+            optuna.samplers.RandomSampler(seed=settings.seed)
+            if settings.searcher == "random"
+            else optuna.samplers.TPESampler(seed=settings.seed)
+        ),
+        study_name=settings.name,
+        storage=optuna.storages.RDBStorage(settings.optuna_storage),
+    )
+    if settings.scheduler == "fifo":
+        scheduler = FIFOScheduler()
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=RUNG_METRIC,
+            mode=MODE,
+            max_t=settings.max_epochs,
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
+    trainable = make_trainable(
+        store_path, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
+            scheduler=scheduler,
+            num_samples=settings.num_samples,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.storage_path,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+# -- Optuna study bookkeeping ------------------------------------------------------------
+def _study_exists(storage: str, name: str) -> bool:
+    import optuna
+
+    try:
+        return name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    except Exception:
+        return False
+
+
+def fail_stale_optuna_trials(storage: str, name: str) -> int:
+    """Mark RUNNING Optuna trials FAIL once no trial runs (a dead driver's leftovers)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if not _study_exists(storage, name):
+        return 0
+    study = optuna.load_study(study_name=name, storage=storage)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    return len(stale)
+
+
+# -- the sweep -----------------------------------------------------------------------------
+def _write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
+    settings.sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**info, "settings": settings.to_dict()}, indent=2), encoding="utf-8")
+    os.replace(tmp, settings.manifest_path)
+
+
+def run_sweep(
+    settings: SweepSettings,
+    *,
+    space: dict[str, Any] | None = None,
+    points: list[dict[str, Any]] | None = None,
+    quiet: bool = False,
+) -> SweepOutcome:
+    """Run (or resume) one sweep. Raises UsageError for anything wrong before Ray starts.
+
+    ``space`` replaces the named space (tests, benchmarks); ``points`` replaces the seed's
+    configs as the Optuna parameter values tried first.
+    """
+    from data_prep.store import FeatureStore, StoreError
+
+    t0 = time.time()
+    manifest: dict[str, Any] = {}
+    if settings.resume:
+        manifest = json.loads(settings.manifest_path.read_text(encoding="utf-8"))
+        space = manifest["space"]
+        store_path = Path(manifest["store_path"])
+    else:
+        space = sweep_space(settings, space)
+        _check_configs(space)
+        store_path = resolve_store(settings)
+        if _study_exists(settings.optuna_storage, settings.name):
+            raise UsageError(
+                f"an Optuna study named {settings.name!r} already exists in "
+                f"{settings.optuna_storage}; pick another --name"
+            )
+    try:
+        store = FeatureStore.open(store_path, sealed=("test",))
+    except (StoreError, OSError, ValueError) as exc:
+        raise UsageError(f"cannot open feature store {store_path}: {exc}") from exc
+
+    from search import results, tracking
+
+    client = tracking.client_for(settings.tracking_uri)
+    exp_id = tracking.experiment_id(client, settings.tracking_uri)
+    if settings.resume:
+        parent = manifest["parent_run_id"]
+        tracking.reopen_run(client, parent)
+    else:
+        parent = tracking.start_sweep_run(
+            client,
+            exp_id,
+            name=settings.name,
+            space=settings.space,
+            params={
+                "space": settings.space,
+                "store_key": store.key,
+                "store_path": str(store_path),
+                "num_samples": settings.num_samples,
+                "max_epochs": settings.max_epochs,
+                "max_concurrent": settings.max_concurrent,
+                "cpus_per_trial": settings.cpus_per_trial,
+                "gpus_per_trial": settings.gpus_per_trial,
+                "seed": settings.seed,
+                "searcher": f"optuna-{settings.searcher}",
+                "scheduler": (
+                    f"asha(grace={settings.grace_period},rf={settings.reduction_factor})"
+                    if settings.scheduler == "asha"
+                    else "fifo"
+                ),
+                "warm_start": settings.warm_start,
+                "optuna_storage": settings.optuna_storage,
+            },
+        )
+        manifest = {
+            "sweep": settings.name,
+            "space_name": settings.space,
+            "space": space,
+            "store_path": str(store_path),
+            "store_key": store.key,
+            "tracking_uri": settings.tracking_uri,
+            "experiment_id": exp_id,
+            "parent_run_id": parent,
+            "optuna_storage": settings.optuna_storage,
+            "optuna_study": settings.name,
+            "tune_experiment": str(settings.experiment_path),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        _write_manifest(settings, manifest)
+
+    started_ray = False
+    status = "FAILED"
+    try:
+        started_ray = init_ray(settings)
+        from ray import tune
+
+        from search.trainable import make_trainable
+
+        callbacks = [
+            tracking.MlflowTrialCallback(settings.tracking_uri, exp_id, parent, settings.space)
+        ]
+        if not quiet:
+            from search.progress import CompactProgress, quiet_tune_logs
+
+            quiet_tune_logs()
+            callbacks.append(CompactProgress(settings.num_samples))
+        exp_path = str(settings.experiment_path)
+        if settings.resume and tune.Tuner.can_restore(exp_path):
+            tuner = tune.Tuner.restore(
+                exp_path,
+                trainable=make_trainable(
+                    store_path, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
+                ),
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
+        else:
+            # A new sweep, or one killed before Tune saved any state: start Tune afresh (the
+            # Optuna study keeps what it had; warm starts only if it has nothing yet).
+            fresh = not _study_exists(settings.optuna_storage, settings.name)
+            if points is None and settings.warm_start:
+                points = seed_points(space)
+            tuner = build_tuner(settings, space, store_path, callbacks,
+                                points=points if fresh else None)  # fmt: skip
+        tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            tracking.end_running_trials(client, exp_id, parent, status)
+            tracking.finish_sweep_run(client, parent, status=status)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    # Tune's final word on every trial, from its saved experiment state.
+    from ray.tune import ExperimentAnalysis
+
+    # It warns about every trial that failed before reporting; MLflow already has those.
+    ea_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = ea_log.level
+    ea_log.setLevel(logging.ERROR)
+    try:
+        analysis = ExperimentAnalysis(str(settings.experiment_path))
+    finally:
+        ea_log.setLevel(level)
+    tracking.reconcile(client, exp_id, parent, analysis.trials)
+    # Tune handles Ctrl-C itself (it saves state and returns from fit): unfinished trials or
+    # fewer trials than asked mean the sweep was interrupted and can be resumed.
+    interrupted = len(analysis.trials) < settings.num_samples or any(
+        t.status not in ("TERMINATED", "ERROR") for t in analysis.trials
+    )
+    if not interrupted:
+        # Only now: a resumed sweep's restored searcher still reports on RUNNING trials.
+        fail_stale_optuna_trials(settings.optuna_storage, settings.name)
+
+    sweep_info = {
+        "sweep": settings.name,
+        "space": settings.space,
+        "store_path": str(store_path),
+        "store_key": store.key,
+        "tracking_uri": settings.tracking_uri,
+        "experiment_id": exp_id,
+        "parent_run_id": parent,
+        "optuna_storage": settings.optuna_storage,
+        "max_epochs": settings.max_epochs,
+    }
+    records, notes = results.write_results(
+        client,
+        exp_id,
+        parent,
+        settings.sweep_dir,
+        sweep_info=sweep_info,
+        optuna_storage=settings.optuna_storage,
+    )
+    outcome = SweepOutcome(
+        name=settings.name,
+        results_dir=settings.sweep_dir,
+        parent_run_id=parent,
+        tracking_uri=settings.tracking_uri,
+        num_trials=len(records),
+        num_failed=sum(r.status == "failed" for r in records),
+        notes=notes,
+    )
+    best = next((r for r in records if math.isfinite(r.score)), None)
+    metrics = {"num_trials": len(records), "num_failed": outcome.num_failed}
+    tags = {"case_tune.num_trials": len(records)}
+    if best is not None:
+        outcome.best = {
+            "trial_id": best.trial_id,
+            "run_id": best.run_id,
+            "model": best.model,
+            "best_epoch": best.best_epoch,
+            "config": best.config,
+            **best.best,
+        }
+        metrics.update({f"best_{k}": v for k, v in best.best.items()})
+        tags.update(
+            {
+                "case_tune.best_trial_id": best.trial_id,
+                "case_tune.best_run_id": best.run_id,
+                "case_tune.best_model": best.model,
+                "case_tune.best_config": json.dumps(best.config, default=str),
+            }
+        )
+    outcome.interrupted = interrupted
+    tracking.finish_sweep_run(
+        client, parent, status="KILLED" if interrupted else "FINISHED", metrics=metrics, tags=tags
+    )
+    outcome.wall_seconds = time.time() - t0
+    return outcome
+
+
+def summary(outcome: SweepOutcome) -> str:
+    lines = [
+        f"Sweep {outcome.name}{' (INTERRUPTED)' if outcome.interrupted else ''}: "
+        f"{outcome.num_trials} trials, {outcome.num_failed} failed, "
+        f"{outcome.wall_seconds / 60:.1f} min."
+    ]
+    if outcome.best:
+        b = outcome.best
+        cfg = ", ".join(f"{k}={v}" for k, v in b["config"].items() if k not in ("epochs", "seed"))
+        lines.append(
+            f"Best val macro-F1 {b.get('val_macro_f1', float('nan')):.4f} "
+            f"(trial {b['trial_id']}, epoch {b['best_epoch']}): {cfg}"
+        )
+    else:
+        lines.append("No trial produced a validation score.")
+    lines += [
+        f"Results:   {outcome.results_dir}/ (leaderboard.md, trials.csv, best_configs.yaml, *.png)",
+        *(f"Note:      {n}" for n in outcome.notes),
+        *(
+            [f"Resume:    python -m search.run --name {outcome.name} --resume"]
+            if outcome.interrupted
+            else []
+        ),
+        f"Finalize:  python -m search.finalize --sweep {outcome.name}",
+        f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = parse_settings(argv)
+        outcome = run_sweep(settings)
+    except UsageError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            f"{_PROG}: interrupted; continue with --name {settings.name} --resume", file=sys.stderr
+        )
+        return 130
+    print(summary(outcome), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The validated settings of one sweep: parsed from the command line, checked once, before Ray.
+
+Every bad value raises `UsageError` with one line that says what is wrong and what to do;
+`search.run` prints it and exits with code 2. Nothing here imports Ray, torch or MLflow, so
+validation is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.spaces import SpaceError, get_space
+
+DEFAULT_NUM_SAMPLES = 24
+DEFAULT_MAX_EPOCHS = 20
+DEFAULT_MAX_CONCURRENT = 2
+GRACE_PERIOD = 3
+REDUCTION_FACTOR = 3
+SWEEP_MANIFEST = "sweep.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class UsageError(ValueError):
+    """A bad command-line flag or value; the message is one line telling what to do."""
+
+
+def case_tune_home() -> Path:
+    return Path(os.environ.get("CASE_TUNE_HOME") or Path.home() / ".cache" / "case-tune")
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    return f"sqlite:///{((cwd or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def optuna_storage_for(tracking_uri: str, cwd: Path | None = None) -> str:
+    """Optuna's sqlite beside MLflow's when MLflow is a local sqlite file, else in cwd."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        return f"sqlite:///{db.with_name('optuna.db')}"
+    return f"sqlite:///{((cwd or Path.cwd()) / 'optuna.db').resolve()}"
+
+
+@dataclass
+class SweepSettings:
+    space: str
+    name: str
+    data: str  # "demo" or an absolute path (feature store or KEMDy20 folder)
+    data_kind: str  # "demo" | "store" | "kemdy20"
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    seed: int = 0
+    resume: bool = False
+    tracking_uri: str = ""
+    optuna_storage: str = ""
+    results_dir: str = ""
+    storage_path: str = ""  # Ray Tune's experiment root (absolute)
+    grace_period: int = GRACE_PERIOD
+    reduction_factor: int = REDUCTION_FACTOR
+    warm_start: bool = True
+    # Not command-line flags: the benchmarks compare against random search without ASHA.
+    searcher: str = "tpe"  # tpe | random
+    scheduler: str = "asha"  # asha | fifo
+    fixed: dict[str, Any] = field(default_factory=dict)  # extra fixed TrainConfig values
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.sweep_dir / SWEEP_MANIFEST
+
+    @property
+    def experiment_path(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Hyperparameter search (Ray Tune + Optuna TPE + ASHA, tracked in MLflow).",
+    )
+    p.add_argument("--space", help="search space: case | baselines | all")
+    p.add_argument(
+        "--data", default="demo", help="'demo' (default), a feature store or a KEMDy20 folder"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=None, help=f"trials (default {DEFAULT_NUM_SAMPLES})"
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help=f"epochs per trial at most (default {DEFAULT_MAX_EPOCHS})",
+    )
+    p.add_argument("--name", help="sweep name (default SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument(
+        "--results-dir", default=None, help="where results/<sweep>/ goes (default ./results)"
+    )
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default 2)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default 1)")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial, may be fractional (default 0)",
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address ('auto' or host:port); default a local runtime"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the TPE sampler and of training (default 0)"
+    )
+    p.add_argument(
+        "--no-warm-start", action="store_true", help="do not enqueue the seed's configs first"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the sweep --name after a crash")
+    return p
+
+
+def _fail(msg: str) -> None:
+    raise UsageError(msg)
+
+
+def _positive_int(name: str, value: int | None, default: int) -> int:
+    if value is None:
+        return default
+    if value < 1:
+        _fail(f"--{name} must be a positive integer, got {value}")
+    return value
+
+
+def _data_kind(data: str) -> tuple[str, str]:
+    if data == "demo":
+        return "demo", "demo"
+    path = Path(data).expanduser()
+    if not path.exists():
+        _fail(f"--data {data}: no such folder; give a feature store, a KEMDy20 folder or 'demo'")
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        _fail(
+            f"--data {data}: not a readable folder; give a feature store, a KEMDy20 folder or 'demo'"
+        )
+    if (path / "manifest.json").is_file():
+        return str(path.resolve()), "store"
+    if (path / "annotation").is_dir():
+        return str(path.resolve()), "kemdy20"
+    _fail(
+        f"--data {data}: neither a feature store (no manifest.json) nor a KEMDy20 folder "
+        "(no annotation/); prepare one with `python -m data_prep.prepare`"
+    )
+    raise AssertionError  # unreachable
+
+
+def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) -> SweepSettings:
+    """Parse and validate the command line. Raises UsageError (never SystemExit) on bad input,
+    except for --help."""
+    parser = build_parser()
+
+    def _error(message: str) -> None:
+        raise UsageError(f"{message} (see `python -m search.run --help`)")
+
+    parser.error = _error  # type: ignore[method-assign]
+    args = parser.parse_args(argv)
+    cwd = (cwd or Path.cwd()).resolve()
+    results_dir = Path(args.results_dir or cwd / "results").expanduser()
+    results_dir = (cwd / results_dir).resolve() if not results_dir.is_absolute() else results_dir
+
+    if args.resume:
+        if not args.name:
+            _fail("--resume needs --name SWEEP (the sweep to continue)")
+        manifest = results_dir / args.name / SWEEP_MANIFEST
+        if not manifest.is_file():
+            known = sorted(p.parent.name for p in results_dir.glob(f"*/{SWEEP_MANIFEST}"))
+            _fail(
+                f"--resume: no sweep {args.name!r} under {results_dir} (no {SWEEP_MANIFEST}); "
+                f"known sweeps: {', '.join(known) or 'none'}"
+            )
+        try:
+            saved = SweepSettings.from_dict(
+                json.loads(manifest.read_text(encoding="utf-8"))["settings"]
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            _fail(f"--resume: {manifest} is unreadable ({exc}); start a new sweep instead")
+        saved.resume = True
+        if args.address is not None:
+            saved.address = args.address
+        return saved
+
+    if not args.space:
+        _fail("--space is required: one of case, baselines, all")
+    try:
+        get_space(args.space)
+    except SpaceError as exc:
+        _fail(str(exc))
+    data, kind = _data_kind(args.data)
+    num_samples = _positive_int("num-samples", args.num_samples, DEFAULT_NUM_SAMPLES)
+    max_epochs = _positive_int("max-epochs", args.max_epochs, DEFAULT_MAX_EPOCHS)
+    max_concurrent = _positive_int("max-concurrent", args.max_concurrent, DEFAULT_MAX_CONCURRENT)
+    cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
+    gpus = 0.0 if args.gpus_per_trial is None else args.gpus_per_trial
+    if not math.isfinite(cpus) or cpus <= 0:
+        _fail(f"--cpus-per-trial must be > 0 (fractions allowed), got {args.cpus_per_trial}")
+    if not math.isfinite(gpus) or gpus < 0:
+        _fail(f"--gpus-per-trial must be >= 0 (fractions share a GPU), got {args.gpus_per_trial}")
+    if gpus > 1 and gpus != int(gpus):
+        _fail(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
+    seed = 0 if args.seed is None else args.seed
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
+    name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not _NAME_RE.match(name):
+        _fail(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)")
+    if (results_dir / name / SWEEP_MANIFEST).exists():
+        _fail(
+            f"sweep {name!r} already exists in {results_dir}; add --resume to continue it or pick another --name"
+        )
+    tracking_uri = args.tracking_uri or default_tracking_uri(cwd)
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        if not db.is_absolute():
+            db = (cwd / db).resolve()
+            tracking_uri = f"sqlite:///{db}"
+        if not db.parent.is_dir():
+            _fail(f"--tracking-uri {args.tracking_uri}: folder {db.parent} does not exist")
+    elif "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
+        _fail(
+            f"--tracking-uri {tracking_uri!r}: expected a URI such as sqlite:////abs/mlflow.db or http://host:5000"
+        )
+    return SweepSettings(
+        space=args.space,
+        name=name,
+        data=data,
+        data_kind=kind,
+        num_samples=num_samples,
+        max_epochs=max_epochs,
+        max_concurrent=max_concurrent,
+        cpus_per_trial=cpus,
+        gpus_per_trial=gpus,
+        address=args.address,
+        seed=seed,
+        resume=False,
+        tracking_uri=tracking_uri,
+        optuna_storage=optuna_storage_for(tracking_uri, cwd),
+        results_dir=str(results_dir),
+        storage_path=str((case_tune_home() / "ray_results").resolve()),
+        grace_period=min(GRACE_PERIOD, max_epochs),
+        warm_start=not args.no_warm_start,
+    )

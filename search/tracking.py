@@ -1,0 +1,334 @@
+"""MLflow tracking of a sweep, done entirely from the Tune driver.
+
+Trials only `tune.report` their metrics; a Tune `Callback` on the driver turns them into one
+MLflow run per trial, nested under one run for the sweep, through an explicit `MlflowClient`
+(no global active-run state). Logging from the driver works when trials run on nodes that
+cannot see the driver's sqlite file, and lets a resumed sweep repair what a killed driver left
+behind (runs still RUNNING, trials that restart from scratch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from ray.tune import Callback
+
+EXPERIMENT = "case-tune"
+KIND = "case_tune.kind"
+SPACE = "case_tune.space"
+MODEL = "case_tune.model"
+TRIAL_ID = "case_tune.trial_id"
+SWEEP = "case_tune.sweep"
+STATUS = "case_tune.status"
+ERROR = "case_tune.error"
+SPLITS_READ = "case_tune.splits_read"
+CONFIG = "case_tune.config"  # the trial's config as JSON (typed; params are strings)
+PARENT = "mlflow.parentRunId"
+METRIC_PREFIXES = ("train_", "val_")
+LOGGED_SUFFIXES = ("_macro_f1", "_weighted_f1", "_micro_f1", "_seed_micro_f1", "_loss")
+_MAX_TAG = 5000
+_MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client: MlflowClient, tracking_uri: str, name: str = EXPERIMENT) -> str:
+    """Get or create the experiment, once, on the driver (parallel creators would race)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        # Keep artifacts beside the database rather than in whatever the cwd is.
+        location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _param_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The per-epoch metrics of one Tune result that go to MLflow (DESIGN.md names, plus the
+    per-class F1 scores), finite numbers only."""
+    out = {}
+    for key, value in result.items():
+        if not key.startswith(METRIC_PREFIXES) or isinstance(value, bool):
+            continue
+        if not (key.endswith(LOGGED_SUFFIXES) or "_f1_" in key):
+            continue
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def start_sweep_run(
+    client: MlflowClient,
+    exp_id: str,
+    *,
+    name: str,
+    space: str,
+    params: Mapping[str, Any],
+) -> str:
+    run = client.create_run(
+        exp_id,
+        run_name=name,
+        tags={KIND: "sweep", SPACE: space, SWEEP: name},
+    )
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, _param_value(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 90):
+        client.log_batch(run_id, params=items[i : i + 90], synchronous=True)
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """Mark a sweep run RUNNING again (a resumed sweep reuses its run)."""
+    client.update_run(run_id, status="RUNNING")
+
+
+def trial_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list[Any]:
+    """All non-deleted trial runs nested under the sweep run."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{KIND}` = 'trial'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _error_text(trial: Any) -> str:
+    """The trial's error trace: from the driver's copy if present, else Tune's storage."""
+    try:
+        path = trial.error_file
+        if path and Path(path).is_file():
+            return Path(path).read_text(encoding="utf-8", errors="replace")
+        err = trial.get_error()
+        if err is not None:
+            return str(err)
+    except Exception:  # the error file may be on another node or gone
+        pass
+    return f"trial {trial.trial_id} errored (no error text available)"
+
+
+_EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?:\(|:)\s*(.*)$")
+
+
+def error_summary(text: str) -> str:
+    """One line naming the trial's own exception. Ray wraps it in RayTaskError lines and may
+    chain a secondary error; the first non-Ray exception line is the cause."""
+    candidates = [m.group(0).strip() for ln in text.splitlines() if (m := _EXC_LINE.match(ln))]
+    own = [c for c in candidates if not c.startswith(("ray.", "Ray"))]
+    if own:
+        return own[0]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else text
+
+
+class MlflowTrialCallback(Callback):
+    """Logs every Tune trial as a nested MLflow run, from the driver.
+
+    Statuses: FINISHED (ran all epochs), FINISHED + `case_tune.status=stopped_early` (ASHA
+    stopped it), FAILED + `case_tune.error` tag and `error.txt` artifact (it raised).
+    A trial that (re)starts while an older run of the same `case_tune.trial_id` exists (a
+    resumed sweep restarting an unfinished trial from scratch) gets a fresh run and the old
+    one is deleted, so each trial has exactly one run with a clean history.
+    """
+
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, space: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.exp_id = exp_id
+        self.parent_run_id = parent_run_id
+        self.space = space
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] | None = None  # trial_id -> run_id
+
+    # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_runs"] = None
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client_for(self.tracking_uri)
+        return self._client
+
+    @property
+    def runs(self) -> dict[str, str]:
+        if self._runs is None:
+            self._runs = {}
+            for run in trial_runs(self.client, self.exp_id, self.parent_run_id):
+                tid = run.data.tags.get(TRIAL_ID)
+                if tid in self._runs:  # should not happen; keep the newest
+                    self.client.delete_run(self._runs[tid])
+                self._runs[tid] = run.info.run_id
+        return self._runs
+
+    def setup(self, **info: Any) -> None:
+        _ = self.runs
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        old = self.runs.pop(trial.trial_id, None)
+        if old is not None:
+            self.client.delete_run(old)
+        config = dict(trial.config)
+        run = self.client.create_run(
+            self.exp_id,
+            run_name=f"{trial.trial_id} {config.get('model', '')}".strip(),
+            tags={
+                PARENT: self.parent_run_id,
+                KIND: "trial",
+                SPACE: self.space,
+                MODEL: str(config.get("model", "")),
+                TRIAL_ID: trial.trial_id,
+                CONFIG: json.dumps(config, default=str)[:_MAX_TAG],
+            },
+        )
+        self.runs[trial.trial_id] = run.info.run_id
+        log_params(self.client, run.info.run_id, config)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        step = int(result.get("training_iteration", 0))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in trial_metrics(result).items()]
+        tags = []
+        if result.get("splits_read"):
+            tags.append(RunTag(SPLITS_READ, str(result["splits_read"])))
+        for i in range(0, max(len(metrics), 1), _MAX_BATCH):
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[i : i + _MAX_BATCH],
+                tags=tags if i == 0 else [],
+                synchronous=True,
+            )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        epochs = int(trial.config.get("epochs", 0) or 0)
+        done = int((trial.last_result or {}).get("training_iteration", 0) or 0)
+        status = "stopped_early" if epochs and done < epochs else "completed"
+        self.client.set_tag(run_id, STATUS, status)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        text = _error_text(trial)
+        self.client.set_tag(run_id, STATUS, "failed")
+        self.client.set_tag(run_id, ERROR, error_summary(text)[:_MAX_TAG])
+        # An unreachable artifact store must not stop the sweep; the tag has the cause.
+        with contextlib.suppress(Exception):
+            self.client.log_text(run_id, text, "error.txt")
+        self.client.set_terminated(run_id, "FAILED")
+
+
+def reconcile(
+    client: MlflowClient,
+    exp_id: str,
+    parent_run_id: str,
+    tune_trials: Iterable[Any],
+) -> None:
+    """After Tune returns, make MLflow agree with Tune's final trial states.
+
+    No run is left RUNNING; a run whose trial Tune does not know (a trial a killed driver
+    started after Tune last saved its state, which the resumed sweep never reruns) is deleted,
+    so the sweep's runs are exactly Tune's trials.
+    """
+    by_id = {t.trial_id: t for t in tune_trials}
+    for run in trial_runs(client, exp_id, parent_run_id):
+        trial = by_id.get(run.data.tags.get(TRIAL_ID, ""))
+        if trial is None:
+            client.delete_run(run.info.run_id)
+            continue
+        if run.info.status != "RUNNING":
+            continue
+        if trial.status == "TERMINATED":
+            client.set_terminated(run.info.run_id, "FINISHED")
+        elif trial.status == "ERROR":
+            client.set_tag(run.info.run_id, STATUS, "failed")
+            client.set_terminated(run.info.run_id, "FAILED")
+        else:
+            client.set_tag(run.info.run_id, STATUS, "killed")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def end_running_trials(client: MlflowClient, exp_id: str, parent_run_id: str, status: str) -> None:
+    """Ctrl-C or a driver error: end every trial run still RUNNING with ``status``."""
+    for run in trial_runs(client, exp_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, STATUS, status.lower())
+            client.set_terminated(run.info.run_id, status)
+
+
+def finish_sweep_run(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    status: str = "FINISHED",
+    metrics: Mapping[str, float] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(v)]
+    ts = [RunTag(k, str(v)[:_MAX_TAG]) for k, v in (tags or {}).items()]
+    if ms or ts:
+        client.log_batch(run_id, metrics=ms, tags=ts, synchronous=True)
+    if params:
+        # Params are immutable in MLflow; a resumed sweep may already have logged the best.
+        existing = client.get_run(run_id).data.params
+        log_params(client, run_id, {k: v for k, v in params.items() if k not in existing})
+    client.set_terminated(run_id, status)
+
+
+__all__ = [
+    "EXPERIMENT",
+    "MlflowTrialCallback",
+    "RunStatus",
+    "client_for",
+    "end_running_trials",
+    "experiment_id",
+    "finish_sweep_run",
+    "reconcile",
+    "start_sweep_run",
+    "trial_metrics",
+    "trial_runs",
+]

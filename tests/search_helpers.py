@@ -1,0 +1,97 @@
+"""Shared pieces of the search tests: a store, one Ray runtime, tiny sweep settings, and
+independent reads of what MLflow and the results files hold."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Fast heads only, so a tiny sweep takes seconds (case-compressing is ~7x slower per epoch).
+FAST_MODELS = ["case-attention", "case-concat-attention"]
+
+
+@pytest.fixture(scope="session")
+def search_store(request: pytest.FixtureRequest) -> Path:
+    """The demo feature store (the project's `demo_store` fixture when it exists)."""
+    try:
+        store = request.getfixturevalue("demo_store")
+    except pytest.FixtureLookupError:
+        from data_prep.prepare import prepare_demo
+
+        store = prepare_demo()
+    return Path(getattr(store, "path", store))
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    """One local Ray runtime shared by a test module (ray.init costs 3-4 s)."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def tiny_settings(tmp: Path, store: Path, name: str, **overrides: Any):
+    """Settings of a tiny sweep whose every file lives under ``tmp``."""
+    from search.settings import parse_settings
+
+    argv = [
+        "--space", "case", "--data", str(store), "--name", name,
+        "--num-samples", "4", "--max-epochs", "3", "--max-concurrent", "2",
+        "--results-dir", str(tmp / "results"),
+        "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+    ]  # fmt: skip
+    settings = parse_settings(argv, cwd=tmp)
+    settings.storage_path = str(tmp / "ray_results")
+    for k, v in overrides.items():
+        setattr(settings, k, v)
+    return settings
+
+
+def cli_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        CASE_TUNE_HOME=str(tmp / "home"),
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "search.run", *args]
+
+
+def mlflow_runs(tracking_uri: str, *, kind: str | None = None, deleted: bool = False) -> list:
+    """Every run in the store (optionally of one case_tune.kind), read independently."""
+    client = MlflowClient(tracking_uri)
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    exps = client.search_experiments(view_type=ViewType.ALL)
+    flt = f"tags.`case_tune.kind` = '{kind}'" if kind else ""
+    return list(client.search_runs([e.experiment_id for e in exps], flt, run_view_type=view))
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)}
+
+
+def read_trials_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

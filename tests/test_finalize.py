@@ -1,0 +1,314 @@
+"""`search.finalize` on a real tiny sweep: real Ray, real MLflow (sqlite), real training.
+
+The module fixture runs a 2-trial sweep through `search.run.run_sweep`, then a finalize of
+its 2 configs x 2 seeds x 4 epochs (checkpoint every 2) that is interrupted after its first
+finished unit (in-flight runs cancelled and left RUNNING in MLflow, as a killed driver leaves
+them) and resumed. Every assertion below reads the files and the MLflow record it produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from search import final_report as fr
+from search import finalize as fz
+from search import tracking
+
+SEEDS = [0, 1]
+ARGS = ["--top-k", "2", "--epochs", "4", "--every", "2", "--seeds", *map(str, SEEDS)]
+
+
+def _sweep(tmp: Path, store: Path, name: str = "tiny") -> Path:
+    from search.run import run_sweep
+    from search.settings import parse_settings
+
+    settings = parse_settings(
+        ["--space", "case", "--data", str(store), "--num-samples", "2", "--max-epochs", "2",
+         "--name", name, "--results-dir", str(tmp / "results"),
+         "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
+        cwd=tmp,
+    )  # fmt: skip
+    settings.fixed = {"audio_frames": 32}  # short audio: every trial and unit stays cheap
+    run_sweep(settings, quiet=True)
+    return tmp / "results"
+
+
+@pytest.fixture(scope="module")
+def finalized(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("finalize")
+    old = os.environ.get("CASE_TUNE_HOME")
+    os.environ["CASE_TUNE_HOME"] = str(tmp / "home")
+    try:
+        results = _sweep(tmp, demo_store)
+        argv = ["--sweep", "tiny", "--results-dir", str(results), *ARGS]
+        first = fz.finalize(fz.parse_settings(argv, cwd=tmp), quiet=True, stop_after=1)
+        units_dir = results / "tiny" / "final" / "units"
+        before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in units_dir.glob("*.json")}
+        client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+        running_before = [
+            r for r in client.search_runs([first_exp(client)], run_view_type=ViewType.ALL)
+            if r.info.status == "RUNNING" and r.data.tags.get(tracking.KIND) == "final"
+        ]  # fmt: skip
+        resumed = fz.finalize(fz.parse_settings([*argv, "--resume"], cwd=tmp), quiet=True)
+    finally:
+        if old is None:
+            os.environ.pop("CASE_TUNE_HOME", None)
+        else:
+            os.environ["CASE_TUNE_HOME"] = old
+    return {"tmp": tmp, "results": results, "first": first, "resumed": resumed,
+            "before": before, "running_before": running_before, "client": client}  # fmt: skip
+
+
+def first_exp(client: MlflowClient) -> str:
+    return client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+
+
+def _units(results: Path) -> list[dict]:
+    return [
+        json.loads(p.read_text()) for p in sorted((results / "tiny/final/units").glob("*.json"))
+    ]
+
+
+def _final_runs(client: MlflowClient, parent: str, view=ViewType.ACTIVE_ONLY) -> list:
+    return client.search_runs(
+        [first_exp(client)],
+        filter_string=f"tags.`{tracking.PARENT}` = '{parent}' and tags.`{tracking.KIND}` = 'final'",
+        run_view_type=view,
+    )
+
+
+# -- pure pieces ----------------------------------------------------------------------------
+def test_epoch_choice_rules() -> None:
+    assert fz.checkpoint_epochs(150, 30) == [30, 60, 90, 120, 150]
+    assert fz.checkpoint_epochs(10, 3) == [3, 6, 9]
+    val = {30: 0.2, 60: 0.5, 90: 0.5, 120: 0.4, 150: 0.1, 61: 0.9}  # 61 is no checkpoint
+    assert fz.choose_epoch(val, [30, 60, 90, 120, 150]) == 60  # tie -> earliest
+    assert fz.choose_epoch({30: math.nan, 60: math.nan}, [30, 60]) == 30
+    assert fz.fixed_epoch([30, 60, 90, 120, 150]) == 120
+    assert fz.fixed_epoch([2, 4]) == 4  # shorter training: last checkpoint before 120
+    assert fz.fixed_epoch([130, 260]) == 130
+
+
+def test_mean_std_format_matches_numpy() -> None:
+    vals = [0.3282, 0.3101, 0.3350]
+    m, s = np.mean(vals), np.std(vals, ddof=1)
+    assert fr.fmt_pm(vals) == f"{100 * m:.2f} ± {100 * s:.2f}"
+    assert fr.fmt_pm([0.5]) == "50.00"  # one seed: no spread to show
+
+
+def test_corpus_kind_from_manifest(demo_store: Path) -> None:
+    from data_prep.store import FeatureStore
+
+    assert fr.corpus_kind(FeatureStore.open(demo_store).manifest) == "demo"
+    real = {"corpus": {"name": "KEMDy20_v1_1"},
+            "encoders": {"text": {"name": "klue/bert-base"},
+                         "audio": {"name": "kresnik/wav2vec2-large-xlsr-korean"}}}  # fmt: skip
+    assert fr.corpus_kind(real) == "kemdy20"
+    other = {**real, "encoders": {"text": {"name": "bert-x"}, "audio": {"name": "w2v-y"}}}
+    assert fr.corpus_kind(other) == "other"
+
+
+# -- the command line -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--sweep", "nope"], "no best_configs.yaml"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--epochs", "4", "--every", "5"], "--every must be between 1 and --epochs (4)"),
+        (["--models", "case-compresing"], "unknown model family case-compresing"),
+        (["--models", "mmm"], "has no scored trial of mmm"),  # known family, not in the sweep
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_before_ray(
+    finalized: dict, capsys, tmp_path: Path, extra, needle
+) -> None:
+    import ray
+
+    results = finalized["results"]
+    if "--models" in extra:  # a sweep without a finalize yet, so the family check is reached
+        results = tmp_path / "results"
+        (results / "tiny").mkdir(parents=True)
+        for name in ("best_configs.yaml", "sweep.json"):
+            shutil.copy(finalized["results"] / "tiny" / name, results / "tiny" / name)
+    argv = ["--sweep", "tiny", "--results-dir", str(results), *extra]
+    if "--sweep" in extra:
+        argv = argv[2:]
+    assert fz.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not ray.is_initialized()
+
+
+# -- the finalize of a real tiny sweep ------------------------------------------------------
+def test_table_rows_columns_and_spread(finalized: dict) -> None:
+    results = finalized["results"]
+    md = (results / "tiny/final.md").read_text()
+    head = md.split("## Test scores")[0]
+    assert "python -m search.finalize --sweep tiny --results-dir" in head
+    assert "Data store key: `demo-" in head and "Date: " in head
+    assert fr.DEMO_NOTE in md and "published on KEMDy20" not in md
+    for heading in fr.HEADINGS.values():
+        assert f"| {heading} |" in md
+    assert fr.SEED_MICRO_DEFINITION in md
+    assert "all-neutral baseline" in md and "fixed epoch 120" in md
+
+    runs = pd.read_csv(results / "tiny/final_runs.csv")
+    table = pd.read_csv(results / "tiny/final.csv")
+    assert len(table) == 2 and len(runs) == 4
+    assert sorted(runs["seed"].unique()) == SEEDS
+    for _, row in table.iterrows():
+        mine = runs[runs["label"] == row["label"]]
+        for m in fr.METRICS:
+            vals = mine[f"chosen_test_{m}"].to_numpy()
+            assert row[f"chosen_test_{m}_mean"] == pytest.approx(vals.mean())
+            assert row[f"chosen_test_{m}_std"] == pytest.approx(vals.std(ddof=1))
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {row['label']} |"))
+        assert fr.fmt_pm(list(mine["chosen_test_macro_f1"])) in line
+        epochs = " ".join(str(e) for e in mine["chosen_epoch"])
+        assert row["chosen_epochs"] == epochs
+    for png in ("final_macro_f1.png", "final_confusion.png"):
+        assert (results / "tiny" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_epoch_chosen_by_validation_from_mlflow_history(finalized: dict) -> None:
+    client, parent = finalized["client"], finalized["resumed"].parent_run_id
+    runs = _final_runs(client, parent)
+    assert len(runs) == 4
+    for run in runs:
+        rid = run.info.run_id
+        val = {m.step: m.value for m in client.get_metric_history(rid, "val_macro_f1")}
+        assert sorted(val) == [1, 2, 3, 4]  # validation every epoch
+        test_steps = sorted(m.step for m in client.get_metric_history(rid, "test_macro_f1"))
+        assert test_steps == [2, 4]  # test only at the checkpoints
+        ckpts = [2, 4]
+        best = max(val[e] for e in ckpts)
+        expected = min(e for e in ckpts if val[e] == best)
+        assert run.data.metrics["chosen_epoch"] == expected
+        assert run.data.params["chosen_epoch"] == str(expected)
+        assert run.data.tags[tracking.MODEL] in ("case-compressing", "case-attention")
+        arts = [a.path for a in client.list_artifacts(rid, "checkpoint")]
+        assert arts == [f"checkpoint/epoch_{expected:04d}.pt"]
+    parent_run = client.get_run(parent)
+    assert parent_run.data.tags[tracking.KIND] == "final"
+    assert parent_run.data.tags[tracking.SPACE] == "case"
+    assert parent_run.info.status == "FINISHED"
+    assert "results/final.md" in [a.path for a in client.list_artifacts(parent, "results")]
+
+
+def test_test_split_read_only_by_finalize(finalized: dict) -> None:
+    client = finalized["client"]
+    sweep_parent = json.loads((finalized["results"] / "tiny/sweep.json").read_text())[
+        "parent_run_id"
+    ]
+    trials = tracking.trial_runs(client, first_exp(client), sweep_parent)
+    assert len(trials) == 2
+    for t in trials:
+        assert "test" not in t.data.tags[tracking.SPLITS_READ].split(",")
+    for u in _units(finalized["results"]):
+        assert u["train_splits_read"] == ["train", "val"]  # training: test sealed
+        assert "test" in u["score_splits_read"]  # scoring the checkpoints afterwards
+
+
+def test_resume_skips_finished_units_and_leaves_no_stale_runs(finalized: dict) -> None:
+    first, resumed = finalized["first"], finalized["resumed"]
+    assert first.units_run == 1 and len(finalized["before"]) == 1
+    assert finalized["running_before"], "the interrupted finalize should leave RUNNING runs"
+    assert resumed.units_reused == 1 and resumed.units_run == 3
+    assert resumed.parent_run_id == first.parent_run_id
+    units_dir = finalized["results"] / "tiny/final/units"
+    for name, (mtime, text) in finalized["before"].items():
+        assert (units_dir / name).stat().st_mtime_ns == mtime  # not retrained nor rewritten
+        assert (units_dir / name).read_text() == text
+    client = finalized["client"]
+    active = _final_runs(client, resumed.parent_run_id)
+    per_unit = [r.data.tags[fz.UNIT] for r in active]
+    assert sorted(per_unit) == sorted(u["unit_id"] for u in _units(finalized["results"]))
+    assert len(set(per_unit)) == len(per_unit) == 4
+    assert all(r.info.status == "FINISHED" for r in active)
+    every = _final_runs(client, resumed.parent_run_id, ViewType.ALL)
+    assert not [r for r in every if r.info.status == "RUNNING"]
+    # The finished unit kept the run it had before the interruption.
+    kept = {u["unit_id"]: u["mlflow_run_id"] for u in _units(finalized["results"])}
+    assert {r.info.run_id for r in active} == set(kept.values())
+
+
+def test_changing_test_labels_does_not_change_the_chosen_epoch(
+    demo_store: Path, tmp_path: Path
+) -> None:
+    """Same config and seed on the store and on a copy whose test labels are permuted: the
+    training history and the chosen epoch are identical, only the test scores move."""
+    from data_prep.store import FeatureStore
+    from models.config import TrainConfig
+
+    copy = tmp_path / demo_store.name
+    shutil.copytree(demo_store, copy)
+    table = pd.read_parquet(copy / "utterances.parquet")
+    test = table["split"] == "test"
+    rng = np.random.default_rng(0)
+    table.loc[test, "label_id"] = rng.integers(0, 7, int(test.sum()))
+    table.to_parquet(copy / "utterances.parquet", index=False)
+    cfg = TrainConfig.from_dict({"model": "case-compressing", "epochs": 4, "seed": 3,
+                                 "lr": 1e-3}).to_dict()  # fmt: skip
+    unit = {"unit_id": "u", "candidate": "c", "model": "case-compressing", "seed": 3, "config": cfg}
+    a = fz.run_unit(unit, str(demo_store), every=1, threads=1, device="cpu")
+    b = fz.run_unit(unit, str(copy), every=1, threads=1, device="cpu")
+
+    def scores(r: dict) -> list[dict]:  # everything but wall-clock time
+        return [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in r["history"]]
+
+    assert scores(a) == scores(b)
+    assert a["chosen_epoch"] == b["chosen_epoch"]
+    val = {int(e): v for e, v in a["val_at_checkpoint"].items()}
+    assert a["chosen_epoch"] == max(val, key=lambda e: (val[e], -e))
+    assert a["test_at_checkpoint"] != b["test_at_checkpoint"]
+    assert (
+        FeatureStore.open(copy).labels("test").tolist()
+        != FeatureStore.open(demo_store).labels("test").tolist()
+    )
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path: Path) -> None:
+    """SIGKILL the `python -m search.finalize` process after its first finished unit; the
+    resumed command trains only the rest and leaves one FINISHED run per unit."""
+    env = {**os.environ, "CASE_TUNE_HOME": str(tmp_path / "home")}
+    os.environ["CASE_TUNE_HOME"] = env["CASE_TUNE_HOME"]
+    try:
+        results = _sweep(tmp_path, demo_store, name="killme")
+    finally:
+        os.environ.pop("CASE_TUNE_HOME", None)
+    cmd = [sys.executable, "-m", "search.finalize", "--sweep", "killme", "--results-dir",
+           str(results), *ARGS, "--max-concurrent", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    units = results / "killme/final/units"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(units.glob("*.json")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    first = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
+    assert 1 <= len(first) < 4
+    out = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{len(first)} reused" in out.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in units.glob("*.json") if p.name in first} == first
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = json.loads((results / "killme/final/state.json").read_text())["parent_run_id"]
+    active = _final_runs(client, parent)
+    assert len(active) == 4 and all(r.info.status == "FINISHED" for r in active)
+    assert not [r for r in _final_runs(client, parent, ViewType.ALL) if r.info.status == "RUNNING"]

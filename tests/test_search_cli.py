@@ -1,0 +1,87 @@
+"""`python -m search.run` refuses bad flags before Ray starts: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from search_helpers import REPO, cli_env
+
+from search.settings import UsageError, parse_settings
+from search.spaces import space_names
+
+CHECK = (
+    "import sys\n"
+    "from search.run import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "assert 'ray' not in sys.modules, 'Ray was imported before validation failed'\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", CHECK, *args, "--results-dir", str(tmp / "results")],
+        cwd=tmp, env=cli_env(tmp), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_bad_space_name_exits_2_before_ray_and_lists_valid_spaces(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--space", "nope")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("search.run: error:")
+    for name in space_names():
+        assert name in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--space", "case", "--max-epochs", "-3"], "--max-epochs must be a positive integer"),
+        (["--space", "case", "--num-samples", "0"], "--num-samples must be a positive integer"),
+        (["--space", "case", "--cpus-per-trial", "-0.5"], "--cpus-per-trial must be > 0"),
+        (["--space", "case", "--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
+        (["--space", "case", "--data", "/no/such/folder"], "no such folder"),
+        (["--space", "case", "--max-epochs", "ten"], "invalid int value"),
+        (["--name", "ghost", "--resume"], "no sweep 'ghost'"),
+        (["--resume"], "--resume needs --name"),
+        (["--max-epochs", "3"], "--space is required"),
+    ],
+)
+def test_bad_values_fail_fast_with_one_clear_line(tmp_path: Path, args, needle) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_settings([*args, "--results-dir", str(tmp_path / "r")], cwd=tmp_path)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_folder_that_is_neither_store_nor_corpus_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = _run(tmp_path, "--space", "case", "--data", str(tmp_path / "empty"))
+    assert proc.returncode == 2
+    assert "neither a feature store" in proc.stderr
+
+
+def test_runs_as_a_plain_script_too(tmp_path: Path) -> None:
+    # `ray submit` runs the file, not the module: the repo root must be found from the path.
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "search" / "run.py"), "--space", "nope"],
+        cwd=tmp_path, env={**cli_env(tmp_path), "PYTHONPATH": ""},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "valid spaces" in proc.stderr
+
+
+def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CASE_TUNE_HOME", str(tmp_path / "home"))
+    s = parse_settings(["--space", "case"], cwd=tmp_path)
+    assert s.data_kind == "demo" and s.num_samples >= 24 and s.max_concurrent == 2
+    assert s.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert s.optuna_storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    assert s.storage_path == str((tmp_path / "home" / "ray_results").resolve())
+    assert Path(s.results_dir) == (tmp_path / "results").resolve()
+    assert s.name.startswith("case-")

@@ -1,0 +1,94 @@
+"""A sweep whose driver is SIGKILLed mid-run continues with --resume: finished trials are not
+rerun, no MLflow run is duplicated or left RUNNING, and the Optuna study stays consistent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from search_helpers import cli, cli_env, metric_history, mlflow_runs, search_store  # noqa: F401
+
+NAME = "killed"
+
+
+def _finished_trial_runs(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute(
+                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                "where t.key = 'case_tune.kind' and t.value = 'trial' and r.status = 'FINISHED'"
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path: Path, search_store: Path) -> None:  # noqa: F811
+    env = cli_env(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--results-dir", str(tmp_path / "results"), "--tracking-uri", uri, "--name", NAME]
+    first = subprocess.Popen(
+        cli("--space", "case", "--data", str(search_store), "--num-samples", "6",
+            "--max-epochs", "3", "--max-concurrent", "2", *common),
+        cwd=tmp_path, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    try:
+        while _finished_trial_runs(tmp_path / "mlflow.db") < 1:
+            assert first.poll() is None, first.stdout.read()
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        # The driver and the local Ray runtime it started share this session: kill them all.
+        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, first.stdout.read()[-3000:]
+
+    before = {
+        r.data.tags["case_tune.trial_id"]: r
+        for r in mlflow_runs(uri, kind="trial")
+        if r.info.status == "FINISHED"
+    }
+    assert before
+    history_before = {
+        tid: metric_history(uri, r.info.run_id, "val_macro_f1") for tid, r in before.items()
+    }
+
+    second = subprocess.run(
+        cli("--resume", *common), cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"python -m search.finalize --sweep {NAME}" in second.stdout
+
+    sweeps = mlflow_runs(uri, kind="sweep")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    runs = mlflow_runs(uri, kind="trial")
+    ids = [r.data.tags["case_tune.trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == 6, ids  # one live run per Tune trial, no duplicates
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_id = {r.data.tags["case_tune.trial_id"]: r for r in runs}
+    for tid, old in before.items():
+        # Not rerun: the same run, with the same history, not a replacement.
+        assert by_id[tid].info.run_id == old.info.run_id
+        assert metric_history(uri, old.info.run_id, "val_macro_f1") == history_before[tid]
+
+    manifest_storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name=NAME, storage=manifest_storage)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "WAITING" not in states
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    assert states.count("COMPLETE") == finished
+    rows = (tmp_path / "results" / NAME / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 6

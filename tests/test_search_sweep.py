@@ -1,0 +1,170 @@
+"""End-to-end sweeps on a real local Ray runtime, real Optuna sqlite and real MLflow sqlite.
+
+One tiny sweep (4 trials x 3 epochs, 2 at a time) exercises: one sweep run with one nested
+run per trial and per-epoch histories, results files that agree with MLflow, conditional
+parameters (no focal_gamma without focal loss), a trial that raises (absurd learning rate ->
+NonFiniteLossError) ending FAILED with its error while the sweep completes, and the search
+never reading the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from search_helpers import (
+    FAST_MODELS,
+    metric_history,
+    mlflow_runs,
+    ray_runtime,  # noqa: F401 - fixture
+    read_trials_csv,
+    search_store,  # noqa: F401 - fixture
+    tiny_settings,
+)
+
+from search.run import run_sweep, summary
+
+ABSURD_LR = 1e30
+SPACE = {
+    "params": {
+        "model": {"choice": FAST_MODELS},
+        "lr": {"choice": [3e-3, ABSURD_LR]},
+        "loss": {"choice": ["ce", "focal"]},
+        "focal_gamma": {"uniform": [0.5, 3.0], "when": {"loss": "focal"}},
+    },
+    "fixed": {"hidden": 64, "faithful": False},
+}
+EPOCH_METRICS = [
+    f"{split}_{name}"
+    for split in ("train", "val")
+    for name in ("macro_f1", "weighted_f1", "micro_f1", "seed_micro_f1", "loss")
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, search_store, ray_runtime):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("sweep")
+    # Seed 3 gives both losses and both learning rates among the 4 trials (checked below).
+    settings = tiny_settings(tmp, search_store, "tiny", seed=3, warm_start=False)
+    outcome = run_sweep(settings, space=SPACE, quiet=True)
+    return settings, outcome
+
+
+def test_mlflow_holds_one_sweep_run_and_one_nested_run_per_trial(sweep) -> None:
+    settings, outcome = sweep
+    sweeps = mlflow_runs(settings.tracking_uri, kind="sweep")
+    assert len(sweeps) == 1
+    parent = sweeps[0]
+    assert parent.info.run_id == outcome.parent_run_id
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["case_tune.space"] == "case"
+    assert parent.data.params["store_path"] == str(settings.data)
+    trials = mlflow_runs(settings.tracking_uri, kind="trial")
+    assert len(trials) == settings.num_samples == outcome.num_trials
+    assert len({r.data.tags["case_tune.trial_id"] for r in trials}) == len(trials)
+    for run in trials:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["case_tune.model"] in FAST_MODELS
+        assert run.info.status in ("FINISHED", "FAILED")
+        if run.info.status == "FINISHED":
+            for key in EPOCH_METRICS:
+                hist = metric_history(settings.tracking_uri, run.info.run_id, key)
+                epochs = len(hist)
+                assert sorted(hist) == list(range(1, epochs + 1)), (key, hist)
+                assert 1 <= epochs <= settings.max_epochs
+            stopped = tags.get("case_tune.status") == "stopped_early"
+            assert stopped == (epochs < settings.max_epochs)
+
+
+def test_results_files_agree_with_mlflow(sweep) -> None:
+    settings, outcome = sweep
+    out = settings.sweep_dir
+    for name in ("leaderboard.md", "trials.csv", "best_configs.yaml", "best_by_model.png",
+                 "optimization_history.png", "sweep.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    rows = read_trials_csv(out / "trials.csv")
+    runs = {
+        r.data.tags["case_tune.trial_id"]: r
+        for r in mlflow_runs(settings.tracking_uri, kind="trial")
+    }
+    assert {r["trial_id"] for r in rows} == set(runs)
+    best_by_mlflow = {}
+    for tid, run in runs.items():
+        hist = metric_history(settings.tracking_uri, run.info.run_id, "val_macro_f1")
+        best_by_mlflow[tid] = max(hist.values()) if hist else None
+    for row in rows:
+        expected = best_by_mlflow[row["trial_id"]]
+        if expected is None:
+            assert row["best_val_macro_f1"] == ""
+        else:
+            assert float(row["best_val_macro_f1"]) == pytest.approx(expected, abs=1e-12)
+        assert row["mlflow_run_id"] == runs[row["trial_id"]].info.run_id
+    top = max(v for v in best_by_mlflow.values() if v is not None)
+    doc = yaml.safe_load((out / "best_configs.yaml").read_text())
+    assert doc["top"][0]["val_metrics"]["val_macro_f1"] == pytest.approx(top, abs=1e-12)
+    assert doc["parent_run_id"] == outcome.parent_run_id
+    assert doc["tracking_uri"] == settings.tracking_uri
+    assert doc["top"][0]["config"]["epochs"] == settings.max_epochs  # a full TrainConfig dict
+    assert "grad_clip" in doc["top"][0]["config"]
+    assert set(doc["best_per_model"]) <= set(FAST_MODELS)
+    assert outcome.best["val_macro_f1"] == pytest.approx(top, abs=1e-12)
+    assert f"python -m search.finalize --sweep {settings.name}" in summary(outcome)
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["parent_run_id"] == outcome.parent_run_id
+    # The Optuna study is persisted where the manifest says, under the sweep's name.
+    study = optuna.load_study(study_name=settings.name, storage=manifest["optuna_storage"])
+    assert len(study.trials) == settings.num_samples
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_conditional_params_are_logged_only_where_they_apply(sweep) -> None:
+    settings, _ = sweep
+    losses = set()
+    for run in mlflow_runs(settings.tracking_uri, kind="trial"):
+        params = run.data.params
+        losses.add(params["loss"])
+        assert ("focal_gamma" in params) == (params["loss"] == "focal"), params
+        assert "contrastive" not in params and "warmup_ratio" not in params
+    assert losses == {"ce", "focal"}  # the fixed seed covers both branches
+
+
+def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_completes(sweep) -> None:
+    settings, outcome = sweep
+    runs = mlflow_runs(settings.tracking_uri, kind="trial")
+    failed = [r for r in runs if float(r.data.params["lr"]) == ABSURD_LR]
+    ok = [r for r in runs if float(r.data.params["lr"]) != ABSURD_LR]
+    assert failed and ok
+    for run in failed:
+        assert run.info.status == "FAILED"
+        assert "NonFiniteLossError" in run.data.tags["case_tune.error"]
+        assert run.data.tags["case_tune.status"] == "failed"
+    for run in ok:
+        assert run.info.status == "FINISHED"
+    assert outcome.num_failed == len(failed)
+    board = (settings.sweep_dir / "leaderboard.md").read_text()
+    assert "NonFiniteLossError" in board
+    assert math.isfinite(outcome.best["val_macro_f1"])
+
+
+def test_the_search_never_reads_the_test_split(sweep) -> None:
+    settings, _ = sweep
+    finished = [r for r in mlflow_runs(settings.tracking_uri, kind="trial")
+                if r.info.status == "FINISHED"]  # fmt: skip
+    assert finished
+    for run in finished:
+        # What the trial's sealed FeatureStore recorded as served (a test read would raise).
+        assert run.data.tags["case_tune.splits_read"] == "train,val"
+
+
+def test_trainable_store_is_sealed(search_store) -> None:  # noqa: F811
+    from data_prep.store import SplitSealedError
+    from search.trainable import open_sealed_store
+
+    store = open_sealed_store(str(Path(search_store).resolve()))
+    with pytest.raises(SplitSealedError):
+        store.indices("test")
