@@ -156,7 +156,7 @@ def build_tuner(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
             scheduler=scheduler,
             num_samples=settings.num_samples,
-            reuse_actors=True,
+            reuse_actors=settings.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=settings.name,

@@ -72,6 +72,7 @@ class SweepSettings:
     # Not command-line flags: the benchmarks compare against random search without ASHA.
     searcher: str = "tpe"  # tpe | random
     scheduler: str = "asha"  # asha | fifo
+    reuse_actors: bool = True  # one process per concurrent slot, not per trial
     fixed: dict[str, Any] = field(default_factory=dict)  # extra fixed TrainConfig values
 
     @property

@@ -1,0 +1,354 @@
+"""The same sweep on a Ray cluster: several nodes, a submitted job, a tracking server.
+
+Real Ray, Optuna and MLflow on this machine, tiny sweeps (2 trials x 2 epochs):
+- a multi-node `ray.cluster_utils.Cluster` joined through `--address`, whose head has no CPU,
+  so every trial must land on the worker node (checked against Ray's actor table), while MLflow
+  logging from the driver still nests every trial under the sweep run;
+- fractional GPUs: `--gpus-per-trial 0.25` asks Ray for a quarter GPU, so four trials pack
+  onto one GPU and a fifth waits;
+- `ray start` + `ray job submit --working-dir` of `python search/run.py ... --address auto`;
+- an `mlflow server` as the tracking store, runs arriving over HTTP.
+
+Every Ray runtime started here is stopped by process id in a `finally`: other Ray runtimes of
+parallel test runs may live on this machine, so `ray stop` (which stops them all) is not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from search_helpers import FAST_MODELS, REPO, metric_history, mlflow_runs, tiny_settings
+
+SPACE = {
+    "params": {"model": {"choice": FAST_MODELS}, "lr": {"choice": [1e-3, 3e-3]}},
+    "fixed": {"hidden": 64, "faithful": False},
+}
+TRIALS = 2
+EPOCHS = 2
+# The packages a submitted job needs; everything else stays out of the uploaded zip.
+JOB_PACKAGES = ("data_prep", "models", "search")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_settings(tmp: Path, store: Path, name: str, **overrides):
+    return tiny_settings(
+        tmp, store, name, num_samples=TRIALS, max_epochs=EPOCHS, max_concurrent=TRIALS,
+        scheduler="fifo", warm_start=False, seed=0, **overrides,
+    )  # fmt: skip
+
+
+def _assert_nested_runs(tracking_uri: str, name: str, trials: int = TRIALS) -> None:
+    """One FINISHED sweep run named ``name``; ``trials`` FINISHED trial runs nested under it,
+    each with a full per-epoch val history and a store that served train and val only."""
+    sweeps = [r for r in mlflow_runs(tracking_uri, kind="sweep") if r.info.run_name == name]
+    assert len(sweeps) == 1, [r.info.run_name for r in sweeps]
+    parent = sweeps[0]
+    assert parent.info.status == "FINISHED"
+    runs = [
+        r
+        for r in mlflow_runs(tracking_uri, kind="trial")
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    assert len(runs) == trials
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags
+        assert run.data.tags["case_tune.splits_read"] == "train,val"
+        hist = metric_history(tracking_uri, run.info.run_id, "val_macro_f1")
+        assert sorted(hist) == list(range(1, EPOCHS + 1))
+
+
+# -- processes this module starts, stopped by id --------------------------------------------
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live, non-zombie process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            table[int(entry)] = (int(fields[1]), cmd)
+    return table
+
+
+def _processes_matching(patterns: list[str]) -> set[int]:
+    """Processes whose command line matches a pattern, and all their descendants."""
+    table = _process_table()
+    pids = {p for p, (_, cmd) in table.items() if any(re.search(pat, cmd) for pat in patterns)}
+    while True:
+        children = {p for p, (pp, _) in table.items() if pp in pids and p not in pids}
+        if not children:
+            break
+        pids |= children
+    pids.discard(os.getpid())
+    return pids
+
+
+def _terminate(pids: set[int], grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL what is still alive after ``grace`` seconds (Ray's own order)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline:
+            pids = pids & set(_process_table())
+            if not pids:
+                return
+            time.sleep(0.3)
+
+
+# -- 1. several nodes ----------------------------------------------------------------------
+@pytest.fixture
+def two_node_cluster():
+    """A head without CPUs (trials cannot go there) and one worker with 2 CPUs and a GPU
+    declared to Ray (a placeholder: trials still train on CPU here)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():  # a leftover connection would make init_ray ignore --address
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,  # the sweep itself connects, through --address
+        head_node_args={"num_cpus": 0, "resources": {"head_node": 1}, "include_dashboard": False},
+    )
+    try:
+        worker = cluster.add_node(num_cpus=2, num_gpus=1, resources={"worker_node": 1})
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def test_sweep_on_a_multi_node_cluster_runs_trials_on_the_worker(
+    two_node_cluster, demo_store, tmp_path
+) -> None:
+    import ray
+    from ray.tune import ExperimentAnalysis
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from search.run import run_sweep
+    from search.trainable import make_trainable
+
+    cluster, worker = two_node_cluster
+    head_id, worker_id = cluster.head_node.node_id, worker.node_id
+    settings = _cluster_settings(
+        tmp_path, demo_store, "multinode", address=cluster.address, gpus_per_trial=0.25
+    )
+    outcome = run_sweep(settings, space=SPACE, quiet=True)
+    assert not ray.is_initialized()  # run_sweep disconnected; the cluster lives on
+    assert outcome.num_trials == TRIALS and outcome.num_failed == 0
+
+    # Where the trials ran: Ray's actor table (GCS) against each trial's reported pid.
+    actors = [
+        a
+        for a in cluster.global_state.actor_table(None).values()
+        if a["ActorClassName"] == "ImplicitFunc"  # Tune's actor for a function trainable
+    ]
+    assert actors
+    assert {a["Address"]["NodeID"] for a in actors} == {worker_id} != {head_id}
+    trials = ExperimentAnalysis(str(settings.experiment_path)).trials
+    assert len(trials) == TRIALS
+    assert {t.last_result["pid"] for t in trials} <= {a["Pid"] for a in actors}
+    # Logged from the driver: the trial nodes never touched the sqlite store.
+    _assert_nested_runs(settings.tracking_uri, "multinode")
+
+    # Packing: a trial's request under --gpus-per-trial 0.25 is a quarter GPU, so the worker's
+    # one GPU takes four at once (CPU would allow eight) and a fifth waits.
+    ray.init(address=cluster.address, logging_level="WARNING")
+    request = make_trainable(demo_store, cpus=0.25, gpus=settings.gpus_per_trial)._resources
+    assert request.bundles == [{"CPU": 0.25, "GPU": 0.25}]
+    groups = [placement_group(request.bundles) for _ in range(5)]
+    try:
+        assert [g.wait(timeout_seconds=10) for g in groups[:4]] == [True] * 4
+        assert groups[4].wait(timeout_seconds=2) is False
+        placed = {
+            node
+            for g in groups[:4]
+            for node in ray.util.placement_group_table(g)["bundles_to_node_id"].values()
+        }
+        assert placed == {worker_id}
+    finally:
+        for g in groups:
+            remove_placement_group(g)
+
+
+def test_trials_carry_the_store_path_not_its_data(demo_store) -> None:
+    """What Ray ships to a trial node is a path; each process memory-maps the store there."""
+    import numpy as np
+    from ray import cloudpickle
+
+    from search.trainable import make_trainable, open_sealed_store
+
+    store_bytes = sum(f.stat().st_size for f in Path(demo_store).iterdir())
+    shipped = len(cloudpickle.dumps(make_trainable(demo_store, cpus=1, gpus=0.25)))
+    assert shipped < 50_000 < store_bytes // 20, (shipped, store_bytes)
+    store = open_sealed_store(str(Path(demo_store).resolve()))
+    for name in ("text", "audio", "text_pooled"):
+        assert isinstance(getattr(store, name), np.memmap), name
+
+
+def test_gpus_per_trial_flag_becomes_the_trial_resource_request(demo_store, tmp_path) -> None:
+    from search.settings import parse_settings
+    from search.trainable import make_trainable
+
+    settings = parse_settings(
+        ["--space", "case", "--data", str(demo_store), "--gpus-per-trial", "0.25",
+         "--cpus-per-trial", "2", "--address", "auto"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert settings.address == "auto"
+    trainable = make_trainable(
+        demo_store, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
+    )
+    assert trainable._resources.bundles == [{"CPU": 2.0, "GPU": 0.25}]
+
+
+# -- 2. ray start + ray job submit -----------------------------------------------------------
+def _ray_cli() -> str:
+    found = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    assert Path(found).exists(), "the `ray` command is not installed"
+    return found
+
+
+@pytest.mark.slow
+def test_job_submitted_to_a_started_cluster_runs_the_sweep(demo_store, tmp_path) -> None:
+    # A short temp dir of our own: Ray's unix socket paths live under it (107-byte limit),
+    # and its path is how this test finds, and stops, only the processes it started.
+    ray_tmp = tempfile.mkdtemp(prefix="ctray", dir="/tmp")
+    gcs, dash, client, agent = (_free_port() for _ in range(4))
+    env = dict(
+        os.environ,
+        CASE_TUNE_HOME=str(tmp_path / "home"),  # Tune's storage_path, inherited by the job
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        HF_HUB_OFFLINE="1",
+    )
+    work = tmp_path / "job"
+    for pkg in JOB_PACKAGES:
+        shutil.copytree(REPO / pkg, work / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", work)
+    size = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    assert size < 2_000_000, f"working dir of {size} bytes is uploaded with every job"
+    db = tmp_path / "mlflow.db"
+    results = tmp_path / "results"
+    try:
+        start = subprocess.run(
+            [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+             f"--ray-client-server-port={client}", f"--temp-dir={ray_tmp}",
+             "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert start.returncode == 0, start.stderr[-3000:]
+        job = subprocess.run(
+            [_ray_cli(), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+             "--working-dir", str(work), "--",
+             sys.executable, "search/run.py", "--space", "case", "--data", str(demo_store),
+             "--num-samples", str(TRIALS), "--max-epochs", str(EPOCHS), "--no-warm-start",
+             "--address", "auto", "--tracking-uri", f"sqlite:///{db}",
+             "--results-dir", str(results), "--name", "job-sweep"],
+            env=env, capture_output=True, text=True, timeout=540,
+        )  # fmt: skip
+        log = job.stdout + job.stderr
+        assert job.returncode == 0, log[-4000:]
+        assert re.search(r"Job '\w+' succeeded", log), log[-4000:]
+        assert "Sweep job-sweep: 2 trials, 0 failed" in log
+    finally:
+        _terminate(_processes_matching([re.escape(ray_tmp), rf"127\.0\.0\.1:{gcs}\b"]))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not _processes_matching([re.escape(ray_tmp)])
+    _assert_nested_runs(f"sqlite:///{db}", "job-sweep")
+    assert (results / "job-sweep" / "leaderboard.md").is_file()
+    # The job's Tune state went under the CASE_TUNE_HOME the cluster was started with.
+    assert (tmp_path / "home" / "ray_results" / "job-sweep").is_dir()
+
+
+# -- 3. an MLflow tracking server ------------------------------------------------------------
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+               MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+    db = tmp_path / "srv.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(tmp_path / "art")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: uvicorn's workers go with it
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow server did not answer /health within 120 s")
+            time.sleep(0.5)
+        yield url, db
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_sweep_logs_to_a_tracking_server_over_http(mlflow_server, demo_store, tmp_path) -> None:
+    import ray
+
+    from search.run import run_sweep
+
+    url, server_db = mlflow_server
+    if ray.is_initialized():
+        ray.shutdown()
+    (tmp_path / "sweep").mkdir()
+    settings = _cluster_settings(tmp_path / "sweep", demo_store, "http-sweep", tracking_uri=url)
+    # No --address: run_sweep starts a local Ray runtime and shuts it down again.
+    outcome = run_sweep(settings, space=SPACE, quiet=True)
+    assert not ray.is_initialized()
+    assert outcome.num_trials == TRIALS and outcome.num_failed == 0
+    _assert_nested_runs(url, "http-sweep")  # read back over HTTP
+    # ...and they are in the server's own store, not in some local file.
+    assert server_db.is_file()
+    _assert_nested_runs(f"sqlite:///{server_db}", "http-sweep")
+    assert not list((tmp_path / "sweep").glob("mlflow.db"))
