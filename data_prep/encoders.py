@@ -59,8 +59,21 @@ DEMO_TEXT_CONFIG: dict[str, Any] = {
     "max_position_embeddings": 512,
 }
 DEMO_VOCAB_SIZE = 2000
+# Random init gives attention value/output weights so small (std 0.02) that the tiny
+# transformers barely mix positions: every frame stays a local description of 20 ms of sound
+# (frame-to-frame variance ~60x the variance between utterance means). Pretrained encoders'
+# upper layers carry utterance-level context in every frame, and models such as CASE's
+# compressing alignment (a learned Linear over frame positions) rely on that. Scaling the
+# value and output projections of each attention block by these gains makes attention add a
+# (near-uniform) utterance summary to every position: frame variance falls to about the
+# between-utterance variance, while linear probes on mean-pooled features keep their score.
+DEMO_AUDIO_ATTENTION_GAIN = 12.0
+DEMO_TEXT_ATTENTION_GAIN = 4.0
+# The random BERT pooler (tanh(W h_[CLS]), W std 0.02) is nearly constant (spread ~0.001 per
+# dimension); with this gain its output varies ~0.1 and carries some of the sentence.
+DEMO_POOLER_GAIN = 20.0
 # Bump when the way demo encoders are built changes, so old saved copies are not reused.
-DEMO_ENCODER_VERSION = 1
+DEMO_ENCODER_VERSION = 2
 
 
 class EncoderError(RuntimeError):
@@ -336,6 +349,10 @@ def _build_demo_audio(out: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     model = Wav2Vec2Model(Wav2Vec2Config(**DEMO_AUDIO_CONFIG))
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            layer.attention.v_proj.weight.mul_(DEMO_AUDIO_ATTENTION_GAIN)
+            layer.attention.out_proj.weight.mul_(DEMO_AUDIO_ATTENTION_GAIN)
     model.save_pretrained(out)
     Wav2Vec2FeatureExtractor(
         feature_size=1,
@@ -393,7 +410,13 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
     config = BertConfig(
         vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id("[PAD]"), **DEMO_TEXT_CONFIG
     )
-    BertModel(config, add_pooling_layer=True).save_pretrained(out)
+    model = BertModel(config, add_pooling_layer=True)
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.value.weight.mul_(DEMO_TEXT_ATTENTION_GAIN)
+            layer.attention.output.dense.weight.mul_(DEMO_TEXT_ATTENTION_GAIN)
+        model.pooler.dense.weight.mul_(DEMO_POOLER_GAIN)
+    model.save_pretrained(out)
     fast.save_pretrained(out)
 
 
@@ -402,7 +425,8 @@ def build_demo_encoders(
 ) -> tuple[Path, Path]:
     """Build (or reuse) the tiny demo audio and text encoders under ``out_dir``.
 
-    Randomly initialised under ``torch.manual_seed(seed)``; the text encoder's WordPiece
+    Randomly initialised under ``torch.manual_seed(seed)``, attention value/output projections
+    (and the BERT pooler) scaled by the gains above; the text encoder's WordPiece
     vocabulary is trained on ``transcripts``. Folder names hash the configuration, the seed
     and (for text) the transcripts, so an identical request reuses the saved copy.
     Returns ``(audio_dir, text_dir)``, loadable with :func:`load_audio_encoder` /
@@ -419,13 +443,22 @@ def build_demo_encoders(
         "version": DEMO_ENCODER_VERSION,
         "transformers": transformers.__version__.split(".")[0],
     }
-    audio_dir = out / f"demo-wav2vec2-{_digest({**common, 'config': DEMO_AUDIO_CONFIG})}"
+    gains = {
+        "audio_attention": DEMO_AUDIO_ATTENTION_GAIN,
+        "text_attention": DEMO_TEXT_ATTENTION_GAIN,
+        "pooler": DEMO_POOLER_GAIN,
+    }
+    audio_dir = out / (
+        "demo-wav2vec2-"
+        + _digest({**common, "config": DEMO_AUDIO_CONFIG, "gain": gains["audio_attention"]})
+    )
     text_dir = out / (
         "demo-bert-"
         + _digest(
             {
                 **common,
                 "config": DEMO_TEXT_CONFIG,
+                "gains": [gains["text_attention"], gains["pooler"]],
                 "vocab": DEMO_VOCAB_SIZE,
                 "texts": _digest(texts),
             }

@@ -94,20 +94,35 @@ class MMM(nn.Module):
 
 
 class TextOnly(nn.Module):
-    """The text encoder's pooled output -> Linear(text_dim, h) -> classifier.
-    196,864 + 67,591 = 264,455 parameters at the seed's sizes."""
+    """Text vector -> Linear(text_dim, h) -> classifier. 196,864 + 67,591 = 264,455
+    parameters at the seed's sizes, in both modes.
 
-    uses = frozenset({"text_pooled"})
+    The text vector is the masked mean of the token features by default, and the encoder's
+    pooled output only with `faithful=True` (the seed's choice). An untuned pooler (a dense
+    layer + tanh over [CLS], trained only for next-sentence prediction) is a known weak
+    sentence vector on frozen features, and a randomly initialised one, as in the demo's tiny
+    BERT, is almost constant across utterances (about 0.001 spread per dimension), so a
+    text-only baseline built on it stays at all-neutral and says nothing about the text.
+    """
+
     trim = frozenset()
 
     def __init__(self, *, text_dim, audio_dim, max_tokens, max_frames, num_classes, hidden,
                  dropout, pooling, faithful) -> None:  # fmt: skip
         super().__init__()
+        self.faithful = faithful
+        self.uses = frozenset({"text_pooled"}) if faithful else frozenset({"text"})
+        self.trim = frozenset() if faithful else frozenset({"text"})
         self.proj = nn.Linear(text_dim, hidden)
         self.classifier = Classifier(hidden, hidden, num_classes, dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        v = self.proj(batch["text_pooled"])
+        if self.faithful:
+            x = batch["text_pooled"]
+        else:
+            text = batch["text"]
+            x = masked_mean_vec(text, length_mask(batch["text_len"], text.shape[1]))
+        v = self.proj(x)
         return ModelOutput(self.classifier(v), v, v, None)
 
 

@@ -207,3 +207,49 @@ def test_demo_is_learnable_and_fusion_helps(default) -> None:
     assert all_neutral < 0.15
     assert f_audio > 0.3 and f_text > 0.3
     assert f_both > max(f_audio, f_text) + 0.1
+
+
+def _masked_mean(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    keep = np.arange(x.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    return (x * keep[..., None]).sum(axis=1) / keep.sum(axis=1, keepdims=True)
+
+
+def test_signal_survives_the_frozen_demo_encoders(demo_store_medium) -> None:
+    """What the models see: masked-mean frames / tokens of the tiny random encoders.
+
+    The hand-feature test above normalises per speaker; the models get neither that nor
+    loudness (wav2vec2 normalises each waveform). Before the demo's voice cues were made
+    absolute, the audio probe here sat at the all-neutral score.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from data_prep.store import FeatureStore
+
+    st = FeatureStore.open(demo_store_medium)
+    audio = _masked_mean(st.audio, st.audio_len)
+    text = _masked_mean(st.text, st.text_len)
+    y = st.table["label_id"].to_numpy()
+    fit = st.indices("train")
+    held_out = np.concatenate([st.indices("val"), st.indices("test")])
+
+    def macro_f1(x: np.ndarray) -> float:
+        model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced")
+        )
+        model.fit(x[fit], y[fit])
+        pred = model.predict(x[held_out])
+        return f1_score(y[held_out], pred, labels=range(7), average="macro", zero_division=0)
+
+    all_neutral = f1_score(
+        y[held_out], np.zeros(len(held_out), int), labels=range(7), average="macro", zero_division=0
+    )
+    f_audio, f_text = macro_f1(audio), macro_f1(text)
+    f_both = macro_f1(np.hstack([audio, text]))
+    scores = (all_neutral, f_audio, f_text, f_both)
+    assert f_audio > all_neutral + 0.04, scores
+    assert f_text > all_neutral + 0.2, scores
+    assert f_both > max(f_audio, f_text), scores

@@ -189,3 +189,19 @@ def test_param_count_cli(capsys) -> None:
     assert "| case-compressing | 593,031 | 593,031 ✓ |" in out
     assert "| mmm | 1,547,527 | 1,547,527 ✓ |" in out
     assert out.count("✓") == 3
+
+
+def test_text_only_reads_tokens_by_default_and_the_pooler_when_faithful() -> None:
+    """Default text-only = masked mean of token features; faithful = the encoder's pooler."""
+    torch.manual_seed(0)
+    fixed, faithful = small("text-only").eval(), small("text-only", faithful=True).eval()
+    assert fixed.uses == {"text"} and faithful.uses == {"text_pooled"}
+    assert count_parameters(fixed) == count_parameters(faithful)
+    batch = random_batch(4, **SMALL, seed=7)
+    new_pooled = dict(batch, text_pooled=torch.randn_like(batch["text_pooled"]))
+    new_tokens = dict(batch, text=torch.randn_like(batch["text"]))
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(batch).logits, fixed(new_pooled).logits)
+        assert not torch.allclose(fixed(batch).logits, fixed(new_tokens).logits)
+        torch.testing.assert_close(faithful(batch).logits, faithful(new_tokens).logits)
+        assert not torch.allclose(faithful(batch).logits, faithful(new_pooled).logits)

@@ -205,18 +205,29 @@ def test_cli_prints_a_table(tiny, capsys) -> None:
 @pytest.fixture
 def demo(request) -> FeatureStore:
     try:
-        path = request.getfixturevalue("demo_store")
+        path = request.getfixturevalue("demo_store_medium")
     except pytest.FixtureLookupError:
-        pytest.skip("the demo_store fixture is not defined yet")
-    return FeatureStore.open(path, sealed=("test",))
+        pytest.skip("the demo_store_medium fixture is not defined yet")
+    return FeatureStore.open(path)
 
 
 def test_on_demo_store_fusion_beats_unimodal(demo) -> None:
-    baseline = all_neutral_metrics(demo.labels("val"), "val")["val_macro_f1"]
-    # 5 training rows per emotion: without class weights every head (and a logistic
-    # regression) predicts all-neutral.
-    c = cfg(epochs=15, class_weights="inverse")
-    scores = {m: train(c.replace(model=m), demo).best_metrics["val_macro_f1"]
-              for m in ("case-compressing", "text-only", "speech-only")}  # fmt: skip
-    assert scores["case-compressing"] > baseline + 0.15, (scores, baseline)
-    assert scores["case-compressing"] > max(scores["text-only"], scores["speech-only"]), scores
+    """On the demo's frozen-encoder features a fusion head beats either modality alone.
+
+    The demo puts the emotion cue in both modalities for some utterances and in only one for
+    the rest. Held-out rows are few (2-6 per emotion per split), so a score is the mean of
+    val and test macro-F1 at the best val epoch, averaged over two seeds; the test split is
+    read here on purpose (this checks the data, it is not a search).
+    """
+    splits = ("val", "test")
+    baseline = np.mean([all_neutral_metrics(demo.labels(s), s)[f"{s}_macro_f1"] for s in splits])
+    c = cfg(hidden=64, lr=1e-3, epochs=30, class_weights="inverse")
+
+    def score(model: str) -> float:
+        runs = [train(c.replace(model=model, seed=seed), demo, eval_splits=splits)
+                for seed in (0, 1)]  # fmt: skip
+        return float(np.mean([r.best_metrics[f"{s}_macro_f1"] for r in runs for s in splits]))
+
+    scores = {m: score(m) for m in ("case-attention", "text-only", "speech-only")}
+    assert scores["case-attention"] > baseline + 0.2, (scores, baseline)
+    assert scores["case-attention"] > max(scores["text-only"], scores["speech-only"]) + 0.03, scores
