@@ -3,7 +3,7 @@
 A split's rows are read from the store's fp16 memory maps once and kept on the device
 ("resident"): as fp32 when twice their fp16 size fits the budget, else as fp16 cast per batch.
 A batch is then an index gather of those tensors. Only the arrays the model uses are loaded
-(text-only reads text_pooled alone, speech-only the audio alone).
+(text-only reads the token features, or text_pooled alone when faithful; speech-only the audio alone).
 
 When a split does not fit (real KEMDy20 audio, 512 x 1024 fp16 per utterance, is about 1 MB
 each, about 13 GB with text for the training split), batches are gathered from the memory maps instead
