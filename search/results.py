@@ -151,7 +151,7 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
         params = ", ".join(f"{k}={_fmt(r.config[k])}" for k in KEY_PARAMS if k in r.config)
         extra = [
             f"{k}={_fmt(r.config[k])}"
-            for k in ("focal_gamma", "warmup_ratio", "contrastive_weight")
+            for k in ("focal_gamma", "warmup_ratio", "contrastive_weight", "contrastive_temperature")
             if k in r.config
         ]
         if extra:
