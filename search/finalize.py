@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
 from search.settings import (  # noqa: E402
     SWEEP_MANIFEST,
     UsageError,
+    check_resources,
     default_tracking_uri,
 )
 
@@ -141,16 +142,6 @@ def _known_sweeps(results_dir: Path) -> str:
     return ", ".join(names) or "none"
 
 
-def _check_resources(cpus: float, gpus: float) -> None:
-    # Same rules as search.settings.parse_settings (which has them inline).
-    if not math.isfinite(cpus) or cpus <= 0:
-        raise UsageError(f"--cpus-per-trial must be > 0 (fractions allowed), got {cpus}")
-    if not math.isfinite(gpus) or gpus < 0:
-        raise UsageError(f"--gpus-per-trial must be >= 0 (fractions share a GPU), got {gpus}")
-    if gpus > 1 and gpus != int(gpus):
-        raise UsageError(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
-
-
 def parse_settings(
     argv: Sequence[str] | None = None, *, cwd: Path | None = None
 ) -> FinalizeSettings:
@@ -225,7 +216,7 @@ def parse_settings(
         raise UsageError(f"--seeds must be >= 0, got {s.seeds}")
     if s.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be >= 1, got {s.max_concurrent}")
-    _check_resources(s.cpus_per_trial, s.gpus_per_trial)
+    check_resources(s.cpus_per_trial, s.gpus_per_trial)
     if s.models:
         from models.config import MODEL_NAMES
 

@@ -144,6 +144,16 @@ def _fail(msg: str) -> None:
     raise UsageError(msg)
 
 
+def check_resources(cpus: float, gpus: float) -> None:
+    """Per-trial resources as Ray accepts them; shared by search.run and search.finalize."""
+    if not math.isfinite(cpus) or cpus <= 0:
+        _fail(f"--cpus-per-trial must be > 0 (fractions allowed), got {cpus}")
+    if not math.isfinite(gpus) or gpus < 0:
+        _fail(f"--gpus-per-trial must be >= 0 (fractions share a GPU), got {gpus}")
+    if gpus > 1 and gpus != int(gpus):
+        _fail(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
+
+
 def _positive_int(name: str, value: int | None, default: int) -> int:
     if value is None:
         return default
@@ -220,12 +230,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     max_concurrent = _positive_int("max-concurrent", args.max_concurrent, DEFAULT_MAX_CONCURRENT)
     cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
     gpus = 0.0 if args.gpus_per_trial is None else args.gpus_per_trial
-    if not math.isfinite(cpus) or cpus <= 0:
-        _fail(f"--cpus-per-trial must be > 0 (fractions allowed), got {args.cpus_per_trial}")
-    if not math.isfinite(gpus) or gpus < 0:
-        _fail(f"--gpus-per-trial must be >= 0 (fractions share a GPU), got {args.gpus_per_trial}")
-    if gpus > 1 and gpus != int(gpus):
-        _fail(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
+    check_resources(cpus, gpus)
     seed = 0 if args.seed is None else args.seed
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
