@@ -6,6 +6,11 @@ both predictions and targets (its F1 is 0). torcheval's own "macro" drops such c
 would inflate macro-F1 on small or skewed batches, so macro is taken here as the plain mean of
 torcheval's per-class F1. On a test set holding all seven classes the two agree.
 
+`{split}_macro_auroc` is threshold-free: the mean one-vs-rest ROC AUC over the classes that
+have both positive and negative rows (undefined otherwise, so left out). While a head still
+predicts neutral everywhere its macro-F1 is flat at the all-neutral value, but its AUROC already
+shows how well it ranks the emotional rows; the search uses it only to break exact F1 ties.
+
 `{split}_seed_micro_f1` is the seed's "Micro-F1": micro-F1 over the rows whose gold label is
 not neutral, which is the accuracy on emotional rows (NaN when there are none).
 """
@@ -18,7 +23,11 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torcheval.metrics.functional import multiclass_confusion_matrix, multiclass_f1_score
+from torcheval.metrics.functional import (
+    multiclass_auroc,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
 
 from data_prep.labels import LABELS, NEUTRAL_INDEX
 
@@ -86,6 +95,21 @@ def classification_metrics(
     }
     out.update({f"{split}_f1_{name}": float(f) for name, f in zip(names, per_class, strict=True)})
     return out
+
+
+def macro_auroc(scores, target, num_classes: int = 7) -> float:
+    """Mean one-vs-rest ROC AUC of ``scores`` ([N, C] probabilities or logits) over the classes
+    with at least one positive and one negative row in ``target``; NaN if there is none."""
+    s = torch.as_tensor(scores).float().cpu()
+    t = _as_tensor(target)
+    if s.ndim != 2 or s.shape != (len(t), num_classes):
+        raise ValueError(f"scores {tuple(s.shape)} do not fit {len(t)} rows x {num_classes}")
+    support = torch.bincount(t, minlength=num_classes)
+    defined = (support > 0) & (support < len(t))
+    if len(t) == 0 or not bool(defined.any()):
+        return float("nan")
+    per_class = multiclass_auroc(s, t, num_classes=num_classes, average=None)
+    return float(per_class[defined].double().mean())
 
 
 def confusion_matrix(pred, target, num_classes: int = 7) -> np.ndarray:

@@ -29,7 +29,7 @@ from data_prep.store import FeatureStore
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
-from models.metrics import all_neutral_metrics, classification_metrics
+from models.metrics import all_neutral_metrics, classification_metrics, macro_auroc
 from models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,22 @@ def evaluate(
     objective: Objective,
     batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager],
-) -> tuple[float, torch.Tensor]:
-    """Mean per-row loss and predicted class ids over ``data``, in eval mode."""
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Mean per-row loss, predicted class ids and class probabilities ([N, C], on the CPU)
+    over ``data``, in eval mode."""
     model.eval()
     total = torch.zeros((), device=data.device)
-    preds = []
+    logits = []
     for idx in iterate_in_order(data.n, batch_size, data.device):
         with autocast():
             out = model(data.batch(idx))
             loss = objective(out, data.labels[idx])
         total += loss.detach().float() * len(idx)
-        preds.append(out.logits.argmax(dim=-1))
-    if not preds:
-        return float("nan"), torch.zeros(0, dtype=torch.long)
-    return float(total) / data.n, torch.cat(preds).cpu()
+        logits.append(out.logits.detach().float())
+    if not logits:
+        return float("nan"), torch.zeros(0, dtype=torch.long), torch.zeros(0, 0)
+    probs = torch.cat(logits).softmax(dim=-1).cpu()
+    return float(total) / data.n, probs.argmax(dim=-1), probs
 
 
 def save_checkpoint(
@@ -284,10 +286,11 @@ def _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir, checkpoint
             torch.cat(preds).cpu(), train_labels_cpu[perm.cpu()], "train", n_cls, label_names=names
         ))  # fmt: skip
         for split, data in evals.items():
-            loss_value, pred = evaluate(model, data, objective, bs, autocast)
+            loss_value, pred, probs = evaluate(model, data, objective, bs, autocast)
             metrics[f"{split}_loss"] = loss_value
             metrics.update(classification_metrics(pred, eval_labels_cpu[split], split, n_cls,
                                                   label_names=names))  # fmt: skip
+            metrics[f"{split}_macro_auroc"] = macro_auroc(probs, eval_labels_cpu[split], n_cls)
         metrics["lr"] = float(scheduler.get_last_lr()[0])
         metrics["epoch_seconds"] = time.perf_counter() - t0
         # CPU time of this process: comparable across runs on a shared machine.

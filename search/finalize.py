@@ -363,7 +363,7 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
     from models.config import TrainConfig
     from models.data import load_split
     from models.losses import Objective, class_weights
-    from models.metrics import classification_metrics
+    from models.metrics import classification_metrics, macro_auroc
     from models.train import evaluate, load_checkpoint, resolve_device, train
 
     if threads:
@@ -397,11 +397,12 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
                 frames = config.audio_frames or score_store.max_frames
                 test_data = load_split(score_store, "test", uses=model.uses, frames=frames,
                                        trim=model.trim, device=dev)  # fmt: skip
-            loss, pred = evaluate(model, test_data, objective, config.batch_size,
-                                  contextlib.nullcontext)  # fmt: skip
+            loss, pred, probs = evaluate(model, test_data, objective, config.batch_size,
+                                         contextlib.nullcontext)  # fmt: skip
             m = classification_metrics(pred, test_data.labels.cpu(), "test", n_cls,
                                        label_names=names)  # fmt: skip
             m["test_loss"] = loss
+            m["test_macro_auroc"] = macro_auroc(probs, test_data.labels.cpu(), n_cls)
             test_metrics[str(e)] = {k: float(v) for k, v in m.items()}
             test_pred[str(e)] = [int(x) for x in pred.tolist()]
             if e in (chosen, fixed):

@@ -8,6 +8,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from search.trainable import BEST_METRIC
+
 
 class CompactProgress(Callback):
     """One line per finished trial (Tune's own tables are too loud for 2 cores)."""
@@ -20,7 +22,7 @@ class CompactProgress(Callback):
     def _line(self, trial: Any, status: str) -> None:
         self.done += 1
         r = trial.last_result or {}
-        best = r.get("val_macro_f1_best", float("nan"))
+        best = r.get(BEST_METRIC, float("nan"))
         if isinstance(best, float) and math.isfinite(best):
             self.best = max(self.best, best)
         print(

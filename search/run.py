@@ -106,6 +106,25 @@ def init_ray(settings: SweepSettings) -> bool:
     return True
 
 
+def _tpe(settings: SweepSettings) -> Any:
+    """Seeded TPE: multivariate with ``group`` because the spaces are conditional (a branch's
+    parameters are modelled jointly and only over trials that sampled that branch), and a
+    constant liar so concurrent trials do not all get the same proposal."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=settings.seed,
+            n_startup_trials=settings.startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
+
+
 def build_tuner(
     settings: SweepSettings,
     space: dict[str, Any],
@@ -131,7 +150,7 @@ def build_tuner(
         sampler=(
             optuna.samplers.RandomSampler(seed=settings.seed)
             if settings.searcher == "random"
-            else optuna.samplers.TPESampler(seed=settings.seed)
+            else _tpe(settings)
         ),
         study_name=settings.name,
         storage=optuna.storages.RDBStorage(settings.optuna_storage),
@@ -193,6 +212,10 @@ def fail_stale_optuna_trials(storage: str, name: str) -> int:
 
 
 # -- the sweep -----------------------------------------------------------------------------
+SWEEP_INFO_KEYS = ("sweep", "store_path", "store_key", "tracking_uri", "experiment_id",
+                   "parent_run_id", "optuna_storage")  # fmt: skip
+
+
 def _write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
     settings.sweep_dir.mkdir(parents=True, exist_ok=True)
     tmp = settings.manifest_path.with_suffix(".tmp")
@@ -257,7 +280,11 @@ def run_sweep(
                 "cpus_per_trial": settings.cpus_per_trial,
                 "gpus_per_trial": settings.gpus_per_trial,
                 "seed": settings.seed,
-                "searcher": f"optuna-{settings.searcher}",
+                "searcher": (
+                    f"optuna-tpe(startup={settings.startup_trials},multivariate,group)"
+                    if settings.searcher == "tpe"
+                    else f"optuna-{settings.searcher}"
+                ),
                 "scheduler": (
                     f"asha(grace={settings.grace_period},rf={settings.reduction_factor})"
                     if settings.scheduler == "asha"
@@ -353,15 +380,10 @@ def run_sweep(
         # Only now: a resumed sweep's restored searcher still reports on RUNNING trials.
         fail_stale_optuna_trials(settings.optuna_storage, settings.name)
 
+    # What results files say about the sweep: the manifest's facts, under their results names.
     sweep_info = {
-        "sweep": settings.name,
+        **{k: manifest[k] for k in SWEEP_INFO_KEYS},
         "space": settings.space,
-        "store_path": str(store_path),
-        "store_key": store.key,
-        "tracking_uri": settings.tracking_uri,
-        "experiment_id": exp_id,
-        "parent_run_id": parent,
-        "optuna_storage": settings.optuna_storage,
         "max_epochs": settings.max_epochs,
     }
     records, notes = results.write_results(

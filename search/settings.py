@@ -24,6 +24,9 @@ DEFAULT_MAX_EPOCHS = 20
 DEFAULT_MAX_CONCURRENT = 2
 GRACE_PERIOD = 3
 REDUCTION_FACTOR = 3
+# TPE samples at random for its first trials; Optuna's default (10) would leave a 24-trial
+# sweep mostly random. With ASHA most trials are cheap, so TPE can start modelling early.
+STARTUP_TRIALS = 5
 SWEEP_MANIFEST = "sweep.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -40,12 +43,14 @@ def default_tracking_uri(cwd: Path | None = None) -> str:
     return f"sqlite:///{((cwd or Path.cwd()) / 'mlflow.db').resolve()}"
 
 
-def optuna_storage_for(tracking_uri: str, cwd: Path | None = None) -> str:
-    """Optuna's sqlite beside MLflow's when MLflow is a local sqlite file, else in cwd."""
+def optuna_storage_for(tracking_uri: str, results_dir: Path) -> str:
+    """Optuna's sqlite beside MLflow's when MLflow is a local sqlite file, else in the results
+    folder, beside the sweep manifests that --resume needs anyway (not the cwd, which under
+    `ray job submit` is a temporary copy of the working directory)."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
         return f"sqlite:///{db.with_name('optuna.db')}"
-    return f"sqlite:///{((cwd or Path.cwd()) / 'optuna.db').resolve()}"
+    return f"sqlite:///{(results_dir / 'optuna.db').resolve()}"
 
 
 @dataclass
@@ -68,6 +73,7 @@ class SweepSettings:
     storage_path: str = ""  # Ray Tune's experiment root (absolute)
     grace_period: int = GRACE_PERIOD
     reduction_factor: int = REDUCTION_FACTOR
+    startup_trials: int = STARTUP_TRIALS
     warm_start: bool = True
     # Not command-line flags: the benchmarks compare against random search without ASHA.
     searcher: str = "tpe"  # tpe | random
@@ -267,7 +273,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         seed=seed,
         resume=False,
         tracking_uri=tracking_uri,
-        optuna_storage=optuna_storage_for(tracking_uri, cwd),
+        optuna_storage=optuna_storage_for(tracking_uri, results_dir),
         results_dir=str(results_dir),
         storage_path=str((case_tune_home() / "ray_results").resolve()),
         grace_period=min(GRACE_PERIOD, max_epochs),

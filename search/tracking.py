@@ -34,7 +34,14 @@ SPLITS_READ = "case_tune.splits_read"
 CONFIG = "case_tune.config"  # the trial's config as JSON (typed; params are strings)
 PARENT = "mlflow.parentRunId"
 METRIC_PREFIXES = ("train_", "val_")
-LOGGED_SUFFIXES = ("_macro_f1", "_weighted_f1", "_micro_f1", "_seed_micro_f1", "_loss")
+LOGGED_SUFFIXES = (
+    "_macro_f1",
+    "_weighted_f1",
+    "_micro_f1",
+    "_seed_micro_f1",
+    "_loss",
+    "_macro_auroc",
+)
 _MAX_TAG = 5000
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 

@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from data_prep.labels import LABELS
-from models.metrics import all_neutral_metrics, classification_metrics, confusion_matrix
+from models.metrics import (
+    all_neutral_metrics,
+    classification_metrics,
+    confusion_matrix,
+    macro_auroc,
+)
 
 
 def _sk(pred, target, average):
@@ -72,3 +77,23 @@ def test_all_neutral_baseline() -> None:
     f_neutral = 2 * 0.8 / 1.8
     assert m["test_macro_f1"] == pytest.approx(f_neutral / 7, abs=1e-6)
     assert m["test_weighted_f1"] == pytest.approx(0.8 * f_neutral, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_macro_auroc_matches_sklearn_one_vs_rest(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    target = np.concatenate([np.arange(7), rng.integers(0, 7, 40)])
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(len(target), 7))), dim=-1)
+    expected = roc_auc_score(target, probs.numpy(), multi_class="ovr", average="macro")
+    assert macro_auroc(probs, torch.from_numpy(target)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_macro_auroc_leaves_out_classes_without_positives() -> None:
+    target = np.array([0, 0, 4, 4, 4, 2])
+    scores = np.random.default_rng(0).random((6, 7))
+    expected = np.mean([roc_auc_score(target == c, scores[:, c]) for c in (0, 2, 4)])
+    assert macro_auroc(scores, target) == pytest.approx(expected, abs=1e-6)
+    assert math.isnan(macro_auroc(scores[:2], target[:2]))  # one class only: undefined
+    # A head that ranks perfectly still predicts neutral everywhere: F1 cannot see it.
+    ranked = np.eye(7)[target] * 0.1 + np.eye(7)[[4] * 6] * 0.5
+    assert macro_auroc(ranked, target) == 1.0

@@ -81,7 +81,12 @@ def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
     s = parse_settings(["--space", "case"], cwd=tmp_path)
     assert s.data_kind == "demo" and s.num_samples >= 24 and s.max_concurrent == 2
     assert s.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert s.optuna_storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    assert s.optuna_storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"  # beside MLflow
     assert s.storage_path == str((tmp_path / "home" / "ray_results").resolve())
     assert Path(s.results_dir) == (tmp_path / "results").resolve()
     assert s.name.startswith("case-")
+    # With a tracking server, the study goes with the results (not the cwd, which under
+    # `ray job submit` is a temporary copy).
+    http = parse_settings(["--space", "case", "--tracking-uri", "http://127.0.0.1:5000",
+                           "--results-dir", str(tmp_path / "out")], cwd=tmp_path / "home")  # fmt: skip
+    assert http.optuna_storage == f"sqlite:///{(tmp_path / 'out' / 'optuna.db').resolve()}"
