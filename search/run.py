@@ -107,22 +107,15 @@ def init_ray(settings: SweepSettings) -> bool:
 
 
 def _tpe(settings: SweepSettings) -> Any:
-    """Seeded TPE: multivariate with ``group`` because the spaces are conditional (a branch's
-    parameters are modelled jointly and only over trials that sampled that branch), and a
-    constant liar so concurrent trials do not all get the same proposal."""
-    import warnings
+    """Seeded TPE with Optuna's defaults but the number of random start-up trials.
 
+    Tried on replayed demo learning curves (78 random configs, 30 seeds): 5 or 3 start-up
+    trials, multivariate and group did not beat the defaults; with few trials and noisy val
+    F1, an early TPE model exploits noise.
+    """
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=settings.seed,
-            n_startup_trials=settings.startup_trials,
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
+    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials)
 
 
 def build_tuner(
@@ -281,7 +274,7 @@ def run_sweep(
                 "gpus_per_trial": settings.gpus_per_trial,
                 "seed": settings.seed,
                 "searcher": (
-                    f"optuna-tpe(startup={settings.startup_trials},multivariate,group)"
+                    f"optuna-tpe(startup={settings.startup_trials})"
                     if settings.searcher == "tpe"
                     else f"optuna-{settings.searcher}"
                 ),

@@ -24,9 +24,8 @@ DEFAULT_MAX_EPOCHS = 20
 DEFAULT_MAX_CONCURRENT = 2
 GRACE_PERIOD = 3
 REDUCTION_FACTOR = 3
-# TPE samples at random for its first trials; Optuna's default (10) would leave a 24-trial
-# sweep mostly random. With ASHA most trials are cheap, so TPE can start modelling early.
-STARTUP_TRIALS = 5
+# TPE samples at random for its first trials (Optuna's default, 10; see search.run._tpe).
+STARTUP_TRIALS = 10
 SWEEP_MANIFEST = "sweep.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
