@@ -8,7 +8,10 @@ A batch is then an index gather of those tensors. Only the arrays the model uses
 When a split does not fit (real KEMDy20 audio, 512 x 1024 fp16 per utterance, is about 1 MB
 each, about 13 GB with text for the training split), batches are gathered from the memory maps instead
 ("streamed"), through pinned memory on CUDA. The budget is half of the free device memory
-(CUDA) or half of MemAvailable (CPU), or `CASE_TUNE_RESIDENT_MAX_BYTES` when set.
+(CUDA) or half of MemAvailable (CPU), or `CASE_TUNE_RESIDENT_MAX_BYTES` when set. A trial given
+a fraction of a GPU (`CASE_TUNE_GPU_SHARE`, set by the search's trainable) takes at most half of
+its share of the device's total memory, so the first of several trials packed on one GPU does
+not take the memory the others need.
 
 Per batch, axes a model allows (models' `trim`, only when padding is masked) are cut to the
 batch's longest true length, which changes no output and saves work.
@@ -27,7 +30,13 @@ import torch.nn.functional as F
 from data_prep.store import FeatureStore
 
 LENGTHS = ("text_len", "audio_len")
+GPU_SHARE_ENV = "CASE_TUNE_GPU_SHARE"
 _LEN_OF = {"text": "text_len", "audio": "audio_len"}
+
+
+def cuda_budget(free: int, total: int, share: float = 1.0) -> int:
+    """Half of the free device memory, and at most half of this process's share of the total."""
+    return int(min(free, total * min(max(share, 0.0), 1.0))) // 2
 
 
 def resident_budget(device: torch.device) -> int:
@@ -36,8 +45,8 @@ def resident_budget(device: torch.device) -> int:
     if env:
         return int(float(env))
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free // 2
+        free, total = torch.cuda.mem_get_info(device)
+        return cuda_budget(free, total, float(os.environ.get(GPU_SHARE_ENV) or 1.0))
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:

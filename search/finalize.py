@@ -433,7 +433,11 @@ def _now() -> str:
 
 
 def _unit_task(unit: dict[str, Any], store_path: str, every: int, threads: int,
-               device: str | None) -> dict[str, Any]:  # fmt: skip
+               device: str | None, gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    if 0 < gpus < 1:  # several runs share one GPU: size the resident splits to this share
+        from models.data import GPU_SHARE_ENV
+
+        os.environ[GPU_SHARE_ENV] = str(gpus)
     return run_unit(unit, store_path, every=every, threads=threads, device=device)
 
 
@@ -713,7 +717,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
                     run_id = start_unit_run(client, exp_id, parent, space, settings.sweep,
                                             by_key[u["candidate"]], u)  # fmt: skip
                     ref = task.remote({**u, "mlflow_run_id": run_id}, str(store_path),
-                                      settings.every, threads, device)  # fmt: skip
+                                      settings.every, threads, device,
+                                      settings.gpus_per_trial)  # fmt: skip
                     running[ref] = (u, run_id)
                 ready, _ = ray.wait(list(running), num_returns=1)
                 u, run_id = running.pop(ready[0])

@@ -51,16 +51,23 @@ def open_sealed_store(path: str) -> Any:
     return store
 
 
-def run_trial(config: dict[str, Any], store_path: str, threads: int | None = None) -> None:
+def run_trial(
+    config: dict[str, Any], store_path: str, threads: int | None = None, gpus: float = 0.0
+) -> None:
     """Train one config, reporting every epoch to Tune. Exceptions fail the trial."""
+    import os
+
     import torch
     from ray import tune
 
     from models.config import TrainConfig
+    from models.data import GPU_SHARE_ENV
     from models.train import train
 
     if threads:
         torch.set_num_threads(threads)
+    if 0 < gpus < 1:  # several trials share one GPU: size the resident splits to this share
+        os.environ[GPU_SHARE_ENV] = str(gpus)
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
     best = best_search = -math.inf
@@ -97,6 +104,6 @@ def make_trainable(
     threads = max(1, int(cpus))
 
     def case_trial(config: dict[str, Any]) -> None:
-        run_trial(config, path, threads)
+        run_trial(config, path, threads, gpus)
 
     return tune.with_resources(case_trial, {"cpu": cpus, "gpu": gpus})
