@@ -9,6 +9,14 @@ token counts from the tokenizer's attention mask; both capped at the limit and a
 Audio is cut to the fewest samples that give ``max_frames`` frames before encoding, so frames
 past the limit are never computed (the seed ran whole utterances and then dropped frames).
 
+``compile=True`` runs the encoder through ``torch.compile(model, dynamic=True)`` (inductor),
+which fuses the conv feature encoder's transposes, layer norms and GELUs. The features are
+the same within fp16 rounding. Compiling costs tens of seconds to minutes per process, and
+again for each shape range dynamo specialises (batch 1; batch 16 and up vs smaller; for
+batch 1, ranges of input length), so it pays only on large corpora. If compiling or a
+compiled call fails (no C++ compiler, an inductor error), one warning is printed and
+extraction continues eagerly, with the same features.
+
 Attention masks for audio. Every waveform is normalised over its own true length (the feature
 extractor is always asked for the mask, which it uses to normalise). The mask is passed to the
 *model* only when the feature extractor says ``return_attention_mask``: that is how
@@ -23,7 +31,8 @@ to zero-pad and pass no mask. Sorting by length keeps that padding (and its effe
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import gcd
 from typing import Any
@@ -93,6 +102,55 @@ def _check_finite(batch: np.ndarray, what: str) -> None:
         )
 
 
+_COMPILED_ATTR = "_case_tune_compiled"
+
+
+class _Runner:
+    """Calls ``model`` eagerly, or compiled when asked, falling back to eager on failure.
+
+    The compiled wrapper is kept on the model (outside its registered submodules), so that
+    extracting again with the same model reuses dynamo's compiled graphs.
+    """
+
+    def __init__(self, model: torch.nn.Module, compile: bool, what: str) -> None:
+        self.model = model
+        self.what = what
+        self.compiled: Callable[..., Any] | None = None
+        if compile:
+            compiled = model.__dict__.get(_COMPILED_ATTR)
+            if compiled is None:
+                try:
+                    compiled = torch.compile(model, dynamic=True)
+                except Exception as exc:  # e.g. a Python version dynamo does not support
+                    self._give_up(exc)
+                    return
+                object.__setattr__(model, _COMPILED_ATTR, compiled)
+            self.compiled = compiled
+
+    def _give_up(self, exc: Exception) -> None:
+        self.compiled = None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(
+            f"warning: compiled {self.what} encoder failed ({type(exc).__name__}: {first}); "
+            "continuing without compile (eager: same features, slower). Drop --compile to "
+            "skip the attempt.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                with warnings.catch_warnings():
+                    # Raised while tracing transformers' fsdp check; harmless here, and
+                    # alarming on the console of a long prepare.
+                    warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a")
+                    return self.compiled(*args, **kwargs)
+            except Exception as exc:  # compile errors surface at a (first or new-shape) call
+                self._give_up(exc)
+        return self.model(*args, **kwargs)
+
+
 class _AudioBatches(torch.utils.data.Dataset):
     """One item = one prepared batch, so a DataLoader can read wavs in worker processes."""
 
@@ -150,12 +208,14 @@ def extract_audio(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
+    compile: bool = False,
 ) -> list[ExtractFault]:
     """Encode ``wav_paths[i]`` into ``out[i, :out_len[i]]`` (fp16, zero beyond).
 
     ``out`` is ``[N, max_frames, encoder.dim]``, ``out_len`` is ``[N]`` int; both are
     typically a :class:`~data_prep.store.StoreWriter` memory map. Unreadable or silent wavs
     are returned as faults (their rows stay zero with length 0) instead of raising.
+    ``compile`` runs the model through ``torch.compile`` (see the module docstring).
     """
     n = len(wav_paths)
     if out.shape[:2] != (n, max_frames) or out.shape[2] != encoder.dim or out_len.shape != (n,):
@@ -171,6 +231,7 @@ def extract_audio(
     loader = torch.utils.data.DataLoader(
         data, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=cuda
     )
+    model = _Runner(encoder.model, compile, "audio")
     faults: list[ExtractFault] = []
     bar = tqdm(total=n, desc="audio features", unit="utt", file=sys.stderr, disable=not progress)
     with torch.inference_mode():
@@ -183,7 +244,7 @@ def extract_audio(
                 mask = item["attention_mask"]
                 if mask is not None:
                     mask = mask.to(encoder.device, non_blocking=cuda)
-                hidden = encoder.model(x, attention_mask=mask).last_hidden_state
+                hidden = model(x, attention_mask=mask).last_hidden_state
                 hidden = hidden[:, :max_frames].float().cpu().numpy()
                 for i, (row, samples) in enumerate(zip(item["rows"], item["lengths"], strict=True)):
                     frames = max(1, min(max_frames, encoder.frames_for(samples), hidden.shape[1]))
@@ -206,12 +267,14 @@ def extract_text(
     max_tokens: int,
     batch_size: int = 32,
     progress: bool = True,
+    compile: bool = False,
 ) -> None:
     """Encode ``texts[i]`` into ``out[i, :out_len[i]]`` and ``out_pooled[i]`` (fp16).
 
     Token states are the model's ``last_hidden_state`` (with [CLS]/[SEP], up to
     ``max_tokens``); the pooled vector is ``pooler_output`` when the model has a pooler,
-    else the [CLS] state.
+    else the [CLS] state. ``compile`` runs the model through ``torch.compile`` (see the
+    module docstring).
     """
     n = len(texts)
     if out.shape != (n, max_tokens, encoder.dim) or out_pooled.shape != (n, encoder.dim):
@@ -224,6 +287,7 @@ def extract_text(
     ]
     order = np.argsort(-np.asarray(lengths), kind="stable")
     cuda = encoder.device.type == "cuda"
+    model = _Runner(encoder.model, compile, "text")
     bar = tqdm(total=n, desc="text features", unit="utt", file=sys.stderr, disable=not progress)
     with torch.inference_mode():
         for rows in _batches(order, batch_size):
@@ -238,7 +302,7 @@ def extract_text(
                 enc = {
                     k: v.pin_memory().to(encoder.device, non_blocking=True) for k, v in enc.items()
                 }
-            result = encoder.model(**enc)
+            result = model(**enc)
             hidden = result.last_hidden_state.float().cpu().numpy()
             pooled_t = (
                 result.pooler_output if encoder.has_pooler else result.last_hidden_state[:, 0]

@@ -259,8 +259,13 @@ def prepare_store(
     device: str | None = None,
     progress: bool = True,
     corpus: CorpusRead | None = None,
+    compile: bool = False,
 ) -> PrepareResult:
-    """Build (or find) the feature store of ``corpus_dir``; see the module docstring."""
+    """Build (or find) the feature store of ``corpus_dir``; see the module docstring.
+
+    ``compile`` runs both encoders through ``torch.compile`` (see :mod:`data_prep.extract`):
+    an execution detail like ``batch_size``, so it is not part of the store key.
+    """
     if batch_size < 1:
         raise PrepareError(f"batch_size must be >= 1 (got {batch_size})")
     started = time.perf_counter()
@@ -313,6 +318,7 @@ def prepare_store(
             max_frames=max_frames,
             batch_size=batch_size,
             progress=progress,
+            compile=compile,
         )
         if bad:
             lost = [
@@ -347,6 +353,7 @@ def prepare_store(
             max_tokens=max_tokens,
             batch_size=max(32, batch_size),
             progress=progress,
+            compile=compile,
         )
         writer.write_table(table[TABLE_COLUMNS])
         writer.write_text("faults.csv", faults.to_csv(index=False))
@@ -399,6 +406,7 @@ def prepare(
     batch_size: int = 8,
     device: str | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> Path:
     """Build (or find) the feature store of a KEMDy20-format folder; return its path.
 
@@ -417,6 +425,7 @@ def prepare(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        compile=compile,
     ).path
 
 
@@ -574,6 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"text tokens kept, with [CLS]/[SEP] (default 128; demo {DEMO_MAX_TOKENS})",
     )
     ap.add_argument("--batch-size", type=int, default=8, help="utterances per encoder batch")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the encoders through torch.compile (needs a C++ compiler on CPU). Same "
+        "features within fp16 rounding, same store. Compiling first costs about 1-2 min on "
+        "this CPU (less once inductor's on-disk cache holds the kernels), so it can pay only "
+        "on large corpora (e.g. real KEMDy20's ~13k utterances, CPU or GPU), not on the demo; "
+        "see results/bench.md. If compiling fails, a warning is printed and extraction runs "
+        "without it",
+    )
     ap.add_argument("--keep-ties", action="store_true", help="keep multi-label (tied vote) rows")
     ap.add_argument("--strict", action="store_true", help="any faulty utterance is an error")
     ap.add_argument("--split-seed", type=int, default=0)
@@ -604,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "device": args.device,
         "progress": not args.quiet,
+        "compile": args.compile,
     }
     try:
         if args.threads is not None:
