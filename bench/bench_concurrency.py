@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     del CONFIGS[args.configs :]
     epoch_list = [int(e) for e in args.epochs.split(",")]
-    for key, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"),
-                       ("TUNE_GLOBAL_CHECKPOINT_S", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true")):  # fmt: skip
-        os.environ.setdefault(key, value)
+    from search.run import ray_env_defaults
+
+    ray_env_defaults()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from data_prep.prepare import prepare_demo
 
     store = Path(args.data) if args.data else Path(prepare_demo())

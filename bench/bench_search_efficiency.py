@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--data", default=None)
     args = p.parse_args(argv)
-    for key, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"),
-                       ("TUNE_GLOBAL_CHECKPOINT_S", "0"), ("RAY_AIR_NEW_OUTPUT", "0")):  # fmt: skip
-        os.environ.setdefault(key, value)
+    from search.run import ray_env_defaults
+
+    ray_env_defaults()
     import ray
 
     from data_prep.prepare import prepare_demo

@@ -10,7 +10,6 @@ Ray's start-up (`ray.init`) is reported separately: a sweep pays it once.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -47,9 +46,9 @@ def plain_loop(store_path: Path, configs: list[dict], epochs: int) -> float:
 
 
 def through_search(store_path: Path, configs: list[dict], epochs: int, tmp: Path) -> dict:
-    for key, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"),
-                       ("TUNE_GLOBAL_CHECKPOINT_S", "0"), ("RAY_AIR_NEW_OUTPUT", "0")):  # fmt: skip
-        os.environ.setdefault(key, value)
+    from search.run import ray_env_defaults
+
+    ray_env_defaults()
     import ray
 
     from search.run import run_sweep

@@ -392,41 +392,13 @@ def prepare_store(
     return PrepareResult(path, key, False, manifest)
 
 
-def prepare(
-    corpus_dir: str | os.PathLike[str],
-    *,
-    audio_model: str | os.PathLike[str] = DEFAULT_AUDIO_MODEL,
-    text_model: str | os.PathLike[str] = DEFAULT_TEXT_MODEL,
-    stores_root: str | os.PathLike[str] | None = None,
-    max_frames: int = 512,
-    max_tokens: int = 128,
-    keep_ties: bool = False,
-    strict: bool = False,
-    split_seed: int = 0,
-    batch_size: int = 8,
-    device: str | None = None,
-    progress: bool = True,
-    compile: bool = False,
-) -> Path:
+def prepare(corpus_dir: str | os.PathLike[str], **options: Any) -> Path:
     """Build (or find) the feature store of a KEMDy20-format folder; return its path.
 
-    Same as :func:`prepare_store`, which also says whether the store was reused.
+    Same as :func:`prepare_store` (same keyword options), which also says whether the store
+    was reused.
     """
-    return prepare_store(
-        corpus_dir,
-        audio_model=audio_model,
-        text_model=text_model,
-        stores_root=stores_root,
-        max_frames=max_frames,
-        max_tokens=max_tokens,
-        keep_ties=keep_ties,
-        strict=strict,
-        split_seed=split_seed,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        compile=compile,
-    ).path
+    return prepare_store(corpus_dir, **options).path
 
 
 # -- demo -----------------------------------------------------------------------------------

@@ -82,8 +82,8 @@ def _check_configs(space: dict[str, Any]) -> None:
 
 
 # -- Ray -------------------------------------------------------------------------------------
-def init_ray(settings: SweepSettings) -> bool:
-    """Start or join Ray; returns True if this call started it (and should shut it down)."""
+def ray_env_defaults() -> None:
+    """The environment Ray and Tune must see before they are imported (set unless given)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Save Tune's experiment state on every controller step, so a killed driver loses at most
@@ -91,6 +91,11 @@ def init_ray(settings: SweepSettings) -> bool:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def init_ray(settings: SweepSettings) -> bool:
+    """Start or join Ray; returns True if this call started it (and should shut it down)."""
+    ray_env_defaults()
     import ray
 
     if ray.is_initialized():
@@ -455,6 +460,7 @@ def summary(outcome: SweepOutcome) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = None
     try:
         settings = parse_settings(argv)
         outcome = run_sweep(settings)
@@ -462,9 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(
-            f"{_PROG}: interrupted; continue with --name {settings.name} --resume", file=sys.stderr
-        )
+        name = settings.name if settings else "NAME"
+        print(f"{_PROG}: interrupted; continue with --name {name} --resume", file=sys.stderr)
         return 130
     print(summary(outcome), flush=True)
     return 0
