@@ -39,6 +39,13 @@ def cuda_budget(free: int, total: int, share: float = 1.0) -> int:
     return int(min(free, total * min(max(share, 0.0), 1.0))) // 2
 
 
+def use_gpu_share(gpus: float) -> None:
+    """Tell this process it holds ``gpus`` of one GPU (Ray's fractional GPUs), so that
+    :func:`resident_budget` sizes resident splits to that share. A whole GPU or more: no-op."""
+    if 0 < gpus < 1:
+        os.environ[GPU_SHARE_ENV] = str(gpus)
+
+
 def resident_budget(device: torch.device) -> int:
     """Bytes a split may occupy on ``device`` before batches are streamed from disk."""
     env = os.environ.get("CASE_TUNE_RESIDENT_MAX_BYTES")

@@ -434,10 +434,9 @@ def _now() -> str:
 
 def _unit_task(unit: dict[str, Any], store_path: str, every: int, threads: int,
                device: str | None, gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
-    if 0 < gpus < 1:  # several runs share one GPU: size the resident splits to this share
-        from models.data import GPU_SHARE_ENV
+    from models.data import use_gpu_share
 
-        os.environ[GPU_SHARE_ENV] = str(gpus)
+    use_gpu_share(gpus)  # several runs may share one GPU
     return run_unit(unit, store_path, every=every, threads=threads, device=device)
 
 

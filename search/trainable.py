@@ -55,19 +55,16 @@ def run_trial(
     config: dict[str, Any], store_path: str, threads: int | None = None, gpus: float = 0.0
 ) -> None:
     """Train one config, reporting every epoch to Tune. Exceptions fail the trial."""
-    import os
-
     import torch
     from ray import tune
 
     from models.config import TrainConfig
-    from models.data import GPU_SHARE_ENV
+    from models.data import use_gpu_share
     from models.train import train
 
     if threads:
         torch.set_num_threads(threads)
-    if 0 < gpus < 1:  # several trials share one GPU: size the resident splits to this share
-        os.environ[GPU_SHARE_ENV] = str(gpus)
+    use_gpu_share(gpus)  # several trials may share one GPU
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
     best = best_search = -math.inf

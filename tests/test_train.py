@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
 
 import numpy as np
@@ -240,3 +241,14 @@ def test_resident_budget_is_half_of_a_trials_gpu_share() -> None:
     assert cuda_budget(40 * gib, 80 * gib) == 20 * gib  # a whole GPU: half of what is free
     assert cuda_budget(80 * gib, 80 * gib, share=0.25) == 10 * gib  # first of 4 packed trials
     assert cuda_budget(6 * gib, 80 * gib, share=0.25) == 3 * gib  # never more than free allows
+
+
+def test_a_trial_on_a_gpu_fraction_records_its_share(monkeypatch) -> None:
+    from models.data import GPU_SHARE_ENV, use_gpu_share
+
+    monkeypatch.delenv(GPU_SHARE_ENV, raising=False)
+    use_gpu_share(1.0)  # a whole GPU: nothing to share
+    use_gpu_share(0.0)  # CPU trial
+    assert GPU_SHARE_ENV not in os.environ
+    use_gpu_share(0.25)
+    assert os.environ[GPU_SHARE_ENV] == "0.25"
