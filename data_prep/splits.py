@@ -193,3 +193,32 @@ def session_split(
         for name in ("train", "val", "test")
     }
     return SplitResult(**{**result.__dict__, "counts": counts_by_split})
+
+
+def session_folds(table: pd.DataFrame, k: int, *, seed: int = 0) -> list[list[int]]:
+    """``k`` session-disjoint folds of the sessions in ``table`` (columns session, label), each
+    holding about 1/k of every non-neutral class, by the same balanced-shuffle rule as the
+    splits: fold i is carved from the sessions no earlier fold took, keeping that remainder's
+    share of every class within the rule's tolerance. Sorted session lists, one per fold."""
+    sessions = sorted(int(s) for s in table["session"].unique())
+    if k < 2 or k > len(sessions):
+        raise SplitError(
+            f"cannot make {k} folds of {len(sessions)} sessions: need 2 <= folds <= sessions"
+        )
+    rows = table[~table["multi_label"].astype(bool)] if "multi_label" in table.columns else table
+    counts = (
+        pd.crosstab(rows["session"].astype(int), rows["label"])
+        .reindex(index=sessions, fill_value=0)
+        .astype(int)
+    )
+    folds: list[list[int]] = []
+    pool = sessions
+    for i in range(k - 1):
+        n_out = round(len(pool) / (k - i))
+        carve = balanced_carve(
+            counts.loc[pool], len(pool) - n_out, random.Random(derived_seed(seed, f"fold{i}"))
+        )
+        folds.append(carve.held_out)
+        pool = carve.kept
+    folds.append(sorted(pool))
+    return folds

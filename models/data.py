@@ -158,9 +158,14 @@ def load_split(
     trim: frozenset[str] = frozenset(),
     device: torch.device,
     budget: int | None = None,
+    rows: np.ndarray | None = None,
 ) -> SplitData:
-    """Read ``split``'s rows of the arrays in ``uses`` (+ lengths) onto ``device``."""
-    rows = store.indices(split)
+    """Read ``split``'s rows of the arrays in ``uses`` (+ lengths) onto ``device``.
+
+    ``rows`` (store row positions, e.g. a fold of the training sessions) replaces the store's
+    rows of ``split``; the caller got them through ``store.indices``, which enforces sealing.
+    """
+    rows = store.indices(split) if rows is None else np.asarray(rows, dtype=np.int64)
     labels = torch.from_numpy(store.table["label_id"].to_numpy(dtype=np.int64)[rows]).to(device)
     text_len = torch.from_numpy(np.asarray(store.text_len[rows], dtype=np.int64))
     audio_len = torch.from_numpy(np.asarray(store.audio_len[rows], dtype=np.int64)).clamp_max(
@@ -192,3 +197,19 @@ def iterate_in_order(n: int, batch_size: int, device: torch.device):
     """Index batches 0..n-1 in order (evaluation)."""
     for start in range(0, n, batch_size):
         yield torch.arange(start, min(start + batch_size, n), device=device)
+
+
+def fold_rows(store: FeatureStore, k: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``k`` session folds of the store's non-test rows (its train and val sessions, balanced
+    by data_prep.splits.session_folds): per fold, the row positions to train on (the other
+    folds) and to validate on (this fold). The test split is never touched."""
+    from data_prep.splits import session_folds
+
+    pool = np.sort(np.concatenate([store.indices("train"), store.indices("val")]))
+    table = store.table.iloc[pool]
+    sessions = table["session"].to_numpy()
+    out = []
+    for held in session_folds(table, k, seed=seed):
+        held_out = np.isin(sessions, held)
+        out.append({"train": pool[~held_out], "val": pool[held_out], "sessions": np.array(held)})
+    return out

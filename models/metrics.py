@@ -126,3 +126,51 @@ def all_neutral_metrics(
     t = _as_tensor(target)
     return classification_metrics(torch.full_like(t, neutral_index), t, split, num_classes,
                                   neutral_index, label_names)  # fmt: skip
+
+
+# -- bootstrap ------------------------------------------------------------------------------
+def bootstrap_weights(
+    n_rows: int, groups=None, n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """[n_boot, n_rows] multiplicities of a bootstrap: rows resampled with replacement, or,
+    with ``groups`` (one id per row, e.g. the session), whole groups resampled, so that the
+    interval reflects how the split was sampled (sessions, not independent rows)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.multinomial(n_rows, np.full(n_rows, 1.0 / n_rows), size=n_boot)
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group_of_row.max()) + 1 if n_rows else 0
+    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+    return counts[:, group_of_row]
+
+
+def weighted_macro_f1(weights: np.ndarray, pred, target, num_classes: int = 7) -> np.ndarray:
+    """Macro-F1 (every class counts, absent ones score 0: the convention above) of ``pred``
+    against ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> [B]."""
+    p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    eye = np.eye(num_classes)
+    hit = (p == t)[:, None]
+    w = np.asarray(weights, dtype=np.float64)
+    tp = w @ (eye[t] * hit)
+    fp = w @ (eye[p] * ~hit)
+    fn = w @ (eye[t] * ~hit)
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1.mean(axis=1)
+
+
+def bootstrap_macro_f1(
+    preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """Bootstrap replicates [n_boot] of the mean over runs (``preds``: one prediction vector
+    per seed) of macro-F1. The same ``seed`` gives the same resamples, so two calls with the
+    same target and groups are paired (their difference is a paired bootstrap)."""
+    w = bootstrap_weights(len(np.asarray(target)), groups, n_boot, seed)
+    return np.mean([weighted_macro_f1(w, p, target, num_classes) for p in preds], axis=0)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates."""
+    lo, hi = np.percentile(np.asarray(samples, dtype=float), [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

@@ -65,7 +65,8 @@ def resolve_store(settings: SweepSettings) -> Path:
 def sweep_space(settings: SweepSettings, space: dict[str, Any] | None = None) -> dict[str, Any]:
     """The named (or given) space with the sweep's fixed values: epochs and training seed."""
     base = validate_space(space, name="custom") if space is not None else get_space(settings.space)
-    fixed = {"epochs": settings.max_epochs, "seed": settings.seed, **settings.fixed}
+    # epochs = the final run's length (the schedule's horizon); trials stop at max_epochs.
+    fixed = {"epochs": settings.horizon, "seed": settings.seed, **settings.fixed}
     return with_fixed(base, fixed)
 
 
@@ -123,6 +124,19 @@ def _tpe(settings: SweepSettings) -> Any:
     return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials)
 
 
+def sweep_trainable(settings: SweepSettings, store_path: Path) -> Any:
+    """The trainable of this sweep's trials (also what a resumed sweep restores with)."""
+    from search.trainable import make_trainable
+
+    return make_trainable(
+        store_path,
+        cpus=settings.cpus_per_trial,
+        gpus=settings.gpus_per_trial,
+        max_epochs=settings.max_epochs,
+        folds=settings.folds,
+    )
+
+
 def build_tuner(
     settings: SweepSettings,
     space: dict[str, Any],
@@ -138,7 +152,7 @@ def build_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from search.spaces import define_by_run
-    from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC, make_trainable
+    from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC
 
     searcher = OptunaSearch(
         space=define_by_run(space),
@@ -164,11 +178,8 @@ def build_tuner(
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
         )
-    trainable = make_trainable(
-        store_path, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
-    )
     return tune.Tuner(
-        trainable,
+        sweep_trainable(settings, store_path),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
             scheduler=scheduler,
@@ -179,6 +190,8 @@ def build_tuner(
             name=settings.name,
             storage_path=settings.storage_path,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # The latest epoch's state only: enough to continue a trial, a few MB per trial.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
             verbose=0,
         ),
@@ -234,6 +247,7 @@ def run_sweep(
     configs as the Optuna parameter values tried first.
     """
     from data_prep.store import FeatureStore, StoreError
+    from models.selection import STATISTIC
 
     t0 = time.time()
     manifest: dict[str, Any] = {}
@@ -274,6 +288,9 @@ def run_sweep(
                 "store_path": str(store_path),
                 "num_samples": settings.num_samples,
                 "max_epochs": settings.max_epochs,
+                "final_epochs": settings.horizon,
+                "folds": settings.folds,
+                "selection": STATISTIC,
                 "max_concurrent": settings.max_concurrent,
                 "cpus_per_trial": settings.cpus_per_trial,
                 "gpus_per_trial": settings.gpus_per_trial,
@@ -303,6 +320,9 @@ def run_sweep(
             "parent_run_id": parent,
             "optuna_storage": settings.optuna_storage,
             "optuna_study": settings.name,
+            "final_epochs": settings.horizon,
+            "folds": settings.folds,
+            "selection": STATISTIC,
             "tune_experiment": str(settings.experiment_path),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -314,23 +334,21 @@ def run_sweep(
         started_ray = init_ray(settings)
         from ray import tune
 
-        from search.trainable import make_trainable
-
         callbacks = [
-            tracking.MlflowTrialCallback(settings.tracking_uri, exp_id, parent, settings.space)
+            tracking.MlflowTrialCallback(
+                settings.tracking_uri, exp_id, parent, settings.space, settings.max_epochs
+            )
         ]
         if not quiet:
             from search.progress import CompactProgress, quiet_tune_logs
 
             quiet_tune_logs()
-            callbacks.append(CompactProgress(settings.num_samples))
+            callbacks.append(CompactProgress(settings.num_samples, settings.max_epochs))
         exp_path = str(settings.experiment_path)
         if settings.resume and tune.Tuner.can_restore(exp_path):
             tuner = tune.Tuner.restore(
                 exp_path,
-                trainable=make_trainable(
-                    store_path, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
-                ),
+                trainable=sweep_trainable(settings, store_path),
                 resume_unfinished=True,
                 resume_errored=False,
                 restart_errored=False,
@@ -383,6 +401,9 @@ def run_sweep(
         **{k: manifest[k] for k in SWEEP_INFO_KEYS},
         "space": settings.space,
         "max_epochs": settings.max_epochs,
+        "final_epochs": settings.horizon,
+        "folds": settings.folds,
+        "selection": STATISTIC,
     }
     records, notes = results.write_results(
         client,

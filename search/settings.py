@@ -21,6 +21,9 @@ from search.spaces import SpaceError, get_space
 
 DEFAULT_NUM_SAMPLES = 24
 DEFAULT_MAX_EPOCHS = 20
+# The final run's length (finalize's default, the seed's 150): the learning-rate schedule of
+# every trial spans it, so a trial is the first --max-epochs of its final run.
+DEFAULT_HORIZON = 150
 DEFAULT_MAX_CONCURRENT = 2
 GRACE_PERIOD = 3
 REDUCTION_FACTOR = 3
@@ -60,6 +63,8 @@ class SweepSettings:
     data_kind: str  # "demo" | "store" | "kemdy20"
     num_samples: int = DEFAULT_NUM_SAMPLES
     max_epochs: int = DEFAULT_MAX_EPOCHS
+    horizon: int = DEFAULT_HORIZON
+    folds: int = 0  # 0: validate on the store's val split; K >= 2: K session folds
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -118,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"epochs per trial at most (default {DEFAULT_MAX_EPOCHS})",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=int,
+        default=None,
+        help=f"length of the final runs, over which every trial's learning-rate schedule "
+        f"runs (default {DEFAULT_HORIZON}); a trial is their first --max-epochs",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="cross-validate each trial over K session folds of the non-test sessions "
+        "(one head per fold; the search uses the fold mean). Default: the store's val split",
     )
     p.add_argument("--name", help="sweep name (default SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
@@ -233,6 +252,15 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     num_samples = _positive_int("num-samples", args.num_samples, DEFAULT_NUM_SAMPLES)
     max_epochs = _positive_int("max-epochs", args.max_epochs, DEFAULT_MAX_EPOCHS)
     max_concurrent = _positive_int("max-concurrent", args.max_concurrent, DEFAULT_MAX_CONCURRENT)
+    horizon = _positive_int("final-epochs", args.final_epochs, max(DEFAULT_HORIZON, max_epochs))
+    if horizon < max_epochs:
+        _fail(
+            f"--final-epochs {horizon} is shorter than --max-epochs {max_epochs}: a trial is "
+            "the start of its final run, so it cannot be longer"
+        )
+    folds = 0 if args.folds is None else args.folds
+    if folds == 1 or folds < 0:
+        _fail(f"--folds must be 2 or more (or left out for the store's val split), got {folds}")
     cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
     gpus = 0.0 if args.gpus_per_trial is None else args.gpus_per_trial
     check_resources(cpus, gpus)
@@ -265,6 +293,8 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         data_kind=kind,
         num_samples=num_samples,
         max_epochs=max_epochs,
+        horizon=horizon,
+        folds=folds,
         max_concurrent=max_concurrent,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,

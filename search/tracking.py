@@ -72,14 +72,19 @@ def _param_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+_FOLD = re.compile(r"_fold\d+$")
+
+
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The per-epoch metrics of one Tune result that go to MLflow (DESIGN.md names, plus the
-    per-class F1 scores), finite numbers only."""
+    """The per-epoch metrics of one Tune result that go to MLflow (DESIGN.md names, each
+    fold's value as ``{name}_fold{k}``, the per-class F1 scores, the selection statistic and
+    the bootstrap SE of val macro-F1), finite numbers only."""
     out = {}
     for key, value in result.items():
         if not key.startswith(METRIC_PREFIXES) or isinstance(value, bool):
             continue
-        if not (key.endswith(LOGGED_SUFFIXES) or "_f1_" in key):
+        base = _FOLD.sub("", key)
+        if not (base.endswith(LOGGED_SUFFIXES) or "_f1_" in base):
             continue
         if isinstance(value, int | float) and math.isfinite(value):
             out[key] = float(value)
@@ -169,8 +174,16 @@ class MlflowTrialCallback(Callback):
     one is deleted, so each trial has exactly one run with a clean history.
     """
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, space: str) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        exp_id: str,
+        parent_run_id: str,
+        space: str,
+        max_epochs: int | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
+        self.max_epochs = max_epochs  # where a trial that was not stopped ends
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
         self.space = space
@@ -248,7 +261,7 @@ class MlflowTrialCallback(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        epochs = int(trial.config.get("epochs", 0) or 0)
+        epochs = int(self.max_epochs or trial.config.get("epochs", 0) or 0)
         done = int((trial.last_result or {}).get("training_iteration", 0) or 0)
         status = "stopped_early" if epochs and done < epochs else "completed"
         self.client.set_tag(run_id, STATUS, status)
