@@ -144,30 +144,52 @@ def bootstrap_weights(
     return counts[:, group_of_row]
 
 
-def weighted_macro_f1(weights: np.ndarray, pred, target, num_classes: int = 7) -> np.ndarray:
-    """Macro-F1 (every class counts, absent ones score 0: the convention above) of ``pred``
-    against ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> [B]."""
+SCORES = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
+
+
+def weighted_scores(
+    weights: np.ndarray, pred, target, num_classes: int = 7, neutral_index: int = NEUTRAL_INDEX
+) -> dict[str, np.ndarray]:
+    """The four F1 scores (names of ``SCORES``, the conventions above) of ``pred`` against
+    ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> {name: [B]}."""
     p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
     eye = np.eye(num_classes)
     hit = (p == t)[:, None]
     w = np.asarray(weights, dtype=np.float64)
     tp = w @ (eye[t] * hit)
     fp = w @ (eye[p] * ~hit)
-    fn = w @ (eye[t] * ~hit)
-    denom = 2 * tp + fp + fn
+    support = w @ eye[t]
+    denom = tp + fp + support
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return f1.mean(axis=1)
+    emotional = np.arange(num_classes) != neutral_index
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "macro_f1": f1.mean(axis=1),
+            "weighted_f1": (f1 * support).sum(axis=1) / support.sum(axis=1),
+            "micro_f1": tp.sum(axis=1) / support.sum(axis=1),
+            "seed_micro_f1": tp[:, emotional].sum(axis=1) / support[:, emotional].sum(axis=1),
+        }
+
+
+def bootstrap_scores(
+    preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Bootstrap replicates {score: [n_boot]} of the mean over runs (``preds``: one prediction
+    vector per seed) of each score. The same ``seed``, target and groups give the same
+    resamples, so two calls are paired (their difference is a paired bootstrap)."""
+    w = bootstrap_weights(len(np.asarray(target)), groups, n_boot, seed)
+    per_run = [weighted_scores(w, p, target, num_classes) for p in preds]
+    return {k: np.mean([r[k] for r in per_run], axis=0) for k in SCORES}
 
 
 def bootstrap_macro_f1(
     preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
     seed: int = 0,
 ) -> np.ndarray:  # fmt: skip
-    """Bootstrap replicates [n_boot] of the mean over runs (``preds``: one prediction vector
-    per seed) of macro-F1. The same ``seed`` gives the same resamples, so two calls with the
-    same target and groups are paired (their difference is a paired bootstrap)."""
-    w = bootstrap_weights(len(np.asarray(target)), groups, n_boot, seed)
-    return np.mean([weighted_macro_f1(w, p, target, num_classes) for p in preds], axis=0)
+    """:func:`bootstrap_scores`' macro-F1 replicates alone."""
+    return bootstrap_scores(preds, target, num_classes, groups=groups, n_boot=n_boot,
+                            seed=seed)["macro_f1"]  # fmt: skip
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:

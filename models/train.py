@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from data_prep.store import FeatureStore
+from models import selection
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
-from models import selection
 from models.metrics import (
     all_neutral_metrics,
     bootstrap_macro_f1,
@@ -134,23 +134,40 @@ def evaluate(
     return float(total) / data.n, probs.argmax(dim=-1), probs
 
 
-def save_checkpoint(
-    path: Path, model: nn.Module, config: TrainConfig, epoch: int, metrics: dict[str, float],
-    sizes: dict[str, int], store_key: str,
-) -> None:  # fmt: skip
+def checkpoint_payload(
+    state_dict: Mapping[str, torch.Tensor], config: TrainConfig, epoch: int,
+    metrics: Mapping[str, float], sizes: Mapping[str, int], store_key: str,
+) -> dict[str, Any]:  # fmt: skip
     """Plain tensors and plain data only, so `torch.load(weights_only=True)` reads it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "config": config.to_dict(),
         "epoch": epoch,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "sizes": dict(sizes),
         "store_key": store_key,
     }
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, config: TrainConfig, epoch: int, metrics: dict[str, float],
+    sizes: dict[str, int], store_key: str,
+) -> None:  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = checkpoint_payload(model.state_dict(), config, epoch, metrics, sizes, store_key)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def model_for(
+    config: TrainConfig, store: FeatureStore, state_dict: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """The head of ``config`` for ``store``'s feature sizes with ``state_dict``, in eval mode."""
+    model = create_model(config.model, config=config, **model_sizes(store))
+    model.load_state_dict(state_dict)
+    model.eval()
+    return model
 
 
 def load_checkpoint(path: str | Path, store: FeatureStore) -> tuple[nn.Module, TrainConfig]:
@@ -163,10 +180,7 @@ def load_checkpoint(path: str | Path, store: FeatureStore) -> tuple[nn.Module, T
             f"{path}: checkpoint was trained on feature sizes {ckpt['sizes']}, but store "
             f"{store.key} has {sizes}; use the store it was trained on"
         )
-    model = create_model(config.model, config=config, **sizes)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, config
+    return model_for(config, store, ckpt["state_dict"]), config
 
 
 def _improves(value: float, best: float) -> bool:

@@ -175,7 +175,7 @@ def build_tuner(
             metric=RUNG_METRIC,
             mode=MODE,
             max_t=settings.max_epochs,
-            grace_period=settings.grace_period,
+            grace_period=min(settings.grace_period, settings.max_epochs),
             reduction_factor=settings.reduction_factor,
         )
     return tune.Tuner(

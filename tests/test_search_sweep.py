@@ -173,3 +173,31 @@ def test_trainable_store_is_sealed(search_store) -> None:  # noqa: F811
     store = open_sealed_store(str(Path(search_store).resolve()))
     with pytest.raises(SplitSealedError):
         store.indices("test")
+
+
+def test_a_fold_sweep_reports_the_fold_mean_and_logs_every_fold(
+    tmp_path,
+    search_store,
+    ray_runtime,  # noqa: F811
+) -> None:
+    """--folds 3: each trial trains one head per fold; the search metric is the fold mean,
+    and MLflow holds each fold's history beside it."""
+    settings = tiny_settings(tmp_path, search_store, "folds", folds=3, num_samples=2,
+                             max_epochs=2, warm_start=False)  # fmt: skip
+    space = {**SPACE, "params": {**SPACE["params"], "lr": {"choice": [3e-3]}}}
+    outcome = run_sweep(settings, space=space, quiet=True)
+    assert outcome.num_trials == 2 and outcome.num_failed == 0
+    manifest = json.loads((settings.sweep_dir / "sweep.json").read_text())
+    assert manifest["folds"] == 3 and manifest["settings"]["folds"] == 3
+    for run in mlflow_runs(settings.tracking_uri, kind="trial"):
+        rid = run.info.run_id
+        mean = metric_history(settings.tracking_uri, rid, "val_macro_f1")
+        folds = [
+            metric_history(settings.tracking_uri, rid, f"val_macro_f1_fold{k}") for k in range(3)
+        ]
+        assert sorted(mean) == [1, 2] and all(sorted(f) == [1, 2] for f in folds)
+        for epoch in (1, 2):
+            assert mean[epoch] == pytest.approx(sum(f[epoch] for f in folds) / 3, abs=1e-12)
+        assert len({f[2] for f in folds}) > 1  # three heads on three validation folds
+        assert metric_history(settings.tracking_uri, rid, "val_weighted_f1_fold2")
+        assert "test" not in run.data.tags["case_tune.splits_read"].split(",")
