@@ -177,7 +177,7 @@ def test_trainable_store_is_sealed(search_store) -> None:  # noqa: F811
 
 def test_a_fold_sweep_reports_the_fold_mean_and_logs_every_fold(
     tmp_path,
-    search_store,
+    search_store,  # noqa: F811
     ray_runtime,  # noqa: F811
 ) -> None:
     """--folds 3: each trial trains one head per fold; the search metric is the fold mean,
