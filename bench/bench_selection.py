@@ -88,7 +88,7 @@ class Oracle:
         cfg = TrainConfig.from_dict(config)
         model = model_for(cfg, self.store, state_dict)
         frames = cfg.audio_frames or self.store.max_frames
-        key = (model.uses, frames, model.trim)
+        key = (frozenset(model.uses), frames, frozenset(model.trim))
         if key not in self._data:
             self._data[key] = load_split(self.store, "train", rows=self.rows, uses=model.uses,
                                          frames=frames, trim=model.trim,

@@ -90,6 +90,9 @@ def ray_env_defaults() -> None:
     # Save Tune's experiment state on every controller step, so a killed driver loses at most
     # the step in flight and finished trials are never rerun after --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Trials checkpoint every epoch (num_to_keep=1), which forces a state snapshot each time;
+    # that is the saving above, on purpose, so Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
