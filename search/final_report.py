@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from models.faithful import NOT_REPRODUCIBLE
+
 # The four numbers of every row; the first three are the seed's table columns.
 METRICS = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
 HEADINGS = {
@@ -316,6 +318,8 @@ def write_markdown(
         f"- Protocol: each config retrained for {h['epochs']} epochs on the training sessions, "
         f"once per seed ({' '.join(map(str, h['seeds']))}), checkpointed every {h['every']} "
         "epochs; validation scored every epoch, test scored once per checkpoint after training.",
+        "- What `faithful` configs cannot reproduce of the seed (cached features):",
+        *(f"  - {item}" for item in NOT_REPRODUCIBLE),
         f"- MLflow: parent run `{h.get('parent_run_id', '')}` in `{h.get('tracking_uri', '')}`",
         "",
     ]

@@ -159,6 +159,7 @@ def test_table_rows_columns_and_spread(finalized: dict) -> None:
     head = md.split("## Test scores")[0]
     assert "python -m search.finalize --sweep tiny --results-dir" in head
     assert "Data store key: `demo-" in head and "Date: " in head
+    assert all(f"  - {item}" in head for item in fr.NOT_REPRODUCIBLE)  # the protocol note
     assert fr.DEMO_NOTE in md and "published on KEMDy20" not in md
     for heading in fr.HEADINGS.values():
         assert f"| {heading} |" in md
