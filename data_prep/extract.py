@@ -276,7 +276,7 @@ def extract_text(
     progress: bool = True,
     compile: bool = False,
 ) -> None:
-    """Encode ``texts[i]`` into ``out[i, :out_len[i]]`` and ``out_pooled[i]`` (fp16).
+    """Encode ``texts[i]`` into ``out[i]`` and ``out_pooled[i]`` (fp16).
 
     Token states are the model's ``last_hidden_state`` (with [CLS]/[SEP], up to
     ``max_tokens``) at all ``max_tokens`` positions: the true ones, then the [PAD] ones (see

@@ -301,6 +301,7 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
         time.sleep(0.5)
     os.killpg(proc.pid, 9)
     proc.wait()
+
     def trained(path: Path) -> dict:
         # A unit finished just before the kill may have lost its MLflow run with the driver:
         # resume then logs it to a new run and records that run's id in the unit's file. What
