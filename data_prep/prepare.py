@@ -53,7 +53,8 @@ from data_prep.splits import SplitError, session_split
 from data_prep.store import MANIFEST, StoreError, StoreWriter, find_store
 
 # Bump when extraction changes what ends up in a store (so old stores are not reused).
-EXTRACT_VERSION = 1
+# 2: text keeps the encoder's states at [PAD] positions (every transcript padded to max_tokens).
+EXTRACT_VERSION = 2
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.125
 FAULT_COLUMNS = ["file", "row", "segment_id", "kind", "message", "stage"]

@@ -13,8 +13,9 @@ a fraction of a GPU (`CASE_TUNE_GPU_SHARE`, set by the search's trainable) takes
 its share of the device's total memory, so the first of several trials packed on one GPU does
 not take the memory the others need.
 
-Per batch, axes a model allows (models' `trim`, only when padding is masked) are cut to the
-batch's longest true length, which changes no output and saves work.
+Per batch, axes a model allows (models' `trim`) are cut to the batch's longest true length:
+with masks this changes no output and saves work; for faithful attention and speech-only it is
+the seed's padding of audio to the batch's longest utterance.
 """
 
 from __future__ import annotations

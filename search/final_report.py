@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from models.faithful import NOT_REPRODUCIBLE
+
 # The four numbers of every row; the first three are the seed's table columns.
 METRICS = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
 HEADINGS = {
@@ -387,6 +389,8 @@ def write_markdown(
         f"every epoch and the weights kept where the selection statistic ({h.get('statistic', 'val macro-F1')} "
         "of val macro-F1) peaks, and at the fixed epoch; test scored once for each, after "
         "training.",
+        "- What `faithful` configs cannot reproduce of the seed (cached features):",
+        *(f"  - {item}" for item in NOT_REPRODUCIBLE),
         f"- MLflow: parent run `{h.get('parent_run_id', '')}` in `{h.get('tracking_uri', '')}`",
         "",
     ]

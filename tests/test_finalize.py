@@ -155,6 +155,7 @@ def test_table_rows_columns_and_spread(finalized: dict) -> None:
     head = md.split("## Test scores")[0]
     assert "python -m search.finalize --sweep tiny --results-dir" in head
     assert "Data store key: `demo-" in head and "Date: " in head
+    assert all(f"  - {item}" in head for item in fr.NOT_REPRODUCIBLE)  # the protocol note
     assert fr.DEMO_NOTE in md and "published on KEMDy20" not in md
     for heading in fr.HEADINGS.values():
         assert f"| {heading} |" in md
@@ -323,6 +324,7 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
         time.sleep(0.5)
     os.killpg(proc.pid, 9)
     proc.wait()
+
     def trained(path: Path) -> dict:
         # A unit finished just before the kill may have lost its MLflow run with the driver:
         # resume then logs it to a new run and records that run's id in the unit's file. What
