@@ -27,6 +27,7 @@ random search's final one; ratio = random's budget / those epochs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -123,23 +124,26 @@ def run_arm(store: Path, tmp: Path, name: str, *, seed: int, searcher: str, sche
                str(args.top_k), "--seeds", *map(str, args.final_seeds)]  # fmt: skip
     t0 = time.perf_counter()
     final = fz.finalize(fz.parse_settings(fz_argv, cwd=tmp), quiet=True)
-    t_final = time.perf_counter() - t0
-    return {"settings": settings, "outcome": outcome, "final": final,
-            "t_sweep": t_sweep, "t_final": t_final}  # fmt: skip
+    arm = {"name": name, "tracking_uri": settings.tracking_uri, "parent": outcome.parent_run_id,
+           "storage": settings.storage_path, "out_dir": str(final.out_dir),
+           "max_epochs": settings.max_epochs, "t_sweep": t_sweep,
+           "t_final": time.perf_counter() - t0}  # fmt: skip
+    # What analysis needs, kept beside the runs: `--analyse DIR` redoes it without training.
+    (tmp / f"{name}.json").write_text(json.dumps(arm, indent=1), encoding="utf-8")
+    return arm
 
 
 def trial_records(arm: dict) -> list[dict]:
     """Per trial: config, val histories and the path of its last Tune checkpoint."""
     from search import tracking
 
-    s = arm["settings"]
-    client = tracking.client_for(s.tracking_uri)
-    exp_id = tracking.experiment_id(client, s.tracking_uri)
+    client = tracking.client_for(arm["tracking_uri"])
+    exp_id = tracking.experiment_id(client, arm["tracking_uri"])
     out = []
-    for run in tracking.trial_runs(client, exp_id, arm["outcome"].parent_run_id):
+    for run in tracking.trial_runs(client, exp_id, arm["parent"]):
         tid = run.data.tags[tracking.TRIAL_ID]
         hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
-        ckpts = sorted(Path(s.storage_path, s.name).glob(f"*{tid}*/checkpoint_*/trial.pt"))
+        ckpts = sorted(Path(arm["storage"], arm["name"]).glob(f"*{tid}*/checkpoint_*/trial.pt"))
         finished = [(m.timestamp, m.step) for m in client.get_metric_history(
             run.info.run_id, "val_macro_f1")]  # fmt: skip
         out.append({
@@ -167,7 +171,7 @@ def final_units(arm: dict, oracle: Oracle) -> list[dict]:
     import torch
 
     units = []
-    for p in sorted(arm["final"].out_dir.glob("units/*.json")):
+    for p in sorted(Path(arm["out_dir"]).glob("units/*.json")):
         u = json.loads(p.read_text())
         path = u["checkpoint_files"][str(u["chosen_epoch"])]
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -354,6 +358,21 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
     )
 
 
+def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle: Oracle) -> dict:
+    product = run_arm(store, tmp, f"product-{seed}", seed=seed, searcher="tpe", scheduler="asha",
+                      trials=args.trials, warm_start=True, args=args)  # fmt: skip
+    epochs = sum(len(r["val"]) for r in trial_records(product))
+    n_random = max(1, round(epochs / product["max_epochs"]))
+    random = run_arm(store, tmp, f"random-{seed}", seed=seed, searcher="random",
+                     scheduler="fifo", trials=n_random, warm_start=False, args=args)  # fmt: skip
+    r = analyse(seed, product, random, oracle)
+    print(f"seed {seed}: regret {r['product']['regret']:.3f} (old rule "
+          f"{r['product']['old_rule_regret']:.3f}, random {r['random']['regret']:.3f}), pick "
+          f"{r['product']['pick_oracle']:.3f} vs random {r['random']['pick_oracle']:.3f}, "
+          f"efficiency {r['efficiency']:.2f}x", flush=True)  # fmt: skip
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -362,7 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--max-epochs", type=int, default=20, help="as search.run (smoke runs: less)")
     p.add_argument("--final-epochs", type=int, default=150, help="as search.run --final-epochs")
-    p.add_argument("--out", default=None, help="also dump the raw figures as JSON here")
+    p.add_argument("--workdir", default=None, help="keep the sweeps here (default: a temp dir)")
+    p.add_argument(
+        "--analyse",
+        default=None,
+        metavar="DIR",
+        help="only redo the analysis of the arms kept in DIR (a former --workdir)",
+    )
     args = p.parse_args(argv)
     from search.run import ray_env_defaults
 
@@ -373,32 +398,19 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Path(prepare_demo())
     oracle = Oracle(oracle_store(store))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
-    results = []
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
+    if args.analyse:
+        results = []
         for seed in args.seeds:
-            product = run_arm(store, tmp, f"product-{seed}", seed=seed, searcher="tpe",
-                              scheduler="asha", trials=args.trials, warm_start=True,
-                              args=args)  # fmt: skip
-            recs = trial_records(product)
-            epochs = sum(len(r["val"]) for r in recs)
-            n_random = max(1, round(epochs / product["settings"].max_epochs))
-            random = run_arm(store, tmp, f"random-{seed}", seed=seed, searcher="random",
-                             scheduler="fifo", trials=n_random, warm_start=False,
-                             args=args)  # fmt: skip
-            results.append(analyse(seed, product, random, oracle))
-            r = results[-1]
-            print(f"seed {seed}: regret {r['product']['regret']:.3f} (old rule "
-                  f"{r['product']['old_rule_regret']:.3f}, random {r['random']['regret']:.3f}), "
-                  f"pick {r['product']['pick_oracle']:.3f} vs random {r['random']['pick_oracle']:.3f}"
-                  f", efficiency {r['efficiency']:.2f}x", flush=True)  # fmt: skip
-            if args.out:
-                slim = [{k: ({kk: vv for kk, vv in v.items() if kk not in ("records", "units")}
-                             if isinstance(v, dict) else v) for k, v in x.items()}
-                        for x in results]  # fmt: skip
-                Path(args.out).write_text(json.dumps(slim, indent=1, default=str))
-    ray.shutdown()
+            arms = [json.loads((Path(args.analyse) / f"{n}-{seed}.json").read_text())
+                    for n in ("product", "random")]  # fmt: skip
+            results.append(analyse(seed, *arms, oracle))
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        with contextlib.ExitStack() as stack:
+            tmp = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
+            tmp.mkdir(parents=True, exist_ok=True)
+            results = [one_seed(store, tmp, seed, args, oracle) for seed in args.seeds]
+        ray.shutdown()
     body = report(results, args, len(oracle.rows))
     print(body)
     update_section("selection", body)

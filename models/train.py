@@ -201,18 +201,28 @@ def _deterministic(enabled: bool):
 
 
 @contextlib.contextmanager
-def _own_rng(state: torch.Tensor):
-    """Run with the global torch RNG (dropout) set to ``state``, restoring the caller's after.
+def _own_rng(states: dict[str, torch.Tensor], device: torch.device):
+    """Run with the global RNGs (dropout) set to ``states``, updating them and restoring the
+    caller's after.
 
     Each run keeps its own dropout stream, so runs stepped in lockstep (a trial's folds) or
     after other runs in the same process (a reused actor) draw what they would draw alone.
     """
-    outer = torch.get_rng_state()
-    torch.set_rng_state(state)
+    cuda = device.type == "cuda"
+    outer = {"cpu": torch.get_rng_state()}
+    torch.set_rng_state(states["cpu"])
+    if cuda:  # CUDA-only: the device's own generator drives dropout there
+        outer["cuda"] = torch.cuda.get_rng_state(device)
+        if "cuda" in states:
+            torch.cuda.set_rng_state(states["cuda"], device)
     try:
         yield
     finally:
-        torch.set_rng_state(outer)
+        states["cpu"] = torch.get_rng_state()
+        torch.set_rng_state(outer["cpu"])
+        if cuda:
+            states["cuda"] = torch.cuda.get_rng_state(device)
+            torch.cuda.set_rng_state(outer["cuda"], device)
 
 
 # -- one run, an epoch at a time ---------------------------------------------------------
@@ -256,7 +266,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.sizes = model_sizes(store)
         self.model = create_model(config.model, config=config, **self.sizes).to(dev)
-        self._rng = torch.get_rng_state()
+        self._rng = {"cpu": torch.get_rng_state()}
+        if dev.type == "cuda":
+            self._rng["cuda"] = torch.cuda.get_rng_state(dev)
         frames = config.audio_frames or store.max_frames
         load = dict(uses=self.model.uses, frames=frames, trim=self.model.trim, device=dev)
         self.train_data = load_split(store, "train", rows=rows.get("train"), **load)
@@ -292,9 +304,8 @@ class Trainer:
 
     def run_epoch(self) -> dict[str, float]:
         """Train one more epoch, score the eval splits; returns (and records) its metrics."""
-        with _deterministic(self.device.type == "cpu"), _own_rng(self._rng):
+        with _deterministic(self.device.type == "cpu"), _own_rng(self._rng, self.device):
             metrics = self._epoch()
-            self._rng = torch.get_rng_state()
         self.history.append(metrics)
         return metrics
 
@@ -376,7 +387,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
-            "rng": self._rng.clone(),
+            "rng": {k: v.clone() for k, v in self._rng.items()},
             "history": [dict(h) for h in self.history],
         }
 
@@ -388,7 +399,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
-        self._rng = state["rng"].clone()
+        self._rng = {k: v.clone() for k, v in state["rng"].items()}
         self.epoch = int(state["epoch"])
         self.history = [dict(h) for h in state["history"]]
 
