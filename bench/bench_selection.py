@@ -409,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             tmp = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
             tmp.mkdir(parents=True, exist_ok=True)
-            results = [one_seed(store, tmp, seed, args, oracle) for seed in args.seeds]
+            results = []
+            for seed in args.seeds:  # the section is rewritten after every seed
+                results.append(one_seed(store, tmp, seed, args, oracle))
+                update_section("selection", report(results, args, len(oracle.rows)))
         ray.shutdown()
     body = report(results, args, len(oracle.rows))
     print(body)

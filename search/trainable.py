@@ -12,6 +12,7 @@ tracking happens on the driver (search/tracking.py).
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections.abc import Callable, Sequence
@@ -155,6 +156,8 @@ def run_trial(
     if threads:
         torch.set_num_threads(threads)
     use_gpu_share(gpus)  # several trials may share one GPU
+    # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
     run = TrialRun(cfg.to_dict(), store, folds)
