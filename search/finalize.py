@@ -52,8 +52,8 @@ _PROG = "search.finalize"
 DEFAULT_TOP_K = 3
 DEFAULT_EPOCHS = 150
 # Two of the seed's three seeds (0, 42, 2023): three configs x two seeds keeps README's demo
-# under 10 minutes on 2 cores, and bench_selection found more candidates worth more than a
-# third seed (results/bench.md, "finalize variants"). `--seeds 0 42 2023` is the seed's set.
+# under 10 minutes on 2 cores; bench_selection's "finalize variants" table (results/bench.md)
+# shows what fewer candidates or seeds would have picked. `--seeds 0 42 2023` is the seed's.
 DEFAULT_SEEDS = (0, 42)
 DEFAULT_MAX_CONCURRENT = 2
 FIXED_EPOCH = 120  # the seed's reported epoch
