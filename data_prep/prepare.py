@@ -378,6 +378,10 @@ def prepare_store(
             "labels": list(LABELS),
             "num_utterances": n,
             "counts": _counts(table),
+            # Small corpora: classes no session split could put in every split (split.json
+            # says how the cut was relaxed).
+            "missing_classes": p.split.missing,
+            "split_relaxed": p.split.relaxed,
             "num_faults": len(faults),
             "num_ties": p.n_ties,
             "keep_ties": keep_ties,
@@ -510,8 +514,23 @@ def _summary(result: PrepareResult) -> str:
         lines.append(
             f"  {split:<6}" + " ".join(f"{v:>{width}}" for v in row) + f" {sum(row):>{width}}"
         )
+    lines += _missing_lines(m)
     lines.append(f"next: python -m search.run --space case --data {result.path}")
     return "\n".join(lines)
+
+
+def _missing_lines(manifest: dict[str, Any]) -> list[str]:
+    """What a small corpus lacks per split, so nobody mistakes a 0 F1 for a bad model."""
+    missing = {k: v for k, v in (manifest.get("missing_classes") or {}).items() if v}
+    lines = [f"  missing from {split}: {', '.join(labs)}" for split, labs in missing.items()]
+    if lines:
+        how = (
+            "no session split could put every class in every split (see split.json)"
+            if manifest.get("split_relaxed")
+            else "a class seen in one session only can be in one split only"
+        )
+        lines.insert(0, f"note: some classes are absent from a split: {how}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

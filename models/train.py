@@ -29,7 +29,7 @@ from data_prep.store import FeatureStore
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
-from models.metrics import all_neutral_metrics, classification_metrics, macro_auroc
+from models.metrics import absent_note, all_neutral_metrics, classification_metrics, macro_auroc
 from models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,9 @@ def _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir, checkpoint
             notes.append(f"{d.split} split streamed from the memory maps (too big for {dev})")
     train_labels_cpu = train_data.labels.cpu()
     eval_labels_cpu = {s: d.labels.cpu() for s, d in evals.items()}
+    for s, labels in eval_labels_cpu.items():  # small corpora: say what macro-F1 means here
+        if note := absent_note(labels, s, store.num_classes, store.label_names):
+            notes.append(note)
     weight = class_weights(train_labels_cpu.numpy(), store.num_classes, config.class_weights)
     objective = Objective(config, weight).to(dev)
 
