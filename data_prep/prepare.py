@@ -81,6 +81,11 @@ class PrepareError(RuntimeError):
     """Preparing a store failed for a reason the user can fix (message says how)."""
 
 
+# Everything preparing a corpus raises for a bad corpus, encoder or store (one line each);
+# callers turn these into a usage error instead of a traceback.
+PREPARE_ERRORS = (PrepareError, CorpusError, EncoderError, StoreError, SplitError, ExtractionError)
+
+
 @dataclass(frozen=True)
 class PrepareResult:
     path: Path
@@ -602,8 +607,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Lengths, batch sizes and counts must be positive: 0 is an error, not 'the default'."""
+    minimum = {"max_frames": 1, "max_tokens": 3, "batch_size": 1, "sessions": 3,
+               "utterances_per_script": 1, "threads": 1}  # fmt: skip
+    for name, low in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise PrepareError(f"{flag} must be >= {low} (got {value})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _check_counts(args)
+    except PrepareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     common = {
         "stores_root": args.out,
         "max_frames": args.max_frames,
@@ -639,22 +660,15 @@ def main(argv: list[str] | None = None) -> int:
                 **{k: v for k, v in common.items() if k != "stores_root"},
             )
         else:
-            common["max_frames"] = args.max_frames or 512
-            common["max_tokens"] = args.max_tokens or 128
+            common["max_frames"] = 512 if args.max_frames is None else args.max_frames
+            common["max_tokens"] = 128 if args.max_tokens is None else args.max_tokens
             result = prepare_store(
                 args.kemdy20,
                 audio_model=args.audio_model or DEFAULT_AUDIO_MODEL,
                 text_model=args.text_model or DEFAULT_TEXT_MODEL,
                 **common,
             )
-    except (
-        PrepareError,
-        CorpusError,
-        EncoderError,
-        StoreError,
-        SplitError,
-        ExtractionError,
-    ) as exc:
+    except PREPARE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

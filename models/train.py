@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_prep.store import FeatureStore
+from data_prep.store import FeatureStore, StoreError
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
@@ -399,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig.from_dict(raw)
     except ConfigError as exc:
         parser.error(str(exc))
-    store = open_store(args.data)
+    try:
+        store = open_store(args.data)
+    except (StoreError, OSError, ValueError) as exc:  # one line, not a traceback
+        print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
+        return 2
     baseline = all_neutral_metrics(store.labels("val"), "val", store.num_classes,
                                    label_names=store.label_names)  # fmt: skip
     print(f"store {store.path} ({len(store.indices('train'))} train / "

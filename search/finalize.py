@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
 from search.settings import (  # noqa: E402
     SWEEP_MANIFEST,
     UsageError,
+    check_name,
     check_resources,
     default_tracking_uri,
 )
@@ -154,6 +155,7 @@ def parse_settings(
 
     parser.error = _error  # type: ignore[method-assign]
     a = parser.parse_args(argv)
+    check_name("--sweep", a.sweep)  # before any file is read: '../x' must not escape
     cwd = (cwd or Path.cwd()).resolve()
     results_dir = Path(a.results_dir or "results").expanduser()
     results_dir = results_dir if results_dir.is_absolute() else (cwd / results_dir).resolve()

@@ -56,9 +56,12 @@ def resolve_store(settings: SweepSettings) -> Path:
 
         return Path(prepare_demo())
     if settings.data_kind == "kemdy20":
-        from data_prep.prepare import prepare
+        from data_prep.prepare import PREPARE_ERRORS, prepare
 
-        return Path(prepare(settings.data))
+        try:
+            return Path(prepare(settings.data))
+        except PREPARE_ERRORS as exc:  # a corpus that cannot be prepared is a bad --data
+            raise UsageError(f"--data {settings.data}: cannot prepare this corpus: {exc}") from exc
     return Path(settings.data)
 
 

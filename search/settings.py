@@ -159,6 +159,14 @@ def check_resources(cpus: float, gpus: float) -> None:
         _fail(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
 
 
+def check_name(flag: str, name: str) -> str:
+    """A sweep name is one folder under the results folder: no separators, no '..', so a
+    name can never read or write outside it (search.run --name, search.finalize --sweep)."""
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        _fail(f"{flag} {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)")
+    return name
+
+
 def _positive_int(name: str, value: int | None, default: int) -> int:
     if value is None:
         return default
@@ -240,8 +248,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not _NAME_RE.match(name):
-        _fail(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)")
+    check_name("--name", name)
     if (results_dir / name / SWEEP_MANIFEST).exists():
         _fail(
             f"sweep {name!r} already exists in {results_dir}; add --resume to continue it or pick another --name"
