@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -300,7 +301,7 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     for e, why in picked:
         rank = e.get("rank")
         out.append(Candidate(
-            key=f"r{int(rank or 0):02d}-{e['trial_id']}",
+            key=candidate_key(str(e["trial_id"]), e["config"]),
             label=f"{e['model']} (#{rank} {e['trial_id']})",
             model=e["model"], rank=rank, trial_id=str(e["trial_id"]),
             sweep_run_id=str(e.get("mlflow_run_id", "")),
@@ -309,8 +310,33 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     return out
 
 
-def unit_id(candidate: Candidate, seed: int) -> str:
-    return f"{candidate.key}-s{seed}"
+def config_digest(config: Mapping[str, Any]) -> str:
+    """8 hex digits naming what a config trains (its epochs and seed left out: the unit id
+    names those itself)."""
+    body = {k: v for k, v in sorted(config.items()) if k not in ("epochs", "seed")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def candidate_key(trial_id: str, config: Mapping[str, Any]) -> str:
+    """A candidate by what it trains, not by its sweep rank: ranks move when a sweep is
+    extended, and a resumed finalize must still find (not retrain, not orphan) its units."""
+    return f"{trial_id}-{config_digest(config)}"
+
+
+def unit_id(candidate: Candidate, seed: int, epochs: int) -> str:
+    """One unit of work: this config, this seed, this many epochs."""
+    return f"{candidate.key}-s{seed}-e{epochs}"
+
+
+def top_k_note(doc: Mapping[str, Any], top_k: int) -> str | None:
+    """Never a silent cap: say when --top-k asks for more configs than the sweep recorded."""
+    recorded = len(doc["top"])
+    if top_k <= recorded:
+        return None
+    scored = doc.get("num_scored", recorded)
+    of = f" (of {scored} scored trials)" if scored != recorded else ""
+    return (f"--top-k {top_k}: sweep {doc.get('sweep', '?')} recorded {recorded} scored "
+            f"config(s){of} in {BEST_CONFIGS}; finalizing those {recorded}")  # fmt: skip
 
 
 def unit_config(candidate: Candidate, seed: int, epochs: int) -> dict[str, Any]:
@@ -593,6 +619,7 @@ class FinalizeOutcome:
     best: dict[str, Any] | None = None
     files: list[Path] = field(default_factory=list)
     wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 def _store_path(doc: Mapping[str, Any], settings: FinalizeSettings) -> Path:
@@ -631,6 +658,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
     doc = load_best_configs(settings)
     candidates = select_candidates(doc, settings.top_k, settings.models)
+    notes = [n] if (n := top_k_note(doc, settings.top_k)) else []
+    for n in notes:
+        say(f"note: {n}")
     store_path = _store_path(doc, settings)
     try:
         store = FeatureStore.open(store_path, sealed=())  # the one unsealed opener
@@ -643,7 +673,7 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     by_key = {c.key: c for c in candidates}
     for c in candidates:
         for seed in settings.seeds:
-            units.append({"unit_id": unit_id(c, seed), "candidate": c.key, "model": c.model,
+            units.append({"unit_id": unit_id(c, seed, settings.epochs), "candidate": c.key, "model": c.model,
                           "seed": seed, "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
     space = _space_name(doc, settings)
 
@@ -689,7 +719,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     todo = [u for u in units if u["unit_id"] not in done]
     outcome = FinalizeOutcome(sweep=settings.sweep, out_dir=settings.out_dir, report=None,
                               parent_run_id=parent, tracking_uri=settings.tracking_uri,
-                              units_total=len(units), units_reused=len(done))  # fmt: skip
+                              units_total=len(units), units_reused=len(done),
+                              notes=notes)  # fmt: skip
     say(f"finalize {settings.sweep}: {len(candidates)} config(s) x {len(settings.seeds)} seed(s) "
         f"= {len(units)} runs of {settings.epochs} epochs; {len(done)} already finished")  # fmt: skip
 
@@ -835,6 +866,7 @@ def summary(outcome: FinalizeOutcome) -> str:
                      f"epochs {b['chosen_epochs']})")  # fmt: skip
     for f in outcome.failed:
         lines.append(f"Failed:    {f}")
+    lines += [f"Note:      {n}" for n in outcome.notes]
     if outcome.report:
         lines.append(f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
                      f"records in {outcome.out_dir}/units/)")  # fmt: skip
