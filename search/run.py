@@ -107,6 +107,10 @@ def init_ray(settings: SweepSettings) -> bool:
         ray.init(address=settings.address, logging_level=logging.WARNING)
     else:
         ray.init(
+            # "local": a new runtime of our own. With no address Ray joins any runtime it finds
+            # running on this machine (another user's sweep); RAY_ADDRESS (`ray job submit`)
+            # still means the job's cluster.
+            address=None if os.environ.get("RAY_ADDRESS") else "local",
             num_cpus=max(os.cpu_count() or 1, math.ceil(settings.cpus_per_trial)),
             include_dashboard=False,
             logging_level=logging.WARNING,
