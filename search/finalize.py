@@ -39,6 +39,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from search.redact import is_redacted, redact_text, redact_uri  # noqa: E402
 from search.settings import (  # noqa: E402
     SWEEP_MANIFEST,
     UsageError,
@@ -167,7 +168,7 @@ def parse_settings(
             f"{results_dir}: {_known_sweeps(results_dir)}"
         )
     s = FinalizeSettings(sweep=a.sweep, results_dir=str(results_dir))
-    s.command = "python -m search.finalize " + shlex.join(argv)
+    s.command = "python -m search.finalize " + redact_text(shlex.join(argv))  # stored in files
     if a.top_k is not None:
         s.top_k = a.top_k
     if a.epochs is not None:
@@ -193,6 +194,11 @@ def parse_settings(
             with contextlib.suppress(ValueError):
                 saved = json.loads(manifest.read_text(encoding="utf-8"))
         s.tracking_uri = saved.get("tracking_uri") or default_tracking_uri(cwd)
+        if is_redacted(s.tracking_uri):
+            raise UsageError(
+                f"sweep {a.sweep!r} tracks to {s.tracking_uri}, whose password is not stored: "
+                "pass --tracking-uri with it"
+            )
 
     state_path = s.state_path
     if s.resume and state_path.is_file():
@@ -200,12 +206,14 @@ def parse_settings(
         given = {"top_k": a.top_k, "epochs": a.epochs, "every": a.every, "seeds": a.seeds,
                  "models": a.models, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
         for key in PLAN_KEYS:
-            if given[key] is not None and getattr(s, key) != saved[key]:
+            mine = redact_uri(s.tracking_uri) if key == "tracking_uri" else getattr(s, key)
+            if given[key] is not None and mine != saved[key]:
                 raise UsageError(
-                    f"--resume: --{key.replace('_', '-')} {getattr(s, key)} differs from the "
+                    f"--resume: --{key.replace('_', '-')} {mine} differs from the "
                     f"interrupted finalize's {saved[key]}; drop the flag to resume it"
                 )
-            setattr(s, key, saved[key])
+            if key != "tracking_uri" or not is_redacted(saved[key]):
+                setattr(s, key, saved[key])
     if s.top_k < 0 or (s.top_k == 0 and not s.models):
         raise UsageError(f"--top-k must be >= 1 (or 0 with --models), got {s.top_k}")
     if s.epochs <= 0:
@@ -703,7 +711,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
         })  # fmt: skip
         state = {"sweep": settings.sweep, "parent_run_id": parent, "experiment_id": exp_id,
                  "store_key": store.key, "store_path": str(store_path), "created": _now(),
-                 "settings": settings.to_dict(), "resumed_commands": []}  # fmt: skip
+                 "settings": {**settings.to_dict(),
+                              "tracking_uri": redact_uri(settings.tracking_uri)},
+                 "resumed_commands": []}  # fmt: skip
     state["candidates"] = [asdict(c) for c in candidates]
     _write_json_atomic(settings.state_path, state)
 
@@ -840,7 +850,7 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
         "resumed_commands": state.get("resumed_commands", []), "store_key": store.key,
         "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "every": settings.every,
         "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
-        "tracking_uri": settings.tracking_uri, "fixed_target": FIXED_EPOCH,
+        "tracking_uri": redact_uri(settings.tracking_uri), "fixed_target": FIXED_EPOCH,
     }  # fmt: skip
     kind = fr.corpus_kind(store.manifest)
     md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
@@ -870,7 +880,7 @@ def summary(outcome: FinalizeOutcome) -> str:
     if outcome.report:
         lines.append(f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
                      f"records in {outcome.out_dir}/units/)")  # fmt: skip
-    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}")
     return "\n".join(lines)
 
 
