@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from ray.tune import Callback
 
-from search.redact import connect_uri, remember
+from search.redact import connect_uri, redact_uri, remember
 
 EXPERIMENT = "case-tune"
 KIND = "case_tune.kind"
@@ -51,6 +51,10 @@ _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
+    if redact_uri(tracking_uri) != tracking_uri:
+        # MLflow prints "View run ... at: <tracking URI>/..." to stdout for http stores, with
+        # the password in it: never for a URI that carries one.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=tracking_uri)
 
 
