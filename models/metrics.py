@@ -11,6 +11,10 @@ have both positive and negative rows (undefined otherwise, so left out). While a
 predicts neutral everywhere its macro-F1 is flat at the all-neutral value, but its AUROC already
 shows how well it ranks the emotional rows; the search uses it only to break exact F1 ties.
 
+A split with no row of some class (small corpora: see data_prep/splits.py) also gets
+`{split}_macro_f1_present`, the mean F1 over the classes it does hold, so a reader can tell the
+convention's zeros from what the model did; `absent_classes` names the missing ones.
+
 `{split}_seed_micro_f1` is the seed's "Micro-F1": micro-F1 over the rows whose gold label is
 not neutral, which is the accuracy on emotional rows (NaN when there are none).
 """
@@ -94,7 +98,31 @@ def classification_metrics(
         f"{split}_seed_micro_f1": seed_micro,
     }
     out.update({f"{split}_f1_{name}": float(f) for name, f in zip(names, per_class, strict=True)})
+    present = support > 0
+    if not bool(present.all()):
+        out[f"{split}_macro_f1_present"] = float(per_class[present].mean())
     return out
+
+
+def absent_classes(
+    target, num_classes: int = 7, label_names: Sequence[str] | None = None
+) -> list[str]:
+    """Names of the classes with no row in ``target`` (empty when every class is there)."""
+    t = _as_tensor(target)
+    support = torch.bincount(t, minlength=num_classes)
+    names = _label_names(num_classes, label_names)
+    return [names[i] for i in range(num_classes) if int(support[i]) == 0]
+
+
+def absent_note(target, split: str, num_classes: int = 7,
+                label_names: Sequence[str] | None = None) -> str | None:  # fmt: skip
+    """One line saying which classes ``split`` lacks and what that does to macro-F1."""
+    absent = absent_classes(target, num_classes, label_names)
+    if not absent or len(absent) == num_classes:
+        return None
+    return (f"{split} split has no rows of {', '.join(absent)}: {split}_macro_f1 counts them "
+            f"as 0 over all {num_classes} classes; {split}_macro_f1_present averages the "
+            f"{num_classes - len(absent)} classes present")  # fmt: skip
 
 
 def macro_auroc(scores, target, num_classes: int = 7) -> float:

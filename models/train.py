@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep.store import FeatureStore
+from data_prep.store import FeatureStore, StoreError
 from models import selection
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
 from models.metrics import (
+    absent_note,
     all_neutral_metrics,
     bootstrap_macro_f1,
     classification_metrics,
@@ -280,6 +281,9 @@ class Trainer:
                 self._note(f"{d.split} split streamed from the memory maps (too big for {dev})")
         self.train_labels_cpu = self.train_data.labels.cpu()
         self.eval_labels_cpu = {s: d.labels.cpu() for s, d in self.evals.items()}
+        for s, labels in self.eval_labels_cpu.items():  # small corpora: what macro-F1 means
+            if note := absent_note(labels, s, store.num_classes, store.label_names):
+                self._note(note)
         weight = class_weights(self.train_labels_cpu.numpy(), store.num_classes,
                                config.class_weights)  # fmt: skip
         self.objective = Objective(config, weight).to(dev)
@@ -550,7 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig.from_dict(raw)
     except ConfigError as exc:
         parser.error(str(exc))
-    store = open_store(args.data)
+    try:
+        store = open_store(args.data)
+    except (StoreError, OSError, ValueError) as exc:  # one line, not a traceback
+        print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
+        return 2
     baseline = all_neutral_metrics(store.labels("val"), "val", store.num_classes,
                                    label_names=store.label_names)  # fmt: skip
     print(f"store {store.path} ({len(store.indices('train'))} train / "

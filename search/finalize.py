@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -40,9 +41,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from search.redact import is_redacted, redact_text, redact_uri  # noqa: E402
 from search.settings import (  # noqa: E402
     SWEEP_MANIFEST,
     UsageError,
+    check_name,
     check_resources,
     default_tracking_uri,
 )
@@ -162,6 +165,7 @@ def parse_settings(
 
     parser.error = _error  # type: ignore[method-assign]
     a = parser.parse_args(argv)
+    check_name("--sweep", a.sweep)  # before any file is read: '../x' must not escape
     cwd = (cwd or Path.cwd()).resolve()
     results_dir = Path(a.results_dir or "results").expanduser()
     results_dir = results_dir if results_dir.is_absolute() else (cwd / results_dir).resolve()
@@ -172,7 +176,7 @@ def parse_settings(
             f"{results_dir}: {_known_sweeps(results_dir)}"
         )
     s = FinalizeSettings(sweep=a.sweep, results_dir=str(results_dir))
-    s.command = "python -m search.finalize " + shlex.join(argv)
+    s.command = "python -m search.finalize " + redact_text(shlex.join(argv))  # stored in files
     if a.top_k is not None:
         s.top_k = a.top_k
     s.epochs = a.epochs if a.epochs is not None else _sweep_horizon(sweep_dir)
@@ -195,6 +199,11 @@ def parse_settings(
             with contextlib.suppress(ValueError):
                 saved = json.loads(manifest.read_text(encoding="utf-8"))
         s.tracking_uri = saved.get("tracking_uri") or default_tracking_uri(cwd)
+        if is_redacted(s.tracking_uri):
+            raise UsageError(
+                f"sweep {a.sweep!r} tracks to {s.tracking_uri}, whose password is not stored: "
+                "pass --tracking-uri with it"
+            )
 
     state_path = s.state_path
     if s.resume and state_path.is_file():
@@ -202,12 +211,14 @@ def parse_settings(
         given = {"top_k": a.top_k, "epochs": a.epochs, "seeds": a.seeds,
                  "models": a.models, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
         for key in PLAN_KEYS:
-            if given[key] is not None and getattr(s, key) != saved[key]:
+            mine = redact_uri(s.tracking_uri) if key == "tracking_uri" else getattr(s, key)
+            if given[key] is not None and mine != saved[key]:
                 raise UsageError(
-                    f"--resume: --{key.replace('_', '-')} {getattr(s, key)} differs from the "
+                    f"--resume: --{key.replace('_', '-')} {mine} differs from the "
                     f"interrupted finalize's {saved[key]}; drop the flag to resume it"
                 )
-            setattr(s, key, saved[key])
+            if key != "tracking_uri" or not is_redacted(saved[key]):
+                setattr(s, key, saved[key])
     if s.top_k < 0 or (s.top_k == 0 and not s.models):
         raise UsageError(f"--top-k must be >= 1 (or 0 with --models), got {s.top_k}")
     if s.epochs <= 0:
@@ -308,7 +319,7 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     for e, why in picked:
         rank = e.get("rank")
         out.append(Candidate(
-            key=f"r{int(rank or 0):02d}-{e['trial_id']}",
+            key=candidate_key(str(e["trial_id"]), e["config"]),
             label=f"{e['model']} (#{rank} {e['trial_id']})",
             model=e["model"], rank=rank, trial_id=str(e["trial_id"]),
             sweep_run_id=str(e.get("mlflow_run_id", "")),
@@ -317,8 +328,33 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     return out
 
 
-def unit_id(candidate: Candidate, seed: int) -> str:
-    return f"{candidate.key}-s{seed}"
+def config_digest(config: Mapping[str, Any]) -> str:
+    """8 hex digits naming what a config trains (its epochs and seed left out: the unit id
+    names those itself)."""
+    body = {k: v for k, v in sorted(config.items()) if k not in ("epochs", "seed")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def candidate_key(trial_id: str, config: Mapping[str, Any]) -> str:
+    """A candidate by what it trains, not by its sweep rank: ranks move when a sweep is
+    extended, and a resumed finalize must still find (not retrain, not orphan) its units."""
+    return f"{trial_id}-{config_digest(config)}"
+
+
+def unit_id(candidate: Candidate, seed: int, epochs: int) -> str:
+    """One unit of work: this config, this seed, this many epochs."""
+    return f"{candidate.key}-s{seed}-e{epochs}"
+
+
+def top_k_note(doc: Mapping[str, Any], top_k: int) -> str | None:
+    """Never a silent cap: say when --top-k asks for more configs than the sweep recorded."""
+    recorded = len(doc["top"])
+    if top_k <= recorded:
+        return None
+    scored = doc.get("num_scored", recorded)
+    of = f" (of {scored} scored trials)" if scored != recorded else ""
+    return (f"--top-k {top_k}: sweep {doc.get('sweep', '?')} recorded {recorded} scored "
+            f"config(s){of} in {BEST_CONFIGS}; finalizing those {recorded}")  # fmt: skip
 
 
 def unit_config(candidate: Candidate, seed: int, epochs: int) -> dict[str, Any]:
@@ -593,6 +629,7 @@ class FinalizeOutcome:
     best: dict[str, Any] | None = None
     files: list[Path] = field(default_factory=list)
     wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 def _store_path(doc: Mapping[str, Any], settings: FinalizeSettings) -> Path:
@@ -631,6 +668,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
     doc = load_best_configs(settings)
     candidates = select_candidates(doc, settings.top_k, settings.models)
+    notes = [n] if (n := top_k_note(doc, settings.top_k)) else []
+    for n in notes:
+        say(f"note: {n}")
     store_path = _store_path(doc, settings)
     try:
         store = FeatureStore.open(store_path, sealed=())  # the one unsealed opener
@@ -643,8 +683,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     by_key = {c.key: c for c in candidates}
     for c in candidates:
         for seed in settings.seeds:
-            units.append({"unit_id": unit_id(c, seed), "candidate": c.key, "trial_id": c.trial_id,
-                          "model": c.model,
+            units.append({"unit_id": unit_id(c, seed, settings.epochs), "candidate": c.key,
+                          "trial_id": c.trial_id, "model": c.model,
                           "seed": seed, "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
     space = _space_name(doc, settings)
 
@@ -674,7 +714,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
         })  # fmt: skip
         state = {"sweep": settings.sweep, "parent_run_id": parent, "experiment_id": exp_id,
                  "store_key": store.key, "store_path": str(store_path), "created": _now(),
-                 "settings": settings.to_dict(), "resumed_commands": []}  # fmt: skip
+                 "settings": {**settings.to_dict(),
+                              "tracking_uri": redact_uri(settings.tracking_uri)},
+                 "resumed_commands": []}  # fmt: skip
     state["candidates"] = [asdict(c) for c in candidates]
     _write_json_atomic(settings.state_path, state)
 
@@ -690,7 +732,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     todo = [u for u in units if u["unit_id"] not in done]
     outcome = FinalizeOutcome(sweep=settings.sweep, out_dir=settings.out_dir, report=None,
                               parent_run_id=parent, tracking_uri=settings.tracking_uri,
-                              units_total=len(units), units_reused=len(done))  # fmt: skip
+                              units_total=len(units), units_reused=len(done),
+                              notes=notes)  # fmt: skip
     say(f"finalize {settings.sweep}: {len(candidates)} config(s) x {len(settings.seeds)} seed(s) "
         f"= {len(units)} runs of {settings.epochs} epochs; {len(done)} already finished")  # fmt: skip
 
@@ -815,7 +858,7 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
         "resumed_commands": state.get("resumed_commands", []), "store_key": store.key,
         "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "statistic": STATISTIC,
         "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
-        "tracking_uri": settings.tracking_uri, "fixed_target": FIXED_EPOCH,
+        "tracking_uri": redact_uri(settings.tracking_uri), "fixed_target": FIXED_EPOCH,
     }  # fmt: skip
     kind = fr.corpus_kind(store.manifest)
     md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
@@ -850,10 +893,11 @@ def summary(outcome: FinalizeOutcome) -> str:
             lines.append(f"           {b['comparison']}")
     for f in outcome.failed:
         lines.append(f"Failed:    {f}")
+    lines += [f"Note:      {n}" for n in outcome.notes]
     if outcome.report:
         lines.append(f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
                      f"records in {outcome.out_dir}/units/)")  # fmt: skip
-    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}")
     return "\n".join(lines)
 
 

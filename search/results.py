@@ -229,6 +229,7 @@ def write_best_configs(
         "metric": "val_macro_f1",
         "statistic": selection.STATISTIC,
         "mode": "max",
+        "num_scored": len(scored),  # finalize --top-k beyond top's length says so
         "top": [_entry(i, r) for i, r in enumerate(scored[:top_k], 1)],
         "best_per_model": per_model,
     }

@@ -345,3 +345,74 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
     active = _final_runs(client, parent)
     assert len(active) == 4 and all(r.info.status == "FINISHED" for r in active)
     assert not [r for r in _final_runs(client, parent, ViewType.ALL) if r.info.status == "RUNNING"]
+
+
+def test_units_are_named_by_what_they_train() -> None:
+    cfg = {"model": "case-attention", "lr": 1e-3, "epochs": 2, "seed": 0}
+    entry = {"rank": 1, "trial_id": "t1", "model": "case-attention", "config": cfg}
+    moved = {**entry, "rank": 5}  # the sweep was extended: same trial, lower rank
+    other = {**entry, "config": {**cfg, "lr": 2e-3}}
+    (a,) = fz.select_candidates({"top": [entry]}, 1, [])
+    (b,) = fz.select_candidates({"top": [moved]}, 1, [])
+    (c,) = fz.select_candidates({"top": [other]}, 1, [])
+    assert fz.unit_id(a, 0, 150) == fz.unit_id(b, 0, 150)  # rank plays no part
+    assert len({fz.unit_id(a, 0, 150), fz.unit_id(c, 0, 150), fz.unit_id(a, 1, 150),
+                fz.unit_id(a, 0, 120)}) == 4  # config, seed and epochs each do  # fmt: skip
+    assert fz.unit_id(a, 42, 150).startswith("t1-") and "-s42-e150" in fz.unit_id(a, 42, 150)
+
+
+def _copy_sweep(finalized: dict, dst: Path) -> Path:
+    """The finalized sweep's results and MLflow store under ``dst``, pointing at themselves."""
+    src = finalized["tmp"]
+    shutil.copytree(src / "results", dst / "results")
+    shutil.copy(src / "mlflow.db", dst / "mlflow.db")
+    old, new = f"sqlite:///{src / 'mlflow.db'}", f"sqlite:///{dst / 'mlflow.db'}"
+    for f in (dst / "results/tiny").rglob("*.json"):
+        f.write_text(f.read_text().replace(old, new))
+    return dst / "results"
+
+
+def test_resumed_finalize_after_ranks_moved_retrains_nothing_finished(
+    finalized: dict, tmp_path: Path, capsys
+) -> None:
+    """A better trial lands at rank 1 (as when a sweep is extended): resuming the finalize
+    keeps the former #1's finished units (same files, same contents) and trains only the
+    new config's."""
+    import yaml
+
+    results = _copy_sweep(finalized, tmp_path)
+    best = results / "tiny/best_configs.yaml"
+    doc = yaml.safe_load(best.read_text())
+    newcomer = {**doc["top"][0], "trial_id": "newcomer_00009", "mlflow_run_id": "",
+                "config": {**doc["top"][0]["config"], "lr": 3e-3}}  # fmt: skip
+    doc["top"] = [newcomer, *doc["top"]]
+    for rank, e in enumerate(doc["top"], 1):
+        e["rank"] = rank
+    best.write_text(yaml.safe_dump(doc, sort_keys=False))
+    units = results / "tiny/final/units"
+    former_first = doc["top"][1]["trial_id"]
+    kept = {p.name: p.read_text() for p in units.glob(f"{former_first}-*.json")}
+    assert len(kept) == len(SEEDS)
+    argv = ["--sweep", "tiny", "--results-dir", str(results), *ARGS, "--resume"]
+    assert fz.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{4 + len(SEEDS)} runs" not in out  # sanity: the plan is top-2 x seeds
+    assert f"({len(SEEDS)} trained now, {len(SEEDS)} reused)" in out, out
+    assert {p.name: p.read_text() for p in units.glob(f"{former_first}-*.json")} == kept
+    assert len(list(units.glob("newcomer_00009-*.json"))) == len(SEEDS)
+
+
+def test_top_k_beyond_what_the_sweep_recorded_is_said(finalized: dict, tmp_path: Path,
+                                                     capsys) -> None:  # fmt: skip
+    results = _copy_sweep(finalized, tmp_path)
+    shutil.rmtree(results / "tiny/final")
+    recorded = len(fz.load_best_configs(fz.parse_settings(
+        ["--sweep", "tiny", "--results-dir", str(results)]))["top"])  # fmt: skip
+    argv = ["--sweep", "tiny", "--results-dir", str(results), "--top-k", "9", "--seeds", "0",
+            "--epochs", "2", "--every", "2"]  # fmt: skip
+    assert fz.main(argv) == 0
+    out = capsys.readouterr().out
+    note = (f"--top-k 9: sweep tiny recorded {recorded} scored config(s) in best_configs.yaml; "
+            f"finalizing those {recorded}")  # fmt: skip
+    assert f"note: {note}" in out and f"Note:      {note}" in out
+    assert f"Finalize tiny: {recorded} runs" in out
