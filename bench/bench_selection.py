@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                     for n in ("product", "random")]  # fmt: skip
             results.append(analyse(seed, *arms, oracle))
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 logging_level="WARNING")
         with contextlib.ExitStack() as stack:
             tmp = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
             tmp.mkdir(parents=True, exist_ok=True)
