@@ -1,7 +1,7 @@
 """`search.finalize` on a real tiny sweep: real Ray, real MLflow (sqlite), real training.
 
-The module fixture runs a 2-trial sweep through `search.run.run_sweep`, then a finalize of
-its 2 configs x 2 seeds x 4 epochs (checkpoint every 2) that is interrupted after its first
+The module fixture runs a 2-trial sweep through `search.run.run_sweep` (2 of 4 scheduled
+epochs each), then a finalize of its 2 configs x 2 seeds x 4 epochs that is interrupted after its first
 finished unit (in-flight runs cancelled and left RUNNING in MLflow, as a killed driver leaves
 them) and resumed. Every assertion below reads the files and the MLflow record it produced.
 """
@@ -409,7 +409,7 @@ def test_top_k_beyond_what_the_sweep_recorded_is_said(finalized: dict, tmp_path:
     recorded = len(fz.load_best_configs(fz.parse_settings(
         ["--sweep", "tiny", "--results-dir", str(results)]))["top"])  # fmt: skip
     argv = ["--sweep", "tiny", "--results-dir", str(results), "--top-k", "9", "--seeds", "0",
-            "--epochs", "2", "--every", "2"]  # fmt: skip
+            "--epochs", "2"]  # fmt: skip
     assert fz.main(argv) == 0
     out = capsys.readouterr().out
     note = (f"--top-k 9: sweep tiny recorded {recorded} scored config(s) in best_configs.yaml; "

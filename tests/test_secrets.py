@@ -78,7 +78,7 @@ def test_no_file_or_printed_line_holds_the_password(
     assert "http://alice:***@127.0.0.1" in run.stdout
     fin = subprocess.run(
         [sys.executable, "-m", "search.finalize", "--sweep", "sec", "--tracking-uri", uri,
-         "--top-k", "1", "--seeds", "0", "--epochs", "1", "--every", "1"],
+         "--top-k", "1", "--seeds", "0", "--epochs", "1"],
         cwd=work, env=env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert fin.returncode == 0, fin.stdout[-2000:] + fin.stderr[-2000:]
