@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from data_prep.device import resolve_device
+
 DEFAULT_AUDIO_MODEL = "kresnik/wav2vec2-large-xlsr-korean"
 DEFAULT_TEXT_MODEL = "klue/bert-base"
 
@@ -159,13 +161,6 @@ def identity_for_key(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- loading --------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _from_pretrained(
     loader: Any, name_or_dir: str | os.PathLike[str], flag: str, **kwargs: Any
 ) -> Any:

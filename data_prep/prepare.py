@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep import paths
+from data_prep.device import resolve_device
 from data_prep.encoders import (
     DEFAULT_AUDIO_MODEL,
     DEFAULT_TEXT_MODEL,
@@ -44,7 +45,6 @@ from data_prep.encoders import (
     identity_for_key,
     load_audio_encoder,
     load_text_encoder,
-    resolve_device,
 )
 from data_prep.extract import ExtractionError
 from data_prep.kemdy20 import CorpusError, CorpusRead, Fault, format_fault_summary, read_corpus

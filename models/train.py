@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_prep.device import resolve_device
 from data_prep.store import FeatureStore
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
@@ -64,12 +65,6 @@ class TrainResult:
 
 
 # -- pieces ------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def model_sizes(store: FeatureStore) -> dict[str, int]:
     return {
         "text_dim": store.text_dim,

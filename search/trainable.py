@@ -58,6 +58,7 @@ def run_trial(
     import torch
     from ray import tune
 
+    from data_prep.device import run_device
     from models.config import TrainConfig
     from models.data import use_gpu_share
     from models.train import train
@@ -88,7 +89,8 @@ def run_trial(
         )
         return False
 
-    train(cfg, store, eval_splits=("val",), on_epoch=on_epoch)
+    # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
+    train(cfg, store, eval_splits=("val",), on_epoch=on_epoch, device=run_device(gpus))
 
 
 def make_trainable(
