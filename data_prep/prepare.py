@@ -41,6 +41,7 @@ from data_prep.encoders import (
     DEFAULT_TEXT_MODEL,
     EncoderError,
     build_demo_encoders,
+    commit_changes,
     encoder_identity,
     identity_for_key,
     load_audio_encoder,
@@ -296,6 +297,10 @@ def prepare_store(
                 f"faulty utterance(s); see {existing / 'faults.csv'}"
             )
         _say(progress, f"store {key} already prepared; nothing to extract")
+        for recorded in manifest.get("encoders", {}).values():
+            note = commit_changes(recorded)
+            if note:
+                _say(progress, note)
         return PrepareResult(existing, key, True, manifest)
 
     dev = resolve_device(device)
@@ -368,7 +373,8 @@ def prepare_store(
                 "name": root.name,
                 **{f"fingerprint_{k}": v for k, v in p.fingerprint.items()},
             },
-            "encoders": {"audio": p.audio_id, "text": p.text_id},
+            # as loaded: a hub id's commit is known once it is downloaded (not in the key)
+            "encoders": {"audio": audio_enc.identity, "text": text_enc.identity},
             "max_frames": max_frames,
             "max_tokens": max_tokens,
             "audio_dim": audio_enc.dim,
