@@ -15,8 +15,10 @@ visible devices is looked up.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -72,3 +74,30 @@ def run_device(gpus: float) -> torch.device:
     import ray
 
     return device_for_share(gpus, ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def runs_that_fit(node: Mapping[str, float], asked: Mapping[str, float]) -> int:
+    """How many runs asking for ``asked`` fit at once on a node with ``node`` resources."""
+    fits = [node.get(r, 0.0) / amount for r, amount in asked.items() if amount > 0]
+    return max(1, math.floor(min(fits) + 1e-9)) if fits else 1
+
+
+def ray_node_share() -> tuple[int, int | None]:
+    """In a Ray worker: how many runs of this worker's size fit on its node at once, and its
+    Ray ``memory`` request in bytes (None when it made none). Elsewhere: (1, None).
+
+    Several trials on one node each keep a resident split in their own memory; the budget
+    of :mod:`models.data` divides the node's memory between as many as Ray may place there.
+    """
+    if "ray" not in sys.modules:  # not in a Ray worker: nothing imported Ray
+        return 1, None
+    import ray
+
+    if not ray.is_initialized() or ray._private.worker.global_worker.mode != ray.WORKER_MODE:
+        return 1, None
+    ctx = ray.get_runtime_context()
+    asked = ctx.get_assigned_resources()
+    node_id = ctx.get_node_id()
+    node = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
+    memory = asked.get("memory")
+    return runs_that_fit(node, asked), int(memory) if memory else None

@@ -104,3 +104,25 @@ def test_trials_and_final_runs_follow_the_rule(ray_with_a_gpu, demo_store) -> No
     assert ray.get(ray.remote(_unit_error).options(num_gpus=0).remote(str(demo_store), 0.0)) == (
         "ran"
     )
+
+
+def _share() -> tuple[tuple[int, int | None], str]:
+    from data_prep.device import ray_node_share
+    from models.data import budget_report
+
+    return ray_node_share(), budget_report(torch.device("cpu"))[1]
+
+
+def test_trials_sharing_a_node_split_its_memory(ray_with_a_gpu) -> None:
+    ray = ray_with_a_gpu
+    share = ray.remote(_share)
+    # 2 CPUs, 1 GPU: two trials of {1 CPU, 0.25 GPU} fit; the memory request is the trial's.
+    (sharers, request), why = ray.get(
+        share.options(num_cpus=1, num_gpus=0.25, memory=10**9).remote()
+    )
+    assert (sharers, request) == (2, 10**9)
+    assert "shared by up to 2 runs" in why and "Ray memory request 1.0 GB" in why
+    assert ray.get(share.options(num_cpus=0.5).remote())[0] == (4, None)
+    from data_prep.device import ray_node_share
+
+    assert ray_node_share() == (1, None)  # the driver is not a trial
