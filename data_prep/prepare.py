@@ -367,7 +367,7 @@ def prepare_store(
             {**p.split.to_dict(), "test_fraction": TEST_FRACTION, "val_fraction": VAL_FRACTION},
         )
         manifest = {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "corpus": {
                 "path": str(root),
                 "name": root.name,
