@@ -399,7 +399,9 @@ def _build_demo_audio(out: Path, seed: int) -> None:
     ).save_pretrained(out)
 
 
-def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
+def train_wordpiece(transcripts: list[str], vocab_size: int, max_length: int) -> Any:
+    """A BERT-style WordPiece tokenizer trained on ``transcripts``, as a
+    ``PreTrainedTokenizerFast`` (saves and reloads offline with ``save_pretrained``)."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -409,7 +411,7 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
         processors,
         trainers,
     )
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     # strip_accents=False: NFD would split Hangul syllables into jamo.
@@ -419,7 +421,7 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=DEMO_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )
     tok.train_from_iterator(transcripts, trainer)
     # The trainer orders tokens of equal frequency differently from run to run; rebuild the
@@ -433,15 +435,24 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="[UNK]",
         pad_token="[PAD]",
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
-        model_max_length=DEMO_TEXT_CONFIG["max_position_embeddings"],
+        model_max_length=max_length,
     )
+
+
+def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
+    from transformers import BertConfig, BertModel
+
+    fast = train_wordpiece(
+        transcripts, DEMO_VOCAB_SIZE, DEMO_TEXT_CONFIG["max_position_embeddings"]
+    )
+    tok = fast.backend_tokenizer
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id("[PAD]"), **DEMO_TEXT_CONFIG

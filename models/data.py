@@ -111,9 +111,10 @@ def cgroup_room(
     root = Path(root)
     paths = {}
     for line in (_read(Path(proc_cgroup)) or "").splitlines():
-        _, controllers, path = line.split(":", 2)
-        for c in controllers.split(","):
-            paths[c] = path
+        parts = line.split(":", 2)
+        if len(parts) == 3:  # "id:controllers:path"; v2's controllers are ""
+            for c in parts[1].split(","):
+                paths[c] = parts[2]
     rooms = []
     if (root / "cgroup.controllers").exists():  # v2 (unified)
         d = root / paths.get("", "/").lstrip("/")
