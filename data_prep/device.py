@@ -64,11 +64,19 @@ def device_for_share(
     return torch.device("cuda", order.index(wanted))
 
 
+DEVICE_ENV = "CASE_TUNE_DEVICE"
+
+
 def run_device(gpus: float) -> torch.device:
     """The training device of a trial or final run that requested ``gpus`` GPUs from Ray.
 
-    CPU when it asked for none; else the GPU Ray assigned to this worker.
+    CPU when it asked for none; else the GPU Ray assigned to this worker. ``CASE_TUNE_DEVICE``
+    (e.g. ``cpu``), when set where the workers start, overrides the rule: for GPUs declared to
+    Ray that torch cannot use (tests that check GPU packing on CPU machines), or to debug.
     """
+    forced = os.environ.get(DEVICE_ENV)
+    if forced:
+        return torch.device(forced)
     if gpus <= 0:
         return torch.device("cpu")
     import ray

@@ -126,3 +126,12 @@ def test_trials_sharing_a_node_split_its_memory(ray_with_a_gpu) -> None:
     from data_prep.device import ray_node_share
 
     assert ray_node_share() == (1, None)  # the driver is not a trial
+
+
+def test_an_explicit_device_overrides_the_rule(monkeypatch) -> None:
+    from data_prep.device import DEVICE_ENV
+
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert run_device(0.25) == torch.device("cpu")  # no Ray needed: the rule is not consulted
+    monkeypatch.setenv(DEVICE_ENV, "cuda:1")
+    assert run_device(0.0) == torch.device("cuda", 1)
