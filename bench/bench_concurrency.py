@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     load_start = os.getloadavg()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     # (epochs, trials at once, reuse actors): alternating, then the reuse comparison.
     plan = [(e, c, True) for e in epoch_list for _ in range(args.reps) for c in (1, 2)]
     plan += [(epoch_list[0], 1, False), (epoch_list[0], 1, True)]

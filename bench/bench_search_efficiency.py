@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Path(args.data) if args.data else Path(prepare_demo())
     budget = args.random_trials * args.epochs
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

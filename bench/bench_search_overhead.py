@@ -55,7 +55,7 @@ def through_search(store_path: Path, configs: list[dict], epochs: int, tmp: Path
     from search.settings import parse_settings
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     t_init = time.perf_counter() - t0
     keys = sorted({k for c in configs for k in c})
     space = {"params": {k: {"choice": sorted({c[k] for c in configs}, key=str)} for k in keys},

@@ -1,10 +1,17 @@
 """Batched feature extraction with frozen encoders, straight into a store's memory maps.
 
-Utterances are sorted by length (so a batch pads little), padded, run through the frozen
-model under ``torch.inference_mode`` and written as fp16 into ``[N, max_len, dim]`` arrays at
-their own rows, zero past the true length. True lengths are kept for masking downstream:
-audio frame counts from the model's own conv arithmetic (``_get_feat_extract_output_lengths``),
-token counts from the tokenizer's attention mask; both capped at the limit and at least 1.
+Utterances are run through the frozen model under ``torch.inference_mode`` and written as
+fp16 into ``[N, max_len, dim]`` arrays at their own rows. True lengths are kept for masking
+downstream: audio frame counts from the model's own conv arithmetic
+(``_get_feat_extract_output_lengths``), token counts from the tokenizer's attention mask; both
+capped at the limit and at least 1.
+
+Past the true length, audio is zero (the seed zero-pads frames too), and text holds the
+encoder's states at [PAD] positions: like the seed, every transcript is padded to
+``max_tokens`` with an attention mask, and the states at [PAD] positions, which are not zero,
+are kept, because the seed's heads pool over (and attend from) them. The mask keeps them out
+of the real tokens' states, so those are what an unpadded run gives (within float rounding).
+Audio is sorted by length, so a batch pads little.
 
 Audio is cut to the fewest samples that give ``max_frames`` frames before encoding, so frames
 past the limit are never computed (the seed ran whole utterances and then dropped frames).
@@ -269,12 +276,13 @@ def extract_text(
     progress: bool = True,
     compile: bool = False,
 ) -> None:
-    """Encode ``texts[i]`` into ``out[i, :out_len[i]]`` and ``out_pooled[i]`` (fp16).
+    """Encode ``texts[i]`` into ``out[i]`` and ``out_pooled[i]`` (fp16).
 
     Token states are the model's ``last_hidden_state`` (with [CLS]/[SEP], up to
-    ``max_tokens``); the pooled vector is ``pooler_output`` when the model has a pooler,
-    else the [CLS] state. ``compile`` runs the model through ``torch.compile`` (see the
-    module docstring).
+    ``max_tokens``) at all ``max_tokens`` positions: the true ones, then the [PAD] ones (see
+    the module docstring); ``out_len`` counts the true ones. The pooled vector is
+    ``pooler_output`` when the model has a pooler, else the [CLS] state. ``compile`` runs the
+    model through ``torch.compile`` (see the module docstring).
     """
     n = len(texts)
     if out.shape != (n, max_tokens, encoder.dim) or out_pooled.shape != (n, encoder.dim):
@@ -282,18 +290,14 @@ def extract_text(
             f"text output shape {out.shape} does not fit {n} x {max_tokens} x {encoder.dim}"
         )
     tok = encoder.tokenizer
-    lengths = [
-        len(ids) for ids in tok(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
-    ]
-    order = np.argsort(-np.asarray(lengths), kind="stable")
     cuda = encoder.device.type == "cuda"
     model = _Runner(encoder.model, compile, "text")
     bar = tqdm(total=n, desc="text features", unit="utt", file=sys.stderr, disable=not progress)
     with torch.inference_mode():
-        for rows in _batches(order, batch_size):
+        for rows in _batches(np.arange(n), batch_size):
             enc = tok(
                 [texts[r] for r in rows.tolist()],
-                padding=True,
+                padding="max_length",
                 truncation=True,
                 max_length=max_tokens,
                 return_tensors="pt",
@@ -310,12 +314,11 @@ def extract_text(
             pooled = pooled_t.float().cpu().numpy().astype(np.float16)
             counts = enc["attention_mask"].sum(dim=1).cpu().numpy()
             for i, row in enumerate(rows.tolist()):
-                k = int(max(1, min(max_tokens, counts[i])))
-                feat = hidden[i, :k].astype(np.float16)
+                feat = hidden[i].astype(np.float16)  # every position, [PAD] ones included
                 _check_finite(feat, f"text of row {row}")
                 _check_finite(pooled[i], f"pooled text of row {row}")
-                out[row, :k] = feat
-                out_len[row] = k
+                out[row] = feat
+                out_len[row] = int(max(1, min(max_tokens, counts[i])))
                 out_pooled[row] = pooled[i]
             bar.update(len(rows))
     bar.close()

@@ -54,7 +54,8 @@ from data_prep.splits import SplitError, session_split
 from data_prep.store import MANIFEST, StoreError, StoreWriter, find_store
 
 # Bump when extraction changes what ends up in a store (so old stores are not reused).
-EXTRACT_VERSION = 1
+# 2: text keeps the encoder's states at [PAD] positions (every transcript padded to max_tokens).
+EXTRACT_VERSION = 2
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.125
 FAULT_COLUMNS = ["file", "row", "segment_id", "kind", "message", "stage"]
@@ -80,6 +81,11 @@ TABLE_COLUMNS = [
 
 class PrepareError(RuntimeError):
     """Preparing a store failed for a reason the user can fix (message says how)."""
+
+
+# Everything preparing a corpus raises for a bad corpus, encoder or store (one line each);
+# callers turn these into a usage error instead of a traceback.
+PREPARE_ERRORS = (PrepareError, CorpusError, EncoderError, StoreError, SplitError, ExtractionError)
 
 
 @dataclass(frozen=True)
@@ -384,6 +390,10 @@ def prepare_store(
             "labels": list(LABELS),
             "num_utterances": n,
             "counts": _counts(table),
+            # Small corpora: classes no session split could put in every split (split.json
+            # says how the cut was relaxed).
+            "missing_classes": p.split.missing,
+            "split_relaxed": p.split.relaxed,
             "num_faults": len(faults),
             "num_ties": p.n_ties,
             "keep_ties": keep_ties,
@@ -516,8 +526,23 @@ def _summary(result: PrepareResult) -> str:
         lines.append(
             f"  {split:<6}" + " ".join(f"{v:>{width}}" for v in row) + f" {sum(row):>{width}}"
         )
+    lines += _missing_lines(m)
     lines.append(f"next: python -m search.run --space case --data {result.path}")
     return "\n".join(lines)
+
+
+def _missing_lines(manifest: dict[str, Any]) -> list[str]:
+    """What a small corpus lacks per split, so nobody mistakes a 0 F1 for a bad model."""
+    missing = {k: v for k, v in (manifest.get("missing_classes") or {}).items() if v}
+    lines = [f"  missing from {split}: {', '.join(labs)}" for split, labs in missing.items()]
+    if lines:
+        how = (
+            "no session split could put every class in every split (see split.json)"
+            if manifest.get("split_relaxed")
+            else "a class seen in one session only can be in one split only"
+        )
+        lines.insert(0, f"note: some classes are absent from a split: {how}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -589,8 +614,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Lengths, batch sizes and counts must be positive: 0 is an error, not 'the default'."""
+    minimum = {"max_frames": 1, "max_tokens": 3, "batch_size": 1, "sessions": 3,
+               "utterances_per_script": 1, "threads": 1}  # fmt: skip
+    for name, low in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise PrepareError(f"{flag} must be >= {low} (got {value})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _check_counts(args)
+    except PrepareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     common = {
         "stores_root": args.out,
         "max_frames": args.max_frames,
@@ -626,22 +667,15 @@ def main(argv: list[str] | None = None) -> int:
                 **{k: v for k, v in common.items() if k != "stores_root"},
             )
         else:
-            common["max_frames"] = args.max_frames or 512
-            common["max_tokens"] = args.max_tokens or 128
+            common["max_frames"] = 512 if args.max_frames is None else args.max_frames
+            common["max_tokens"] = 128 if args.max_tokens is None else args.max_tokens
             result = prepare_store(
                 args.kemdy20,
                 audio_model=args.audio_model or DEFAULT_AUDIO_MODEL,
                 text_model=args.text_model or DEFAULT_TEXT_MODEL,
                 **common,
             )
-    except (
-        PrepareError,
-        CorpusError,
-        EncoderError,
-        StoreError,
-        SplitError,
-        ExtractionError,
-    ) as exc:
+    except PREPARE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,8 @@ Layout of one store (a folder named by its key, under a stores root):
 
     manifest.json        written last; a folder without it is not a store
     utterances.parquet   one row per utterance, in array order (columns below)
-    text.npy             float16 [N, max_tokens, text_dim]   token last_hidden_state, zero-padded
+    text.npy             float16 [N, max_tokens, text_dim]   token last_hidden_state at every
+                                                              position, [PAD] ones past text_len
     text_len.npy         int32   [N]                          true token counts (>= 1)
     text_pooled.npy      float16 [N, text_dim]                the text encoder's pooled output
     audio.npy            float16 [N, max_frames, audio_dim]  frame last_hidden_state, zero-padded

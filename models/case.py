@@ -1,12 +1,16 @@
 """The CASE heads: text and audio projected to h, audio aligned onto the text positions
 (compressing or attention), fused by add or concat, LayerNorm, pooled, classified.
 
-`faithful=True` is the seed: pooling over every position (padding included), attention with
-no 1/sqrt(d) scale and no key padding mask. The default fixes both: pooling over true
-positions (text_len / audio_len), scaled attention with a key padding mask, and for
-compressing alignment the projected audio of padded frames is zeroed before the learnable
-Linear(max_frames -> max_tokens) along time, so padding cannot leak into aligned positions.
-Compression stays tied to absolute frame positions (it is the idea of the model).
+`faithful=True` is the seed: pooling over every position (the text's [PAD] positions
+included, whose encoder states the store keeps), and attention with no 1/sqrt(d) scale and no
+key padding mask over the audio frames padded with zeros to the batch's longest utterance
+(the seed's ``pad_sequence``; padded frames are projected like real ones, so they enter as the
+projection's bias). The default fixes both: pooling over true positions (text_len /
+audio_len), scaled attention with a key padding mask, and for compressing alignment the
+projected audio of padded frames is zeroed before the learnable Linear(max_frames ->
+max_tokens) along time, so padding cannot leak into aligned positions. Compression stays tied
+to absolute frame positions (it is the idea of the model), zero-padded to max_frames as in the
+seed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 from models.layers import (
     Classifier,
     ModelOutput,
+    batch_longest,
     length_mask,
     masked_mean_vec,
     pool,
@@ -63,12 +68,18 @@ class CASE(nn.Module):
             self.compress = nn.Linear(max_frames, max_tokens)
         self.norm = nn.LayerNorm(hidden)
         self.classifier = Classifier(hidden, hidden, num_classes, dropout)
-        # Axes whose padding may be cut per batch (only with masks; compressing needs every
-        # frame position and every token position for its fixed-size time Linear).
-        self.trim = frozenset() if faithful or alignment == "compressing" else {"text", "audio"}
+        # Axes whose padding may be cut per batch: with masks, both (compressing needs every
+        # frame and token position for its fixed-size time Linear); faithful attention, the
+        # audio, which the seed pads to the batch's longest utterance (see forward).
+        if alignment == "compressing":
+            self.trim = frozenset()
+        else:
+            self.trim = frozenset({"audio"} if faithful else {"text", "audio"})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         text, audio = batch["text"], batch["audio"]
+        if self.faithful and self.alignment == "attention":
+            audio = batch_longest(audio, batch["audio_len"])
         tmask = length_mask(batch["text_len"], text.shape[1])
         amask = length_mask(batch["audio_len"], audio.shape[1])
         t = self.text_proj(text)

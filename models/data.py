@@ -26,8 +26,9 @@ The budget (:func:`budget_report`):
   per-trial ``memory`` request when the trial made one;
 - `CASE_TUNE_RESIDENT_MAX_BYTES` overrides both.
 
-Per batch, axes a model allows (models' `trim`, only when padding is masked) are cut to the
-batch's longest true length, which changes no output and saves work.
+Per batch, axes a model allows (models' `trim`) are cut to the batch's longest true length:
+with masks this changes no output and saves work; for faithful attention and speech-only it is
+the seed's padding of audio to the batch's longest utterance.
 
 CUDA-only lines, which no CPU test runs: the pinned allocation in `_host_buffer`, the
 asynchronous copy and event in `_to_device`, and the event wait in `_assemble`.
@@ -396,9 +397,14 @@ def load_split(
     trim: frozenset[str] = frozenset(),
     device: torch.device,
     budget: int | None = None,
+    rows: np.ndarray | None = None,
 ) -> SplitData:
-    """Read ``split``'s rows of the arrays in ``uses`` (+ lengths) onto ``device``."""
-    rows = store.indices(split)
+    """Read ``split``'s rows of the arrays in ``uses`` (+ lengths) onto ``device``.
+
+    ``rows`` (store row positions, e.g. a fold of the training sessions) replaces the store's
+    rows of ``split``; the caller got them through ``store.indices``, which enforces sealing.
+    """
+    rows = store.indices(split) if rows is None else np.asarray(rows, dtype=np.int64)
     labels = torch.from_numpy(store.table["label_id"].to_numpy(dtype=np.int64)[rows]).to(device)
     text_len = np.asarray(store.text_len[rows], dtype=np.int64)
     audio_len = np.minimum(np.asarray(store.audio_len[rows], dtype=np.int64), frames)
@@ -445,3 +451,19 @@ def iterate_in_order(n: int, batch_size: int, device: torch.device):
     order = torch.arange(n, device=device)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
+
+
+def fold_rows(store: FeatureStore, k: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``k`` session folds of the store's non-test rows (its train and val sessions, balanced
+    by data_prep.splits.session_folds): per fold, the row positions to train on (the other
+    folds) and to validate on (this fold). The test split is never touched."""
+    from data_prep.splits import session_folds
+
+    pool = np.sort(np.concatenate([store.indices("train"), store.indices("val")]))
+    table = store.table.iloc[pool]
+    sessions = table["session"].to_numpy()
+    out = []
+    for held in session_folds(table, k, seed=seed):
+        held_out = np.isin(sessions, held)
+        out.append({"train": pool[~held_out], "val": pool[held_out], "sessions": np.array(held)})
+    return out

@@ -49,6 +49,17 @@ def zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
 
 
+def batch_longest(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Cut the position axis (1) of [B, L, d] to the batch's longest true length.
+
+    This is the seed's padding of audio frames (``pad_sequence``: zeros to the batch's longest
+    utterance), given frames that the store zero-padded to a fixed width. The loader usually
+    cut the batch already (models' ``trim``); cutting here too keeps a head's output
+    independent of how wide a caller padded the batch.
+    """
+    return x[:, : int(lengths.max())]
+
+
 def text_to_audio_attention(
     q: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor | None, scaled: bool
 ) -> torch.Tensor:
@@ -75,3 +86,11 @@ class Classifier(nn.Sequential):
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
+
+    def with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, hidden): the same logits as ``self(x)``, and the [B, h] activation after
+        the GELU, a representation with trainable weights under it (the unimodal heads give
+        it as their pooled vector, for the supervised contrastive term)."""
+        drop_in, linear_in, act, drop_out, linear_out = self
+        hidden = act(linear_in(drop_in(x)))
+        return linear_out(drop_out(hidden)), hidden

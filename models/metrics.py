@@ -11,6 +11,10 @@ have both positive and negative rows (undefined otherwise, so left out). While a
 predicts neutral everywhere its macro-F1 is flat at the all-neutral value, but its AUROC already
 shows how well it ranks the emotional rows; the search uses it only to break exact F1 ties.
 
+A split with no row of some class (small corpora: see data_prep/splits.py) also gets
+`{split}_macro_f1_present`, the mean F1 over the classes it does hold, so a reader can tell the
+convention's zeros from what the model did; `absent_classes` names the missing ones.
+
 `{split}_seed_micro_f1` is the seed's "Micro-F1": micro-F1 over the rows whose gold label is
 not neutral, which is the accuracy on emotional rows (NaN when there are none).
 """
@@ -94,7 +98,31 @@ def classification_metrics(
         f"{split}_seed_micro_f1": seed_micro,
     }
     out.update({f"{split}_f1_{name}": float(f) for name, f in zip(names, per_class, strict=True)})
+    present = support > 0
+    if not bool(present.all()):
+        out[f"{split}_macro_f1_present"] = float(per_class[present].mean())
     return out
+
+
+def absent_classes(
+    target, num_classes: int = 7, label_names: Sequence[str] | None = None
+) -> list[str]:
+    """Names of the classes with no row in ``target`` (empty when every class is there)."""
+    t = _as_tensor(target)
+    support = torch.bincount(t, minlength=num_classes)
+    names = _label_names(num_classes, label_names)
+    return [names[i] for i in range(num_classes) if int(support[i]) == 0]
+
+
+def absent_note(target, split: str, num_classes: int = 7,
+                label_names: Sequence[str] | None = None) -> str | None:  # fmt: skip
+    """One line saying which classes ``split`` lacks and what that does to macro-F1."""
+    absent = absent_classes(target, num_classes, label_names)
+    if not absent or len(absent) == num_classes:
+        return None
+    return (f"{split} split has no rows of {', '.join(absent)}: {split}_macro_f1 counts them "
+            f"as 0 over all {num_classes} classes; {split}_macro_f1_present averages the "
+            f"{num_classes - len(absent)} classes present")  # fmt: skip
 
 
 def macro_auroc(scores, target, num_classes: int = 7) -> float:
@@ -126,3 +154,73 @@ def all_neutral_metrics(
     t = _as_tensor(target)
     return classification_metrics(torch.full_like(t, neutral_index), t, split, num_classes,
                                   neutral_index, label_names)  # fmt: skip
+
+
+# -- bootstrap ------------------------------------------------------------------------------
+def bootstrap_weights(
+    n_rows: int, groups=None, n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """[n_boot, n_rows] multiplicities of a bootstrap: rows resampled with replacement, or,
+    with ``groups`` (one id per row, e.g. the session), whole groups resampled, so that the
+    interval reflects how the split was sampled (sessions, not independent rows)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.multinomial(n_rows, np.full(n_rows, 1.0 / n_rows), size=n_boot)
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group_of_row.max()) + 1 if n_rows else 0
+    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+    return counts[:, group_of_row]
+
+
+SCORES = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
+
+
+def weighted_scores(
+    weights: np.ndarray, pred, target, num_classes: int = 7, neutral_index: int = NEUTRAL_INDEX
+) -> dict[str, np.ndarray]:
+    """The four F1 scores (names of ``SCORES``, the conventions above) of ``pred`` against
+    ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> {name: [B]}."""
+    p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    eye = np.eye(num_classes)
+    hit = (p == t)[:, None]
+    w = np.asarray(weights, dtype=np.float64)
+    tp = w @ (eye[t] * hit)
+    fp = w @ (eye[p] * ~hit)
+    support = w @ eye[t]
+    denom = tp + fp + support
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    emotional = np.arange(num_classes) != neutral_index
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "macro_f1": f1.mean(axis=1),
+            "weighted_f1": (f1 * support).sum(axis=1) / support.sum(axis=1),
+            "micro_f1": tp.sum(axis=1) / support.sum(axis=1),
+            "seed_micro_f1": tp[:, emotional].sum(axis=1) / support[:, emotional].sum(axis=1),
+        }
+
+
+def bootstrap_scores(
+    preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Bootstrap replicates {score: [n_boot]} of the mean over runs (``preds``: one prediction
+    vector per seed) of each score. The same ``seed``, target and groups give the same
+    resamples, so two calls are paired (their difference is a paired bootstrap)."""
+    w = bootstrap_weights(len(np.asarray(target)), groups, n_boot, seed)
+    per_run = [weighted_scores(w, p, target, num_classes) for p in preds]
+    return {k: np.mean([r[k] for r in per_run], axis=0) for k in SCORES}
+
+
+def bootstrap_macro_f1(
+    preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """:func:`bootstrap_scores`' macro-F1 replicates alone."""
+    return bootstrap_scores(preds, target, num_classes, groups=groups, n_boot=n_boot,
+                            seed=seed)["macro_f1"]  # fmt: skip
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates."""
+    lo, hi = np.percentile(np.asarray(samples, dtype=float), [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

@@ -15,9 +15,19 @@ from models.config import MODEL_NAMES, ConfigError, TrainConfig
 SEED_DROPOUT = {"mmm": 0.1}
 DEFAULT_DROPOUT = 0.5
 
-# Trainable parameters the seed published (reference/case-original.md), at text 768 x 128,
-# audio 1024 x 512, hidden 256, 7 classes.
-SEED_PARAM_COUNTS = {"case-compressing": 593_031, "case-attention": 527_367, "mmm": 1_547_527}
+# Trainable parameters of the seed's heads (reference/case-original.md), at text 768 x 128,
+# audio 1024 x 512, hidden 256, 7 classes. Concatenating instead of adding adds no weights;
+# concat's count is the seed's trainable head, without its unused masked-LM head.
+SEED_PARAM_COUNTS = {
+    "case-compressing": 593_031,
+    "case-attention": 527_367,
+    "case-concat-compressing": 593_031,
+    "case-concat-attention": 527_367,
+    "concat": 593_159,
+    "mmm": 1_547_527,
+    "text-only": 198_663,
+    "speech-only": 264_199,
+}
 
 Builder = Callable[..., nn.Module]
 
@@ -32,6 +42,7 @@ MODELS: dict[str, Builder] = {
     "speech-only": SpeechOnly,
 }
 assert tuple(MODELS) == MODEL_NAMES, "models/config.py MODEL_NAMES and MODELS must agree"
+assert tuple(SEED_PARAM_COUNTS) == MODEL_NAMES, "every head has the seed's count"
 
 
 def list_models() -> list[str]:

@@ -17,20 +17,28 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from data_prep.device import resolve_device
-from data_prep.store import FeatureStore
+from data_prep.store import FeatureStore, StoreError
+from models import selection
 from models.config import ConfigError, TrainConfig
 from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
-from models.metrics import all_neutral_metrics, classification_metrics, macro_auroc
+from models.metrics import (
+    absent_note,
+    all_neutral_metrics,
+    bootstrap_macro_f1,
+    classification_metrics,
+    macro_auroc,
+)
 from models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,9 @@ class TrainResult:
     seconds: float
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
+    # the weights at best_epoch (by the selection statistic) and at each epoch asked to keep
+    best_state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    kept_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -119,23 +130,40 @@ def evaluate(
     return float(total) / data.n, probs.argmax(dim=-1), probs
 
 
-def save_checkpoint(
-    path: Path, model: nn.Module, config: TrainConfig, epoch: int, metrics: dict[str, float],
-    sizes: dict[str, int], store_key: str,
-) -> None:  # fmt: skip
+def checkpoint_payload(
+    state_dict: Mapping[str, torch.Tensor], config: TrainConfig, epoch: int,
+    metrics: Mapping[str, float], sizes: Mapping[str, int], store_key: str,
+) -> dict[str, Any]:  # fmt: skip
     """Plain tensors and plain data only, so `torch.load(weights_only=True)` reads it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "config": config.to_dict(),
         "epoch": epoch,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "sizes": dict(sizes),
         "store_key": store_key,
     }
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, config: TrainConfig, epoch: int, metrics: dict[str, float],
+    sizes: dict[str, int], store_key: str,
+) -> None:  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = checkpoint_payload(model.state_dict(), config, epoch, metrics, sizes, store_key)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def model_for(
+    config: TrainConfig, store: FeatureStore, state_dict: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """The head of ``config`` for ``store``'s feature sizes with ``state_dict``, in eval mode."""
+    model = create_model(config.model, config=config, **model_sizes(store))
+    model.load_state_dict(state_dict)
+    model.eval()
+    return model
 
 
 def load_checkpoint(path: str | Path, store: FeatureStore) -> tuple[nn.Module, TrainConfig]:
@@ -148,10 +176,7 @@ def load_checkpoint(path: str | Path, store: FeatureStore) -> tuple[nn.Module, T
             f"{path}: checkpoint was trained on feature sizes {ckpt['sizes']}, but store "
             f"{store.key} has {sizes}; use the store it was trained on"
         )
-    model = create_model(config.model, config=config, **sizes)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, config
+    return model_for(config, store, ckpt["state_dict"]), config
 
 
 def _improves(value: float, best: float) -> bool:
@@ -171,6 +196,220 @@ def _deterministic(enabled: bool):
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
 
 
+@contextlib.contextmanager
+def _own_rng(states: dict[str, torch.Tensor], device: torch.device):
+    """Run with the global RNGs (dropout) set to ``states``, updating them and restoring the
+    caller's after.
+
+    Each run keeps its own dropout stream, so runs stepped in lockstep (a trial's folds) or
+    after other runs in the same process (a reused actor) draw what they would draw alone.
+    """
+    cuda = device.type == "cuda"
+    outer = {"cpu": torch.get_rng_state()}
+    torch.set_rng_state(states["cpu"])
+    if cuda:  # CUDA-only: the device's own generator drives dropout there
+        outer["cuda"] = torch.cuda.get_rng_state(device)
+        if "cuda" in states:
+            torch.cuda.set_rng_state(states["cuda"], device)
+    try:
+        yield
+    finally:
+        states["cpu"] = torch.get_rng_state()
+        torch.set_rng_state(outer["cpu"])
+        if cuda:
+            states["cuda"] = torch.cuda.get_rng_state(device)
+            torch.cuda.set_rng_state(outer["cuda"], device)
+
+
+# -- one run, an epoch at a time ---------------------------------------------------------
+class Trainer:
+    """One config trained on one store, an epoch at a time (``run_epoch``).
+
+    ``config.epochs`` is the schedule's horizon: the learning-rate schedule spans that many
+    epochs whether or not the run is stopped earlier, so the first epochs of a short run (a
+    search trial) are exactly the first epochs of the full run (finalize's). ``rows`` replaces
+    the store's split of a name by explicit row positions (a fold of the training sessions).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig | dict[str, Any],
+        store: FeatureStore,
+        *,
+        eval_splits: Iterable[str] = ("val",),
+        rows: Mapping[str, np.ndarray] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        self.store = store
+        self.device = resolve_device(device)
+        self.eval_splits = tuple(eval_splits)
+        self.notes: list[str] = []
+        self.use_amp = bool(self.config.amp and self.device.type == "cuda")
+        if self.config.amp and not self.use_amp:
+            self._note("amp ignored: mixed precision is used on CUDA only")
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.last_predictions: dict[str, torch.Tensor] = {}
+        self._build(rows or {})
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.info(text)
+
+    def _build(self, rows: Mapping[str, np.ndarray]) -> None:
+        config, store, dev = self.config, self.store, self.device
+        torch.manual_seed(config.seed)
+        self.sizes = model_sizes(store)
+        self.model = create_model(config.model, config=config, **self.sizes).to(dev)
+        self._rng = {"cpu": torch.get_rng_state()}
+        if dev.type == "cuda":
+            self._rng["cuda"] = torch.cuda.get_rng_state(dev)
+        frames = config.audio_frames or store.max_frames
+        load = dict(uses=self.model.uses, frames=frames, trim=self.model.trim, device=dev)
+        self.train_data = load_split(store, "train", rows=rows.get("train"), **load)
+        if self.train_data.n == 0:
+            raise ValueError(f"store {store.path} has no training rows")
+        self.evals = {s: load_split(store, s, rows=rows.get(s), **load) for s in self.eval_splits}
+        for d in (self.train_data, *self.evals.values()):
+            if not d.resident:
+                self._note(f"{d.split} split streamed from the memory maps (too big for {dev})")
+        self.train_labels_cpu = self.train_data.labels.cpu()
+        self.eval_labels_cpu = {s: d.labels.cpu() for s, d in self.evals.items()}
+        for s, labels in self.eval_labels_cpu.items():  # small corpora: what macro-F1 means
+            if note := absent_note(labels, s, store.num_classes, store.label_names):
+                self._note(note)
+        weight = class_weights(self.train_labels_cpu.numpy(), store.num_classes,
+                               config.class_weights)  # fmt: skip
+        self.objective = Objective(config, weight).to(dev)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)  # fmt: skip
+        self.steps_per_epoch = math.ceil(self.train_data.n / config.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config, self.steps_per_epoch * config.epochs)
+        )
+        bf16 = self.use_amp and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one more epoch, score the eval splits; returns (and records) its metrics."""
+        with _deterministic(self.device.type == "cpu"), _own_rng(self._rng, self.device):
+            metrics = self._epoch()
+        self.history.append(metrics)
+        return metrics
+
+    def _epoch(self) -> dict[str, float]:
+        self.epoch += 1
+        epoch, data, bs = self.epoch, self.train_data, self.config.batch_size
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        check_each_step = self.device.type == "cpu"  # free on CPU; one sync per epoch on CUDA
+        self.model.train()
+        perm = torch.randperm(data.n, generator=self.generator).to(self.device)
+        losses, preds = [], []
+        for step in range(self.steps_per_epoch):
+            idx = perm[step * bs : (step + 1) * bs]
+            with self.autocast():
+                out = self.model(data.batch(idx))
+                loss = self.objective(out, data.labels[idx])
+            if check_each_step and not torch.isfinite(loss):
+                raise NonFiniteLossError(epoch, step + 1, float(loss.detach()))
+            self._step(loss)
+            losses.append(loss.detach().float() * len(idx))
+            preds.append(out.logits.detach().argmax(dim=-1))
+        step_losses = torch.stack(losses)
+        if not check_each_step and not bool(torch.isfinite(step_losses).all()):
+            bad = int((~torch.isfinite(step_losses)).nonzero()[0])
+            raise NonFiniteLossError(epoch, bad + 1, float(step_losses[bad]))
+        n_cls, names = self.store.num_classes, self.store.label_names
+        metrics: dict[str, float] = {"epoch": epoch,
+                                     "train_loss": float(step_losses.sum()) / data.n}  # fmt: skip
+        metrics.update(classification_metrics(
+            torch.cat(preds).cpu(), self.train_labels_cpu[perm.cpu()], "train", n_cls,
+            label_names=names,
+        ))  # fmt: skip
+        for split in self.evals:
+            metrics.update(self._score(split))
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        # CPU time of this process: comparable across runs on a shared machine.
+        metrics["epoch_cpu_seconds"] = time.process_time() - cpu0
+        metrics["torch_threads"] = float(torch.get_num_threads())
+        return metrics
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _score(self, split: str) -> dict[str, float]:
+        data, labels = self.evals[split], self.eval_labels_cpu[split]
+        n_cls = self.store.num_classes
+        loss, pred, probs = evaluate(self.model, data, self.objective, self.config.batch_size,
+                                     self.autocast)  # fmt: skip
+        self.last_predictions[split] = pred
+        out = {f"{split}_loss": loss}
+        out.update(classification_metrics(pred, labels, split, n_cls,
+                                          label_names=self.store.label_names))  # fmt: skip
+        out[f"{split}_macro_auroc"] = macro_auroc(probs, labels, n_cls)
+        if len(labels):
+            reps = bootstrap_macro_f1([pred.numpy()], labels.numpy(), n_cls, n_boot=200)
+            out[f"{split}_macro_f1_se"] = float(reps.std(ddof=1))
+        return out
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the head's weights now."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run elsewhere, bit for bit (plain tensors and
+        data, so `torch.load(weights_only=True)` reads it)."""
+        return {
+            "epoch": self.epoch,
+            "config": self.config.to_dict(),
+            "model": self.weights(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": {k: v.clone() for k, v in self._rng.items()},
+            "history": [dict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["config"] != self.config.to_dict():
+            raise ValueError("checkpoint is of another config; it cannot continue this run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self._rng = {k: v.clone() for k, v in state["rng"].items()}
+        self.epoch = int(state["epoch"])
+        self.history = [dict(h) for h in state["history"]]
+
+
+def selection_key(eval_splits: Sequence[str]) -> str | None:
+    """The metric a run is selected by: val macro-F1 (else the first eval split's)."""
+    if not eval_splits:
+        return None
+    return ("val" if "val" in eval_splits else eval_splits[0]) + "_macro_f1"
+
+
 # -- the loop ----------------------------------------------------------------------------
 def train(
     config: TrainConfig | dict[str, Any],
@@ -181,130 +420,49 @@ def train(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     device: str | torch.device | None = None,
+    max_epochs: int | None = None,
+    keep_epochs: Iterable[int] = (),
 ) -> TrainResult:
     """Train ``config`` on ``store``'s train split, scoring ``eval_splits`` after each epoch.
 
-    The best epoch is the one with the highest ``val_macro_f1`` (or the first eval split's
-    macro-F1 when val is not evaluated; the last epoch when nothing is evaluated).
+    Runs ``config.epochs`` epochs (the schedule's horizon), or only the first ``max_epochs``
+    of them. The best epoch is where the selection statistic (models.selection: the trailing
+    mean of val macro-F1) peaks; its weights are kept as ``best_state_dict``, and those of
+    every epoch in ``keep_epochs`` in ``kept_states``.
     """
     started = time.perf_counter()
-    if isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    dev = resolve_device(device)
-    eval_splits = tuple(eval_splits)
-    notes: list[str] = []
-    use_amp = bool(config.amp and dev.type == "cuda")
-    if config.amp and not use_amp:
-        notes.append("amp ignored: mixed precision is used on CUDA only")
-        log.info(notes[-1])
-    with _deterministic(dev.type == "cpu"):
-        return _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir,
-                      checkpoint_every, use_amp, notes, started)  # fmt: skip
-
-
-def _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir, checkpoint_every,
-           use_amp, notes, started) -> TrainResult:  # fmt: skip
-    torch.manual_seed(config.seed)
-    sizes = model_sizes(store)
-    model = create_model(config.model, config=config, **sizes).to(dev)
-    frames = config.audio_frames or store.max_frames
-    load = dict(uses=model.uses, frames=frames, trim=model.trim, device=dev)
-    train_data = load_split(store, "train", **load)
-    if train_data.n == 0:
-        raise ValueError(f"store {store.path} has no training rows")
-    evals = {s: load_split(store, s, **load) for s in eval_splits}
-    for d in (train_data, *evals.values()):
-        if not d.resident:
-            notes.append(f"{d.split} split streamed from the memory maps (too big for {dev})")
-    train_labels_cpu = train_data.labels.cpu()
-    eval_labels_cpu = {s: d.labels.cpu() for s, d in evals.items()}
-    weight = class_weights(train_labels_cpu.numpy(), store.num_classes, config.class_weights)
-    objective = Objective(config, weight).to(dev)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)  # fmt: skip
-    bs = config.batch_size
-    steps_per_epoch = math.ceil(train_data.n / bs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(config, steps_per_epoch * config.epochs)
-    )
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    def autocast():
-        if use_amp:
-            return torch.autocast(device_type="cuda", dtype=amp_dtype)
-        return contextlib.nullcontext()
-
-    generator = torch.Generator().manual_seed(config.seed)
-    names = store.label_names
-    n_cls = store.num_classes
-    history: list[dict[str, float]] = []
-    best_key = (
-        ("val" if "val" in eval_splits else eval_splits[0]) + "_macro_f1" if eval_splits else None
-    )
-    best_epoch, best_value, best_metrics = 0, math.nan, {}
+    trainer = Trainer(config, store, eval_splits=eval_splits, device=device)
+    config = trainer.config
+    last = min(config.epochs, max_epochs or config.epochs)
+    key = selection_key(trainer.eval_splits)
+    tracker = selection.Tracker()
+    keep = set(keep_epochs)
+    best_metrics: dict[str, float] = {}
+    best_state: dict[str, torch.Tensor] = {}
+    kept: dict[int, dict[str, torch.Tensor]] = {}
     stopped_early = False
-    check_each_step = dev.type == "cpu"  # free on CPU; on CUDA one sync per epoch instead
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    for epoch in range(1, config.epochs + 1):
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        model.train()
-        perm = torch.randperm(train_data.n, generator=generator).to(dev)
-        losses, preds = [], []
-        for step in range(steps_per_epoch):
-            idx = perm[step * bs : (step + 1) * bs]
-            target = train_data.labels[idx]
-            with autocast():
-                out = model(train_data.batch(idx))
-                loss = objective(out, target)
-            if check_each_step and not torch.isfinite(loss):
-                raise NonFiniteLossError(epoch, step + 1, float(loss.detach()))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(loss.detach().float() * len(idx))
-            preds.append(out.logits.detach().argmax(dim=-1))
-        step_losses = torch.stack(losses)
-        if not check_each_step and not bool(torch.isfinite(step_losses).all()):
-            bad = int((~torch.isfinite(step_losses)).nonzero()[0])
-            raise NonFiniteLossError(epoch, bad + 1, float(step_losses[bad]))
-        metrics: dict[str, float] = {"epoch": epoch,
-                                     "train_loss": float(step_losses.sum()) / train_data.n}  # fmt: skip
-        metrics.update(classification_metrics(
-            torch.cat(preds).cpu(), train_labels_cpu[perm.cpu()], "train", n_cls, label_names=names
-        ))  # fmt: skip
-        for split, data in evals.items():
-            loss_value, pred, probs = evaluate(model, data, objective, bs, autocast)
-            metrics[f"{split}_loss"] = loss_value
-            metrics.update(classification_metrics(pred, eval_labels_cpu[split], split, n_cls,
-                                                  label_names=names))  # fmt: skip
-            metrics[f"{split}_macro_auroc"] = macro_auroc(probs, eval_labels_cpu[split], n_cls)
-        metrics["lr"] = float(scheduler.get_last_lr()[0])
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        # CPU time of this process: comparable across runs on a shared machine.
-        metrics["epoch_cpu_seconds"] = time.process_time() - cpu0
-        history.append(metrics)
-        value = metrics.get(best_key, math.nan) if best_key else float(epoch)
-        if _improves(value, best_value) or best_epoch == 0:
-            best_epoch, best_value, best_metrics = epoch, value, dict(metrics)
+    while trainer.epoch < last:
+        metrics = trainer.run_epoch()
+        epoch = trainer.epoch
+        value = metrics.get(key, math.nan) if key else float(epoch)
+        trailing, _ = tracker.add(value)
+        if key:
+            metrics[f"{key}_trailing"] = trailing  # also in trainer.history: the same dict
+        if tracker.best_epoch == epoch:
+            best_metrics, best_state = dict(metrics), trainer.weights()
+        if epoch in keep:
+            kept[epoch] = trainer.weights()
         if checkpoint_dir and checkpoint_every > 0 and epoch % checkpoint_every == 0:
-            save_checkpoint(Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt", model, config,
-                            epoch, metrics, sizes, store.key)  # fmt: skip
+            save_checkpoint(Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt", trainer.model,
+                            config, epoch, metrics, trainer.sizes, store.key)  # fmt: skip
         if on_epoch is not None and on_epoch(epoch, dict(metrics)) is True:
-            stopped_early = epoch < config.epochs
+            stopped_early = epoch < last
             break
-
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return TrainResult(history=history, best_epoch=best_epoch, best_metrics=best_metrics,
-                       state_dict=state, seconds=time.perf_counter() - started,
-                       stopped_early=stopped_early, notes=notes)  # fmt: skip
+    return TrainResult(history=trainer.history, best_epoch=tracker.best_epoch,
+                       best_metrics=best_metrics, state_dict=trainer.weights(),
+                       seconds=time.perf_counter() - started, stopped_early=stopped_early,
+                       notes=trainer.notes, best_state_dict=best_state,
+                       kept_states=kept)  # fmt: skip
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -391,7 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig.from_dict(raw)
     except ConfigError as exc:
         parser.error(str(exc))
-    store = open_store(args.data)
+    try:
+        store = open_store(args.data)
+    except (StoreError, OSError, ValueError) as exc:  # one line, not a traceback
+        print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
+        return 2
     baseline = all_neutral_metrics(store.labels("val"), "val", store.num_classes,
                                    label_names=store.label_names)  # fmt: skip
     print(f"store {store.path} ({len(store.indices('train'))} train / "

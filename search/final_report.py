@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from models.faithful import NOT_REPRODUCIBLE
+
 # The four numbers of every row; the first three are the seed's table columns.
 METRICS = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
 HEADINGS = {
@@ -98,8 +100,12 @@ class Row:
     fixed_epochs: list[int] = field(default_factory=list)
     chosen: dict[str, list[float]] = field(default_factory=dict)  # test_* metric -> per seed
     fixed: dict[str, list[float]] = field(default_factory=dict)
-    val_chosen: list[float] = field(default_factory=list)  # val macro-F1 at the chosen epoch
+    val_chosen: list[float] = field(default_factory=list)  # val statistic at the chosen epoch
     units: list[dict[str, Any]] = field(default_factory=list)
+    # proto ("chosen" | "fixed") -> metric -> 95 % interval over test sessions (bootstrap)
+    ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # proto -> metric -> bootstrap replicates of the mean over seeds (paired across rows)
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def val_score(self) -> float:
@@ -123,6 +129,14 @@ def fmt_pm(values: Sequence[float]) -> str:
     return f"{100 * m:.2f} ± {100 * s:.2f}" if math.isfinite(s) else f"{100 * m:.2f}"
 
 
+def fmt_cell(values: Sequence[float], ci: tuple[float, float] | None) -> str:
+    """``mean ± std [low, high]``: spread over seeds, then the 95 % test-session interval."""
+    text = fmt_pm(values)
+    if text == "—" or ci is None or not all(math.isfinite(v) for v in ci):
+        return text
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def build_rows(
     candidates: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, Any]]
 ) -> list[Row]:
@@ -143,9 +157,60 @@ def build_rows(
             for m in (*METRICS, *[k[5:] for k in t_ch if k.startswith("test_f1_")]):
                 row.chosen.setdefault(m, []).append(float(t_ch.get(f"test_{m}", math.nan)))
                 row.fixed.setdefault(m, []).append(float(t_fx.get(f"test_{m}", math.nan)))
-            row.val_chosen.append(float(u["val_at_checkpoint"][str(ce)]))
+            # the selection statistic at the chosen epoch (raw val macro-F1 for older records)
+            by_epoch = u.get("selection_at_checkpoint") or u["val_at_checkpoint"]
+            row.val_chosen.append(float(by_epoch[str(ce)]))
         rows.append(row)
     return rows
+
+
+N_BOOT = 2000
+
+
+def attach_intervals(
+    rows: Sequence[Row], gold: Sequence[int], sessions: Sequence[Any], num_classes: int
+) -> None:
+    """Give every row, for both protocols, a 95 % interval per metric from a bootstrap over
+    test *sessions* (the test split's own sampling noise, which seeds do not show). Every row
+    uses the same resamples, so differences between rows are paired."""
+    from models.metrics import bootstrap_scores, percentile_interval
+
+    for r in rows:
+        if not r.seeds:
+            continue
+        for proto, epochs in (("chosen", r.chosen_epochs), ("fixed", r.fixed_epochs)):
+            preds = [u["test_pred"][str(e)] for u, e in zip(r.units, epochs, strict=True)]
+            reps = bootstrap_scores(preds, gold, num_classes, groups=sessions, n_boot=N_BOOT)
+            r.replicates[proto] = reps
+            r.ci[proto] = {m: percentile_interval(reps[m][np.isfinite(reps[m])]) for m in METRICS}
+
+
+def runner_up(rows: Sequence[Row], best: Row | None) -> Row | None:
+    """The row with the next-highest validation statistic after ``best``."""
+    others = [r for r in rows if r is not best and r.seeds and math.isfinite(r.val_score)]
+    return max(others, key=lambda r: r.val_score) if best is not None and others else None
+
+
+def difference_text(best: Row, other: Row) -> str:
+    """Whether the best row's test macro-F1 is distinguishable from ``other``'s: a paired
+    bootstrap over test sessions of the difference of their seed means."""
+    a, b = best.replicates.get("chosen"), other.replicates.get("chosen")
+    if a is None or b is None:
+        return ""
+    diff = a["macro_f1"] - b["macro_f1"]
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    observed = float(np.mean(best.chosen["macro_f1"]) - np.mean(other.chosen["macro_f1"]))
+    span = f"{100 * observed:+.2f} (95 % interval {100 * lo:+.2f} to {100 * hi:+.2f})"
+    if lo <= 0 <= hi:
+        return (
+            f"**The best row is not distinguishable from the next ({other.label}) on this test "
+            f"split**: test macro-F1 difference {span}, paired bootstrap over test sessions. "
+            "Either is a sound choice; the test split is too small to tell them apart."
+        )
+    return (
+        f"Against the next row by validation ({other.label}): test macro-F1 difference {span}, "
+        "paired bootstrap over test sessions; the interval excludes zero."
+    )
 
 
 def best_row(rows: Sequence[Row]) -> Row | None:
@@ -166,7 +231,8 @@ def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
             "fixed_epochs", "val_macro_f1_mean"]  # fmt: skip
     for proto in ("chosen", "fixed120"):
         for m in METRICS:
-            cols += [f"{proto}_test_{m}_mean", f"{proto}_test_{m}_std"]
+            cols += [f"{proto}_test_{m}_mean", f"{proto}_test_{m}_std",
+                     f"{proto}_test_{m}_ci95_low", f"{proto}_test_{m}_ci95_high"]  # fmt: skip
     with per_config.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
@@ -178,10 +244,12 @@ def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
                 "fixed_epochs": " ".join(map(str, r.fixed_epochs)),
                 "val_macro_f1_mean": mean_std(r.val_chosen)[0],
             }  # fmt: skip
-            for proto, src in (("chosen", r.chosen), ("fixed120", r.fixed)):
+            for proto, src, key in (("chosen", r.chosen, "chosen"), ("fixed120", r.fixed, "fixed")):
                 for m in METRICS:
                     mean, std = mean_std(src.get(m, []))
                     rec[f"{proto}_test_{m}_mean"], rec[f"{proto}_test_{m}_std"] = mean, std
+                    lo, hi = r.ci.get(key, {}).get(m, (math.nan, math.nan))
+                    rec[f"{proto}_test_{m}_ci95_low"], rec[f"{proto}_test_{m}_ci95_high"] = lo, hi
             w.writerow(rec)
     with per_run.open("w", newline="", encoding="utf-8") as fh:
         rcols = ["label", "model", "seed", "unit_id", "mlflow_run_id", "chosen_epoch",
@@ -272,8 +340,9 @@ def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
     for r in rows:
         src = r.chosen if proto == "chosen" else r.fixed
         epochs = r.chosen_epochs if proto == "chosen" else r.fixed_epochs
+        ci = r.ci.get(proto, {})
         cells = [r.label, str(r.rank) if r.rank else "—",
-                 *(fmt_pm(src.get(m, [])) for m in METRICS), _epochs_text(epochs),
+                 *(fmt_cell(src.get(m, []), ci.get(m)) for m in METRICS), _epochs_text(epochs),
                  " ".join(map(str, r.seeds)) or "none finished"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     base = [f"{100 * baseline.get(f'test_{m}', math.nan):.2f}" for m in METRICS]
@@ -302,6 +371,7 @@ def write_markdown(
     best: Row | None,
     failed: Sequence[str] = (),
     figures: Mapping[str, str] | None = None,
+    comparison: str = "",
 ) -> Path:
     """The seed-style Markdown report. ``header`` holds command, store_key, date, sweep and
     tracking details; ``kind`` is :func:`corpus_kind` of the store."""
@@ -313,9 +383,14 @@ def write_markdown(
         *(f"- Resumed with: `{c}`" for c in h.get("resumed_commands", [])),
         f"- Data store key: `{h['store_key']}` ({kind} corpus)",
         f"- Date: {h['date']}",
-        f"- Protocol: each config retrained for {h['epochs']} epochs on the training sessions, "
-        f"once per seed ({' '.join(map(str, h['seeds']))}), checkpointed every {h['every']} "
-        "epochs; validation scored every epoch, test scored once per checkpoint after training.",
+        f"- Protocol: each config trained for {h['epochs']} epochs on the training sessions, "
+        f"once per seed ({' '.join(map(str, h['seeds']))}), with the learning-rate schedule "
+        "its sweep trial had (the trial was the first epochs of this run); validation scored "
+        f"every epoch and the weights kept where the selection statistic ({h.get('statistic', 'val macro-F1')} "
+        "of val macro-F1) peaks, and at the fixed epoch; test scored once for each, after "
+        "training.",
+        "- What `faithful` configs cannot reproduce of the seed (cached features):",
+        *(f"  - {item}" for item in NOT_REPRODUCIBLE),
         f"- MLflow: parent run `{h.get('parent_run_id', '')}` in `{h.get('tracking_uri', '')}`",
         "",
     ]
@@ -330,9 +405,11 @@ def write_markdown(
     lines += [
         "## Test scores at the epoch chosen by validation",
         "",
-        "Mean ± sample standard deviation over seeds, x100. For each seed the reported epoch "
-        "is the checkpoint with the highest validation macro-F1 (ties: earliest); test never "
-        "chose anything.",
+        "Mean ± sample standard deviation over seeds, x100, then in brackets a 95 % interval "
+        "from a bootstrap over the test sessions (resampling whole sessions: the test split's "
+        "own sampling noise, which the seeds do not show). For each seed the reported epoch is "
+        "where the selection statistic of validation macro-F1 peaks (ties: earliest); test "
+        "never chose anything.",
         "",
         *_table(rows, "chosen", baseline, published=kind == "kemdy20"),
         "",
@@ -340,9 +417,9 @@ def write_markdown(
         "",
         f"## The seed's protocol: fixed epoch {h.get('fixed_target', 120)} (for comparison)",
         "",
-        f"The checkpoint at epoch {h.get('fixed_target', 120)} (or the last checkpoint before "
-        "it when training is shorter), as the seed reported — an epoch the seed picked while "
-        "looking at test scores. The epoch actually used is in the table.",
+        f"The weights at epoch {h.get('fixed_target', 120)} (or the last epoch when training "
+        "is shorter), as the seed reported — an epoch the seed picked while looking at test "
+        "scores. The epoch actually used is in the table.",
         "",
         *_table(rows, "fixed", baseline, published=False),
         "",
@@ -358,7 +435,9 @@ def write_markdown(
         lines += [
             f"## Best row: {best.label}",
             "",
-            f"Chosen by mean validation macro-F1 at the chosen epochs ({best.val_score:.4f}). "
+            f"Chosen by the mean over seeds of the validation statistic at the chosen epochs "
+            f"({best.val_score:.4f}), never by test. {comparison}",
+            "",
             "Per-class test F1 (x100, mean ± std over seeds):",
             "",
             "| " + " | ".join(label_names) + " |",

@@ -1,12 +1,14 @@
 """`python -m search.finalize --sweep NAME`: retrain a sweep's best configs and score test once.
 
-The top-K configs of `results/<sweep>/best_configs.yaml` (by validation macro-F1), plus with
-`--models` the best config of each named model family, are retrained for `--epochs` on the
-training sessions, once per seed, as Ray tasks (the resources of `search.run`), checkpointing
-every `--every` epochs. Validation is scored every epoch; after training, and only then, each
-checkpoint is scored once on the test sessions. The reported epoch of a (config, seed) is the
-checkpoint with the highest validation macro-F1; the seed's fixed epoch 120 is reported beside
-it for comparison. This is the only code that opens the feature store without sealing test.
+The top-K configs of `results/<sweep>/best_configs.yaml` (ranked by the sweep's selection
+statistic, models.selection), plus with `--models` the best config of each named model family,
+are trained on the training sessions for the sweep's final-run length (`--final-epochs` of
+`search.run`, 150 by default), once per seed, as Ray tasks (the resources of `search.run`). A
+trial was the start of exactly this run: same config, seed and schedule, so seed 0's run
+repeats its trial's epochs before going on. Validation is scored every epoch and the weights
+of the epoch where the selection statistic peaks are kept, as are those of the seed's fixed
+epoch 120; after training, and only then, both are scored once on the test sessions. This is
+the only code that opens the feature store without sealing test.
 
 Layout under results/<sweep>/:
     final.md, final.csv, final_runs.csv, final_*.png    (search/final_report.py)
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -38,9 +41,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from search.redact import is_redacted, redact_text, redact_uri  # noqa: E402
 from search.settings import (  # noqa: E402
     SWEEP_MANIFEST,
     UsageError,
+    check_name,
     check_resources,
     default_tracking_uri,
 )
@@ -49,8 +54,10 @@ EXIT_USAGE = 2
 _PROG = "search.finalize"
 DEFAULT_TOP_K = 3
 DEFAULT_EPOCHS = 150
-DEFAULT_EVERY = 30
-DEFAULT_SEEDS = (0, 42, 2023)
+# Two of the seed's three seeds (0, 42, 2023): three configs x two seeds keeps README's demo
+# under 10 minutes on 2 cores; bench_selection's "finalize variants" table (results/bench.md)
+# shows what fewer candidates or seeds would have picked. `--seeds 0 42 2023` is the seed's.
+DEFAULT_SEEDS = (0, 42)
 DEFAULT_MAX_CONCURRENT = 2
 FIXED_EPOCH = 120  # the seed's reported epoch
 BEST_CONFIGS = "best_configs.yaml"
@@ -62,7 +69,7 @@ SEED = "case_tune.seed"
 SOURCE_TRIAL = "case_tune.source_trial"
 TEST_READ = "case_tune.test_read"
 # Settings that define the plan: a resume must not change them.
-PLAN_KEYS = ("top_k", "epochs", "every", "seeds", "models", "tracking_uri")
+PLAN_KEYS = ("top_k", "epochs", "seeds", "models", "tracking_uri")
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -72,7 +79,6 @@ class FinalizeSettings:
     results_dir: str
     top_k: int = DEFAULT_TOP_K
     epochs: int = DEFAULT_EPOCHS
-    every: int = DEFAULT_EVERY
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     models: list[str] = field(default_factory=list)
     tracking_uri: str = ""
@@ -120,9 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", metavar="MODEL",
                    help="also the best config of each of these model families ('all' = every "
                    "family the sweep tried)")  # fmt: skip
-    p.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS})")
-    p.add_argument("--every", type=int, help=f"checkpoint every N epochs (default {DEFAULT_EVERY})")
-    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 42 2023)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="epochs per run (default: the sweep's --final-epochs, which its trials were "
+        f"scheduled for; {DEFAULT_EPOCHS} unless changed). Another value makes the final runs "
+        "differ from what the trials scored",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 42; the seed's paper used 0 42 2023)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's)")
     p.add_argument("--results-dir", help="folder holding results/<sweep>/ (default ./results)")
     p.add_argument(
@@ -154,6 +165,7 @@ def parse_settings(
 
     parser.error = _error  # type: ignore[method-assign]
     a = parser.parse_args(argv)
+    check_name("--sweep", a.sweep)  # before any file is read: '../x' must not escape
     cwd = (cwd or Path.cwd()).resolve()
     results_dir = Path(a.results_dir or "results").expanduser()
     results_dir = results_dir if results_dir.is_absolute() else (cwd / results_dir).resolve()
@@ -164,13 +176,10 @@ def parse_settings(
             f"{results_dir}: {_known_sweeps(results_dir)}"
         )
     s = FinalizeSettings(sweep=a.sweep, results_dir=str(results_dir))
-    s.command = "python -m search.finalize " + shlex.join(argv)
+    s.command = "python -m search.finalize " + redact_text(shlex.join(argv))  # stored in files
     if a.top_k is not None:
         s.top_k = a.top_k
-    if a.epochs is not None:
-        s.epochs = a.epochs
-    if a.every is not None:
-        s.every = a.every
+    s.epochs = a.epochs if a.epochs is not None else _sweep_horizon(sweep_dir)
     if a.seeds is not None:
         s.seeds = list(dict.fromkeys(a.seeds))
     if a.models is not None:
@@ -190,28 +199,30 @@ def parse_settings(
             with contextlib.suppress(ValueError):
                 saved = json.loads(manifest.read_text(encoding="utf-8"))
         s.tracking_uri = saved.get("tracking_uri") or default_tracking_uri(cwd)
+        if is_redacted(s.tracking_uri):
+            raise UsageError(
+                f"sweep {a.sweep!r} tracks to {s.tracking_uri}, whose password is not stored: "
+                "pass --tracking-uri with it"
+            )
 
     state_path = s.state_path
     if s.resume and state_path.is_file():
         saved = json.loads(state_path.read_text(encoding="utf-8"))["settings"]
-        given = {"top_k": a.top_k, "epochs": a.epochs, "every": a.every, "seeds": a.seeds,
+        given = {"top_k": a.top_k, "epochs": a.epochs, "seeds": a.seeds,
                  "models": a.models, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
         for key in PLAN_KEYS:
-            if given[key] is not None and getattr(s, key) != saved[key]:
+            mine = redact_uri(s.tracking_uri) if key == "tracking_uri" else getattr(s, key)
+            if given[key] is not None and mine != saved[key]:
                 raise UsageError(
-                    f"--resume: --{key.replace('_', '-')} {getattr(s, key)} differs from the "
+                    f"--resume: --{key.replace('_', '-')} {mine} differs from the "
                     f"interrupted finalize's {saved[key]}; drop the flag to resume it"
                 )
-            setattr(s, key, saved[key])
+            if key != "tracking_uri" or not is_redacted(saved[key]):
+                setattr(s, key, saved[key])
     if s.top_k < 0 or (s.top_k == 0 and not s.models):
         raise UsageError(f"--top-k must be >= 1 (or 0 with --models), got {s.top_k}")
     if s.epochs <= 0:
         raise UsageError(f"--epochs must be a positive integer, got {s.epochs}")
-    if s.every <= 0 or s.every > s.epochs:
-        raise UsageError(
-            f"--every must be between 1 and --epochs ({s.epochs}), got {s.every}: no checkpoint "
-            "would be written"
-        )
     if any(seed < 0 for seed in s.seeds):
         raise UsageError(f"--seeds must be >= 0, got {s.seeds}")
     if s.max_concurrent < 1:
@@ -232,6 +243,16 @@ def parse_settings(
             "it, or move that folder away to start over"
         )
     return s
+
+
+def _sweep_horizon(sweep_dir: Path) -> int:
+    """The final-run length the sweep's trials were scheduled for (150 for older sweeps)."""
+    import yaml
+
+    with contextlib.suppress(OSError, ValueError, yaml.YAMLError, AttributeError):
+        doc = yaml.safe_load((sweep_dir / BEST_CONFIGS).read_text(encoding="utf-8"))
+        return int(doc.get("final_epochs") or DEFAULT_EPOCHS)
+    return DEFAULT_EPOCHS
 
 
 def _absolute_uri(uri: str, cwd: Path) -> str:
@@ -298,7 +319,7 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     for e, why in picked:
         rank = e.get("rank")
         out.append(Candidate(
-            key=f"r{int(rank or 0):02d}-{e['trial_id']}",
+            key=candidate_key(str(e["trial_id"]), e["config"]),
             label=f"{e['model']} (#{rank} {e['trial_id']})",
             model=e["model"], rank=rank, trial_id=str(e["trial_id"]),
             sweep_run_id=str(e.get("mlflow_run_id", "")),
@@ -307,8 +328,33 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     return out
 
 
-def unit_id(candidate: Candidate, seed: int) -> str:
-    return f"{candidate.key}-s{seed}"
+def config_digest(config: Mapping[str, Any]) -> str:
+    """8 hex digits naming what a config trains (its epochs and seed left out: the unit id
+    names those itself)."""
+    body = {k: v for k, v in sorted(config.items()) if k not in ("epochs", "seed")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def candidate_key(trial_id: str, config: Mapping[str, Any]) -> str:
+    """A candidate by what it trains, not by its sweep rank: ranks move when a sweep is
+    extended, and a resumed finalize must still find (not retrain, not orphan) its units."""
+    return f"{trial_id}-{config_digest(config)}"
+
+
+def unit_id(candidate: Candidate, seed: int, epochs: int) -> str:
+    """One unit of work: this config, this seed, this many epochs."""
+    return f"{candidate.key}-s{seed}-e{epochs}"
+
+
+def top_k_note(doc: Mapping[str, Any], top_k: int) -> str | None:
+    """Never a silent cap: say when --top-k asks for more configs than the sweep recorded."""
+    recorded = len(doc["top"])
+    if top_k <= recorded:
+        return None
+    scored = doc.get("num_scored", recorded)
+    of = f" (of {scored} scored trials)" if scored != recorded else ""
+    return (f"--top-k {top_k}: sweep {doc.get('sweep', '?')} recorded {recorded} scored "
+            f"config(s){of} in {BEST_CONFIGS}; finalizing those {recorded}")  # fmt: skip
 
 
 def unit_config(candidate: Candidate, seed: int, epochs: int) -> dict[str, Any]:
@@ -321,41 +367,23 @@ def unit_config(candidate: Candidate, seed: int, epochs: int) -> dict[str, Any]:
         raise UsageError(f"config of trial {candidate.trial_id} is invalid now: {exc}") from exc
 
 
-def checkpoint_epochs(epochs: int, every: int) -> list[int]:
-    """The epochs `models.train.train` writes a checkpoint at (multiples of ``every``)."""
-    return list(range(every, epochs + 1, every))
-
-
-def choose_epoch(val_macro_f1: Mapping[int, float], checkpoints: Sequence[int]) -> int:
-    """The checkpoint epoch with the highest validation macro-F1; ties and all-NaN go to the
-    earliest. Takes no test data by construction."""
-    if not checkpoints:
-        raise ValueError("no checkpoint epochs to choose from")
-    best, best_value = checkpoints[0], -math.inf
-    for e in checkpoints:
-        v = val_macro_f1.get(e, math.nan)
-        if math.isfinite(v) and v > best_value:
-            best, best_value = e, v
-    return best
-
-
-def fixed_epoch(checkpoints: Sequence[int], target: int = FIXED_EPOCH) -> int:
-    """The seed's epoch: the checkpoint at ``target``, else the last one before it (else the
-    first checkpoint, when every checkpoint is later than ``target``)."""
-    before = [e for e in checkpoints if e <= target]
-    return max(before) if before else min(checkpoints)
+def fixed_epoch(epochs: int, target: int = FIXED_EPOCH) -> int:
+    """The seed's epoch: ``target`` (120), or the last epoch of a shorter run."""
+    return min(target, epochs)
 
 
 # -- one unit (runs in a Ray worker) --------------------------------------------------------
-def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: int | None = None,
+def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = None,
              device: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train one (config, seed) with test sealed, then score each checkpoint on test once.
+    """Train one (config, seed) with test sealed, then score its chosen and fixed-epoch
+    weights on test, once.
 
-    Returns plain data (history, val and test metrics per checkpoint, the chosen and fixed
-    epochs, test predictions, the bytes of the chosen/fixed checkpoints); writes nothing
-    outside a temporary folder, so it works on any node of a cluster.
+    The chosen weights are those of the epoch where the selection statistic (the trailing
+    mean of val macro-F1) peaks, looked at every epoch; the fixed ones are the seed's epoch
+    120. Returns plain data (history, val and test metrics at both epochs, test predictions,
+    the bytes of both checkpoints); writes nothing, so it works on any node of a cluster.
     """
-    import tempfile
+    import io
 
     import torch
 
@@ -364,7 +392,15 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
     from models.data import load_split
     from models.losses import Objective, class_weights
     from models.metrics import classification_metrics, macro_auroc
-    from models.train import evaluate, load_checkpoint, resolve_device, train
+    from models.selection import STATISTIC
+    from models.train import (
+        checkpoint_payload,
+        evaluate,
+        model_for,
+        model_sizes,
+        resolve_device,
+        train,
+    )
 
     if threads:
         torch.set_num_threads(threads)
@@ -372,46 +408,48 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
     config = TrainConfig.from_dict(dict(unit["config"]))
     dev = resolve_device(device)
     train_store = FeatureStore.open(store_path, sealed=("test",))
-    ckpts = checkpoint_epochs(config.epochs, every)
-    with tempfile.TemporaryDirectory(prefix="case-tune-final-") as tmp:
-        result = train(config, train_store, eval_splits=("val",), checkpoint_dir=tmp,
-                       checkpoint_every=every, device=dev)  # fmt: skip
-        history = [{k: float(v) for k, v in h.items()} for h in result.history]
-        val = {int(h["epoch"]): h.get("val_macro_f1", math.nan) for h in history}
-        chosen = choose_epoch(val, ckpts)
-        fixed = fixed_epoch(ckpts)
-        # Training is over: from here on the test split is read, once per checkpoint.
-        score_store = FeatureStore.open(store_path, sealed=())
-        names, n_cls = score_store.label_names, score_store.num_classes
-        weight = class_weights(score_store.labels("train"), n_cls, config.class_weights)
-        objective = Objective(config, weight).to(dev)
-        test_data = None
-        test_metrics: dict[str, dict[str, float]] = {}
-        test_pred: dict[str, list[int]] = {}
-        blobs: dict[str, bytes] = {}
-        for e in ckpts:
-            path = Path(tmp) / f"epoch_{e:04d}.pt"
-            model, _ = load_checkpoint(path, score_store)
-            model.to(dev)
-            if test_data is None:
-                frames = config.audio_frames or score_store.max_frames
-                test_data = load_split(score_store, "test", uses=model.uses, frames=frames,
-                                       trim=model.trim, device=dev)  # fmt: skip
-            loss, pred, probs = evaluate(model, test_data, objective, config.batch_size,
-                                         contextlib.nullcontext)  # fmt: skip
-            m = classification_metrics(pred, test_data.labels.cpu(), "test", n_cls,
-                                       label_names=names)  # fmt: skip
-            m["test_loss"] = loss
-            m["test_macro_auroc"] = macro_auroc(probs, test_data.labels.cpu(), n_cls)
-            test_metrics[str(e)] = {k: float(v) for k, v in m.items()}
-            test_pred[str(e)] = [int(x) for x in pred.tolist()]
-            if e in (chosen, fixed):
-                blobs[str(e)] = path.read_bytes()
+    fixed = fixed_epoch(config.epochs)
+    result = train(config, train_store, eval_splits=("val",), device=dev, keep_epochs=(fixed,))
+    history = [{k: float(v) for k, v in h.items()} for h in result.history]
+    chosen = result.best_epoch
+    states = {fixed: result.kept_states[fixed], chosen: result.best_state_dict}
+    # Training is over: from here on the test split is read, once per kept set of weights.
+    score_store = FeatureStore.open(store_path, sealed=())
+    names, n_cls = score_store.label_names, score_store.num_classes
+    weight = class_weights(score_store.labels("train"), n_cls, config.class_weights)
+    objective = Objective(config, weight).to(dev)
+    test_data = None
+    test_metrics: dict[str, dict[str, float]] = {}
+    test_pred: dict[str, list[int]] = {}
+    blobs: dict[str, bytes] = {}
+    for e, state in sorted(states.items()):
+        model = model_for(config, score_store, state).to(dev)
+        if test_data is None:
+            frames = config.audio_frames or score_store.max_frames
+            test_data = load_split(score_store, "test", uses=model.uses, frames=frames,
+                                   trim=model.trim, device=dev)  # fmt: skip
+        loss, pred, probs = evaluate(model, test_data, objective, config.batch_size,
+                                     contextlib.nullcontext)  # fmt: skip
+        m = classification_metrics(pred, test_data.labels.cpu(), "test", n_cls, label_names=names)
+        m["test_loss"] = loss
+        m["test_macro_auroc"] = macro_auroc(probs, test_data.labels.cpu(), n_cls)
+        test_metrics[str(e)] = {k: float(v) for k, v in m.items()}
+        test_pred[str(e)] = [int(x) for x in pred.tolist()]
+        buf = io.BytesIO()
+        sizes = model_sizes(score_store)
+        torch.save(checkpoint_payload(state, config, e, history[e - 1], sizes, train_store.key),
+                   buf)  # fmt: skip
+        blobs[str(e)] = buf.getvalue()
+    epochs = sorted(states)
     return {
         **dict(unit),
-        "checkpoint_epochs": ckpts,
+        "checkpoint_epochs": epochs,
         "history": history,
-        "val_at_checkpoint": {str(e): float(val.get(e, math.nan)) for e in ckpts},
+        "statistic": STATISTIC,
+        "val_at_checkpoint": {str(e): history[e - 1].get("val_macro_f1", math.nan)
+                              for e in epochs},  # fmt: skip
+        "selection_at_checkpoint": {str(e): history[e - 1].get("val_macro_f1_trailing", math.nan)
+                                    for e in epochs},  # fmt: skip
         "test_at_checkpoint": test_metrics,
         "test_pred": test_pred,
         "chosen_epoch": chosen,
@@ -432,15 +470,14 @@ def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _unit_task(unit: dict[str, Any], store_path: str, every: int, threads: int,
-               device: str | None, gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
+def _unit_task(unit: dict[str, Any], store_path: str, threads: int, device: str | None,
+               gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
     from data_prep.device import run_device
     from models.data import use_gpu_share
 
     use_gpu_share(gpus)  # several runs may share one GPU
     # The trials' rule (data_prep.device.run_device): the GPU Ray assigned, or the CPU.
-    return run_unit(unit, store_path, every=every, threads=threads,
-                    device=device or str(run_device(gpus)))  # fmt: skip
+    return run_unit(unit, store_path, threads=threads, device=device or str(run_device(gpus)))
 
 
 # -- persistence ----------------------------------------------------------------------------
@@ -594,6 +631,7 @@ class FinalizeOutcome:
     best: dict[str, Any] | None = None
     files: list[Path] = field(default_factory=list)
     wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 def _store_path(doc: Mapping[str, Any], settings: FinalizeSettings) -> Path:
@@ -632,6 +670,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
     doc = load_best_configs(settings)
     candidates = select_candidates(doc, settings.top_k, settings.models)
+    notes = [n] if (n := top_k_note(doc, settings.top_k)) else []
+    for n in notes:
+        say(f"note: {n}")
     store_path = _store_path(doc, settings)
     try:
         store = FeatureStore.open(store_path, sealed=())  # the one unsealed opener
@@ -644,7 +685,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     by_key = {c.key: c for c in candidates}
     for c in candidates:
         for seed in settings.seeds:
-            units.append({"unit_id": unit_id(c, seed), "candidate": c.key, "model": c.model,
+            units.append({"unit_id": unit_id(c, seed, settings.epochs), "candidate": c.key,
+                          "trial_id": c.trial_id, "model": c.model,
                           "seed": seed, "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
     space = _space_name(doc, settings)
 
@@ -667,14 +709,16 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
         ).info.run_id  # fmt: skip
         tracking.log_params(client, parent, {
             "sweep": settings.sweep, "top_k": settings.top_k, "models": ",".join(settings.models),
-            "epochs": settings.epochs, "every": settings.every,
+            "epochs": settings.epochs,
             "seeds": ",".join(map(str, settings.seeds)), "store_key": store.key,
             "store_path": str(store_path), "num_units": len(units),
             "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
         })  # fmt: skip
         state = {"sweep": settings.sweep, "parent_run_id": parent, "experiment_id": exp_id,
                  "store_key": store.key, "store_path": str(store_path), "created": _now(),
-                 "settings": settings.to_dict(), "resumed_commands": []}  # fmt: skip
+                 "settings": {**settings.to_dict(),
+                              "tracking_uri": redact_uri(settings.tracking_uri)},
+                 "resumed_commands": []}  # fmt: skip
     state["candidates"] = [asdict(c) for c in candidates]
     _write_json_atomic(settings.state_path, state)
 
@@ -690,7 +734,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     todo = [u for u in units if u["unit_id"] not in done]
     outcome = FinalizeOutcome(sweep=settings.sweep, out_dir=settings.out_dir, report=None,
                               parent_run_id=parent, tracking_uri=settings.tracking_uri,
-                              units_total=len(units), units_reused=len(done))  # fmt: skip
+                              units_total=len(units), units_reused=len(done),
+                              notes=notes)  # fmt: skip
     say(f"finalize {settings.sweep}: {len(candidates)} config(s) x {len(settings.seeds)} seed(s) "
         f"= {len(units)} runs of {settings.epochs} epochs; {len(done)} already finished")  # fmt: skip
 
@@ -719,8 +764,7 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
                     run_id = start_unit_run(client, exp_id, parent, space, settings.sweep,
                                             by_key[u["candidate"]], u)  # fmt: skip
                     ref = task.remote({**u, "mlflow_run_id": run_id}, str(store_path),
-                                      settings.every, threads, device,
-                                      settings.gpus_per_trial)  # fmt: skip
+                                      threads, device, settings.gpus_per_trial)  # fmt: skip
                     running[ref] = (u, run_id)
                 ready, _ = ray.wait(list(running), num_returns=1)
                 u, run_id = running.pop(ready[0])
@@ -784,6 +828,7 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
     import numpy as np
 
     from models.metrics import all_neutral_metrics, confusion_matrix
+    from models.selection import STATISTIC
     from search import final_report as fr
 
     out = settings.sweep_dir
@@ -792,7 +837,12 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
     baseline = all_neutral_metrics(gold, "test", store.num_classes, label_names=names)
     cands = [asdict(c) for c in candidates]
     rows = fr.build_rows(cands, list(done.values()))
+    test_rows = store.indices("test")
+    sessions = store.table["session"].to_numpy()[test_rows]
+    fr.attach_intervals(rows, gold, sessions, store.num_classes)
     best = fr.best_row(rows)
+    other = fr.runner_up(rows, best)
+    comparison = fr.difference_text(best, other) if best is not None and other else ""
     files = list(fr.write_csvs(rows, out))
     figures: dict[str, str] = {}
     if any(r.seeds for r in rows):
@@ -808,18 +858,21 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
     header = {
         "sweep": settings.sweep, "command": state["settings"].get("command") or settings.command,
         "resumed_commands": state.get("resumed_commands", []), "store_key": store.key,
-        "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "every": settings.every,
+        "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "statistic": STATISTIC,
         "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
-        "tracking_uri": settings.tracking_uri, "fixed_target": FIXED_EPOCH,
+        "tracking_uri": redact_uri(settings.tracking_uri), "fixed_target": FIXED_EPOCH,
     }  # fmt: skip
     kind = fr.corpus_kind(store.manifest)
     md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
-                           label_names=names, best=best, failed=failed, figures=figures)  # fmt: skip
+                           label_names=names, best=best, failed=failed, figures=figures,
+                           comparison=comparison)  # fmt: skip
     files.insert(0, md)
     info = None
     if best is not None:
         info = {"label": best.label, "seeds": best.seeds, "chosen_epochs": best.chosen_epochs,
-                "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in fr.METRICS}}  # fmt: skip
+                "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in fr.METRICS},
+                "ci": best.ci.get("chosen", {}).get("macro_f1"),
+                "comparison": comparison.replace("**", "")}  # fmt: skip
     return files, info
 
 
@@ -834,12 +887,19 @@ def summary(outcome: FinalizeOutcome) -> str:
                      f"{100 * m['test_macro_f1']:.2f}, seed micro-F1 {100 * m['test_seed_micro_f1']:.2f}, "
                      f"weighted-F1 {100 * m['test_weighted_f1']:.2f} (mean of seeds {b['seeds']}, "
                      f"epochs {b['chosen_epochs']})")  # fmt: skip
+        if b.get("ci"):
+            lo, hi = b["ci"]
+            lines.append(f"           test macro-F1 95 % interval over test sessions "
+                         f"[{100 * lo:.1f}, {100 * hi:.1f}]")  # fmt: skip
+        if b.get("comparison"):
+            lines.append(f"           {b['comparison']}")
     for f in outcome.failed:
         lines.append(f"Failed:    {f}")
+    lines += [f"Note:      {n}" for n in outcome.notes]
     if outcome.report:
         lines.append(f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
                      f"records in {outcome.out_dir}/units/)")  # fmt: skip
-    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}")
     return "\n".join(lines)
 
 

@@ -8,33 +8,37 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.trainable import BEST_METRIC
+from search.trainable import STAT_METRIC
 
 
 class CompactProgress(Callback):
     """One line per finished trial (Tune's own tables are too loud for 2 cores)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, max_epochs: int | None = None) -> None:
         self.total = total
+        self.max_epochs = max_epochs
         self.done = 0
         self.best = -math.inf
 
     def _line(self, trial: Any, status: str) -> None:
         self.done += 1
         r = trial.last_result or {}
-        best = r.get(BEST_METRIC, float("nan"))
-        if isinstance(best, float) and math.isfinite(best):
-            self.best = max(self.best, best)
+        score = r.get(STAT_METRIC, float("nan"))
+        if isinstance(score, float) and math.isfinite(score):
+            self.best = max(self.best, score)
         print(
             f"[{self.done}/{self.total}] {trial.trial_id} {trial.config.get('model', '?'):<24} "
-            f"{status:<13} epochs {r.get('training_iteration', 0)}/{trial.config.get('epochs', '?')}"
-            f"  best val macro-F1 {best:.4f}  (sweep best {self.best:.4f})",
+            f"{status:<13} epochs {r.get('training_iteration', 0)}/{self._last(trial)}"
+            f"  val macro-F1 (last-epochs mean) {score:.4f}  (sweep best {self.best:.4f})",
             flush=True,
         )
 
+    def _last(self, trial: Any) -> int:
+        return int(self.max_epochs or trial.config.get("epochs", 0))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        early = r.get("training_iteration", 0) < trial.config.get("epochs", 0)
+        early = r.get("training_iteration", 0) < self._last(trial)
         self._line(trial, "stopped early" if early else "completed")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from models import selection
 from search import tracking
 
 VAL_METRICS = ("val_macro_f1", "val_weighted_f1", "val_micro_f1", "val_seed_micro_f1", "val_loss")
@@ -57,6 +58,31 @@ def _config_of(run: Any) -> dict[str, Any]:
     return dict(run.data.params)  # strings; only if the tag is missing
 
 
+def _history(client: Any, run_id: str, key: str) -> list[float]:
+    """A metric's per-epoch values in epoch order (NaN for an epoch that has none)."""
+    values = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+    return [values.get(e, math.nan) for e in range(1, max(values, default=0) + 1)]
+
+
+def score_trial(client: Any, run_id: str, rec: TrialRecord) -> None:
+    """Fill ``rec`` with the selection statistic (models.selection) of each val metric at the
+    trial's last epoch, the bootstrap SE of val macro-F1 there, and the old, optimistic
+    maximum over epochs (shown for comparison only)."""
+    history = _history(client, run_id, "val_macro_f1")
+    if not history:
+        return
+    rec.epochs_run = len(history)
+    rec.best_epoch = rec.epochs_run  # the statistic is taken at the last epoch
+    for key in VAL_METRICS:
+        rec.best[key] = selection.trial_score(_history(client, run_id, key))
+    se = _history(client, run_id, "val_macro_f1_se")
+    if se and math.isfinite(se[-1]):
+        rec.best["val_macro_f1_se"] = se[-1]
+    finite = [v for v in history if math.isfinite(v)]
+    if finite:
+        rec.best["val_macro_f1_max"] = max(finite)
+
+
 def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRecord]:
     """Every trial of the sweep, from MLflow, sorted best first (failed ones last)."""
     records = []
@@ -75,19 +101,7 @@ def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRe
             config=_config_of(run),
             error=tags.get(tracking.ERROR, ""),
         )
-        history = {
-            m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")
-        }
-        if history:
-            rec.epochs_run = max(history)
-            # First epoch reaching the maximum: ties go to the cheaper epoch.
-            rec.best_epoch = min(
-                (s for s, v in history.items() if v == max(history.values())), default=None
-            )
-            for key in VAL_METRICS:
-                values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                if rec.best_epoch in values:
-                    rec.best[key] = values[rec.best_epoch]
+        score_trial(client, run.info.run_id, rec)
         records.append(rec)
     records.sort(key=lambda r: (-r.score, r.trial_id))
     return records
@@ -129,22 +143,34 @@ def write_trials_csv(records: list[TrialRecord], path: Path) -> None:
             "epochs_run": r.epochs_run,
             "best_epoch": r.best_epoch,
         }
-        row.update({f"best_{k}": r.best.get(k) for k in VAL_METRICS})
+        # the selection statistic of each val metric, its SE and the old maximum over epochs
+        row.update({k: r.best.get(k) for k in (*VAL_METRICS, "val_macro_f1_se", "val_macro_f1_max")})
         row.update({k: r.config.get(k) for k in param_keys if k != "model"})
         row["error"] = r.error
         rows.append(row)
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+def _fmt_score(best: dict[str, float]) -> str:
+    value, se = best.get("val_macro_f1", math.nan), best.get("val_macro_f1_se", math.nan)
+    if not math.isfinite(value):
+        return "—"
+    return f"{value:.4f} ± {se:.3f}" if math.isfinite(se) else f"{value:.4f}"
+
+
 def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top: int = 20) -> None:
     lines = [
         f"# Sweep `{sweep}` — leaderboard",
         "",
-        f"{len(records)} trials; sorted by best validation macro-F1 (the search metric). "
-        "Test data was not read.",
+        f"{len(records)} trials, sorted by the selection statistic: validation macro-F1 "
+        f"({selection.STATISTIC}; the mean over session folds when the sweep used folds), "
+        "the number the search ranked by. ± is the bootstrap standard error of one epoch's "
+        "val macro-F1 (resampling val rows): rows closer than about two of them are not "
+        "distinguishable on this validation data. *max* is the luckiest single epoch, shown "
+        "only to see how much a maximum over noisy epochs flatters. Test data was not read.",
         "",
-        "| # | trial | model | key params | val macro-F1 | val weighted-F1 | val micro-F1 "
-        "| val seed micro-F1 | best epoch | epochs run | status |",
+        "| # | trial | model | key params | val macro-F1 | max | val weighted-F1 "
+        "| val micro-F1 | val seed micro-F1 | epochs run | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(records[:top], 1):
@@ -156,10 +182,12 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
         ]
         if extra:
             params += ", " + ", ".join(extra)
-        m = [f"{r.best[k]:.4f}" if k in r.best else "—" for k in VAL_METRICS[:4]]
+        m = [f"{r.best[k]:.4f}" if k in r.best else "—" for k in VAL_METRICS[1:4]]
+        score = _fmt_score(r.best)
+        top = f"{r.best['val_macro_f1_max']:.4f}" if "val_macro_f1_max" in r.best else "—"
         lines.append(
-            f"| {i} | {r.trial_id} | {r.model} | {params} | {' | '.join(m)} | "
-            f"{r.best_epoch if r.best_epoch is not None else '—'} | {r.epochs_run} | {r.status} |"
+            f"| {i} | {r.trial_id} | {r.model} | {params} | {score} | {top} | {' | '.join(m)} "
+            f"| {r.epochs_run} | {r.status} |"
         )
     failed = [r for r in records if r.status == "failed"]
     if failed:
@@ -199,7 +227,9 @@ def write_best_configs(
     doc = {
         **sweep_info,
         "metric": "val_macro_f1",
+        "statistic": selection.STATISTIC,
         "mode": "max",
+        "num_scored": len(scored),  # finalize --top-k beyond top's length says so
         "top": [_entry(i, r) for i, r in enumerate(scored[:top_k], 1)],
         "best_per_model": per_model,
     }

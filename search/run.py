@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
     sys.path.insert(0, str(Path(_here).parent))
 
+from search.redact import redact_uri, remember  # noqa: E402
 from search.settings import SweepSettings, UsageError, parse_settings  # noqa: E402
 from search.spaces import get_space, seed_points, validate_space, with_fixed  # noqa: E402
 
@@ -56,16 +57,20 @@ def resolve_store(settings: SweepSettings) -> Path:
 
         return Path(prepare_demo())
     if settings.data_kind == "kemdy20":
-        from data_prep.prepare import prepare
+        from data_prep.prepare import PREPARE_ERRORS, prepare
 
-        return Path(prepare(settings.data))
+        try:
+            return Path(prepare(settings.data))
+        except PREPARE_ERRORS as exc:  # a corpus that cannot be prepared is a bad --data
+            raise UsageError(f"--data {settings.data}: cannot prepare this corpus: {exc}") from exc
     return Path(settings.data)
 
 
 def sweep_space(settings: SweepSettings, space: dict[str, Any] | None = None) -> dict[str, Any]:
     """The named (or given) space with the sweep's fixed values: epochs and training seed."""
     base = validate_space(space, name="custom") if space is not None else get_space(settings.space)
-    fixed = {"epochs": settings.max_epochs, "seed": settings.seed, **settings.fixed}
+    # epochs = the final run's length (the schedule's horizon); trials stop at max_epochs.
+    fixed = {"epochs": settings.horizon, "seed": settings.seed, **settings.fixed}
     return with_fixed(base, fixed)
 
 
@@ -89,6 +94,9 @@ def ray_env_defaults() -> None:
     # Save Tune's experiment state on every controller step, so a killed driver loses at most
     # the step in flight and finished trials are never rerun after --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Trials checkpoint every epoch (num_to_keep=1), which forces a state snapshot each time;
+    # that is the saving above, on purpose, so Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
@@ -104,6 +112,10 @@ def init_ray(settings: SweepSettings) -> bool:
         ray.init(address=settings.address, logging_level=logging.WARNING)
     else:
         ray.init(
+            # "local": a new runtime of our own. With no address Ray joins any runtime it finds
+            # running on this machine (another user's sweep); RAY_ADDRESS (`ray job submit`)
+            # still means the job's cluster.
+            address=None if os.environ.get("RAY_ADDRESS") else "local",
             num_cpus=max(os.cpu_count() or 1, math.ceil(settings.cpus_per_trial)),
             include_dashboard=False,
             logging_level=logging.WARNING,
@@ -123,6 +135,19 @@ def _tpe(settings: SweepSettings) -> Any:
     return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials)
 
 
+def sweep_trainable(settings: SweepSettings, store_path: Path) -> Any:
+    """The trainable of this sweep's trials (also what a resumed sweep restores with)."""
+    from search.trainable import make_trainable
+
+    return make_trainable(
+        store_path,
+        cpus=settings.cpus_per_trial,
+        gpus=settings.gpus_per_trial,
+        max_epochs=settings.max_epochs,
+        folds=settings.folds,
+    )
+
+
 def build_tuner(
     settings: SweepSettings,
     space: dict[str, Any],
@@ -138,7 +163,7 @@ def build_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from search.spaces import define_by_run
-    from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC, make_trainable
+    from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC
 
     searcher = OptunaSearch(
         space=define_by_run(space),
@@ -161,14 +186,11 @@ def build_tuner(
             metric=RUNG_METRIC,
             mode=MODE,
             max_t=settings.max_epochs,
-            grace_period=settings.grace_period,
+            grace_period=min(settings.grace_period, settings.max_epochs),
             reduction_factor=settings.reduction_factor,
         )
-    trainable = make_trainable(
-        store_path, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
-    )
     return tune.Tuner(
-        trainable,
+        sweep_trainable(settings, store_path),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
             scheduler=scheduler,
@@ -176,9 +198,11 @@ def build_tuner(
             reuse_actors=settings.reuse_actors,
         ),
         run_config=tune.RunConfig(
-            name=settings.name,
+            name=settings.experiment_path.name,
             storage_path=settings.storage_path,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # The latest epoch's state only: enough to continue a trial, a few MB per trial.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
             verbose=0,
         ),
@@ -215,10 +239,54 @@ SWEEP_INFO_KEYS = ("sweep", "store_path", "store_key", "tracking_uri", "experime
 
 
 def _write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
+    """sweep.json, atomically; a tracking URI's password is never stored (search.redact)."""
     settings.sweep_dir.mkdir(parents=True, exist_ok=True)
+    stored = {**settings.to_dict(), "tracking_uri": redact_uri(settings.tracking_uri)}
+    doc = {**info, "tracking_uri": redact_uri(info["tracking_uri"]), "settings": stored}
     tmp = settings.manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**info, "settings": settings.to_dict()}, indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     os.replace(tmp, settings.manifest_path)
+
+
+def tune_segments(settings: SweepSettings, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweep's Tune experiments, in order: the first has the trials asked at the start;
+    a resume with a larger --num-samples appends one for the extra trials (same Optuna
+    study, same MLflow sweep run). Sweeps recorded before segments had one, named NAME."""
+    if "tune_segments" not in manifest:
+        recorded = manifest.get("settings", {}).get("num_samples", settings.num_samples)
+        first = settings.tune_name or settings.name
+        manifest["tune_segments"] = [{"name": first, "num_samples": recorded}]
+    segments = manifest["tune_segments"]
+    total = sum(int(seg["num_samples"]) for seg in segments)
+    if settings.num_samples > total:
+        base = segments[0]["name"]
+        segments.append({"name": f"{base}-x{len(segments)}",
+                         "num_samples": settings.num_samples - total})  # fmt: skip
+    return segments
+
+
+def _segment_trials(path: Path) -> list[Any]:
+    """Tune's saved trials of one experiment folder (none if it saved no state)."""
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+
+    if not tune.Tuner.can_restore(str(path)):
+        return []
+    # It warns about every trial that failed before reporting; MLflow already has those.
+    ea_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = ea_log.level
+    ea_log.setLevel(logging.ERROR)
+    try:
+        return list(ExperimentAnalysis(str(path)).trials)
+    finally:
+        ea_log.setLevel(level)
+
+
+def _segment_done(path: Path, num_samples: int) -> bool:
+    trials = _segment_trials(path)
+    return len(trials) >= num_samples and all(
+        t.status in ("TERMINATED", "ERROR") for t in trials
+    )
 
 
 def run_sweep(
@@ -234,8 +302,10 @@ def run_sweep(
     configs as the Optuna parameter values tried first.
     """
     from data_prep.store import FeatureStore, StoreError
+    from models.selection import STATISTIC
 
     t0 = time.time()
+    remember(settings.tracking_uri)  # Tune's pickled callbacks hold the redacted form
     manifest: dict[str, Any] = {}
     if settings.resume:
         manifest = json.loads(settings.manifest_path.read_text(encoding="utf-8"))
@@ -274,6 +344,9 @@ def run_sweep(
                 "store_path": str(store_path),
                 "num_samples": settings.num_samples,
                 "max_epochs": settings.max_epochs,
+                "final_epochs": settings.horizon,
+                "folds": settings.folds,
+                "selection": STATISTIC,
                 "max_concurrent": settings.max_concurrent,
                 "cpus_per_trial": settings.cpus_per_trial,
                 "gpus_per_trial": settings.gpus_per_trial,
@@ -298,52 +371,64 @@ def run_sweep(
             "space": space,
             "store_path": str(store_path),
             "store_key": store.key,
-            "tracking_uri": settings.tracking_uri,
+            "tracking_uri": redact_uri(settings.tracking_uri),
             "experiment_id": exp_id,
             "parent_run_id": parent,
             "optuna_storage": settings.optuna_storage,
             "optuna_study": settings.name,
+            "final_epochs": settings.horizon,
+            "folds": settings.folds,
+            "selection": STATISTIC,
             "tune_experiment": str(settings.experiment_path),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         _write_manifest(settings, manifest)
 
+    segments = tune_segments(settings, manifest)
+    _write_manifest(settings, manifest)  # a resume may have added trials
     started_ray = False
     status = "FAILED"
     try:
         started_ray = init_ray(settings)
         from ray import tune
 
-        from search.trainable import make_trainable
+        for seg in segments:
+            seg_settings = replace(settings, tune_name=seg["name"],
+                                   num_samples=int(seg["num_samples"]))  # fmt: skip
+            exp_path = seg_settings.experiment_path
+            restorable = tune.Tuner.can_restore(str(exp_path))
+            if restorable and _segment_done(exp_path, seg_settings.num_samples):
+                continue
+            if restorable:
+                tuner = tune.Tuner.restore(
+                    str(exp_path),
+                    trainable=sweep_trainable(settings, store_path),
+                    resume_unfinished=True,
+                    resume_errored=False,
+                    restart_errored=False,
+                )
+            else:
+                # A new sweep or extension, or one killed before Tune saved any state: start
+                # Tune afresh (the Optuna study keeps what it had; warm starts only if it has
+                # nothing yet).
+                fresh = not _study_exists(settings.optuna_storage, settings.name)
+                if points is None and settings.warm_start:
+                    points = seed_points(space)
+                callbacks = [
+                    tracking.MlflowTrialCallback(settings.tracking_uri, exp_id, parent,
+                                                 settings.space, experiment_dir=exp_path,
+                                                 max_epochs=settings.max_epochs)
+                ]  # fmt: skip
+                if not quiet:
+                    from search.progress import CompactProgress, quiet_tune_logs
 
-        callbacks = [
-            tracking.MlflowTrialCallback(settings.tracking_uri, exp_id, parent, settings.space)
-        ]
-        if not quiet:
-            from search.progress import CompactProgress, quiet_tune_logs
-
-            quiet_tune_logs()
-            callbacks.append(CompactProgress(settings.num_samples))
-        exp_path = str(settings.experiment_path)
-        if settings.resume and tune.Tuner.can_restore(exp_path):
-            tuner = tune.Tuner.restore(
-                exp_path,
-                trainable=make_trainable(
-                    store_path, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
-                ),
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
-        else:
-            # A new sweep, or one killed before Tune saved any state: start Tune afresh (the
-            # Optuna study keeps what it had; warm starts only if it has nothing yet).
-            fresh = not _study_exists(settings.optuna_storage, settings.name)
-            if points is None and settings.warm_start:
-                points = seed_points(space)
-            tuner = build_tuner(settings, space, store_path, callbacks,
-                                points=points if fresh else None)  # fmt: skip
-        tuner.fit()
+                    quiet_tune_logs()
+                    callbacks.append(CompactProgress(seg_settings.num_samples, settings.max_epochs))
+                tuner = build_tuner(seg_settings, space, store_path, callbacks,
+                                    points=points if fresh else None)  # fmt: skip
+            tuner.fit()
+            if not _segment_done(exp_path, seg_settings.num_samples):
+                break  # interrupted (Tune saved its state on Ctrl-C): the next --resume
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -357,22 +442,15 @@ def run_sweep(
 
             ray.shutdown()
 
-    # Tune's final word on every trial, from its saved experiment state.
-    from ray.tune import ExperimentAnalysis
-
-    # It warns about every trial that failed before reporting; MLflow already has those.
-    ea_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = ea_log.level
-    ea_log.setLevel(logging.ERROR)
-    try:
-        analysis = ExperimentAnalysis(str(settings.experiment_path))
-    finally:
-        ea_log.setLevel(level)
-    tracking.reconcile(client, exp_id, parent, analysis.trials)
+    # Tune's final word on every trial, from the saved state of every segment.
+    trials = [
+        t for seg in segments for t in _segment_trials(Path(settings.storage_path) / seg["name"])
+    ]
+    tracking.reconcile(client, exp_id, parent, trials, settings.max_epochs)
     # Tune handles Ctrl-C itself (it saves state and returns from fit): unfinished trials or
     # fewer trials than asked mean the sweep was interrupted and can be resumed.
-    interrupted = len(analysis.trials) < settings.num_samples or any(
-        t.status not in ("TERMINATED", "ERROR") for t in analysis.trials
+    interrupted = len(trials) < settings.num_samples or any(
+        t.status not in ("TERMINATED", "ERROR") for t in trials
     )
     if not interrupted:
         # Only now: a resumed sweep's restored searcher still reports on RUNNING trials.
@@ -383,6 +461,9 @@ def run_sweep(
         **{k: manifest[k] for k in SWEEP_INFO_KEYS},
         "space": settings.space,
         "max_epochs": settings.max_epochs,
+        "final_epochs": settings.horizon,
+        "folds": settings.folds,
+        "selection": STATISTIC,
     }
     records, notes = results.write_results(
         client,
@@ -454,7 +535,7 @@ def summary(outcome: SweepOutcome) -> str:
             else []
         ),
         f"Finalize:  python -m search.finalize --sweep {outcome.name}",
-        f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}",
+        f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}",
     ]
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ validation is instant.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -17,10 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.redact import is_redacted, redact_uri
 from search.spaces import SpaceError, get_space
 
 DEFAULT_NUM_SAMPLES = 24
 DEFAULT_MAX_EPOCHS = 20
+# The final run's length (finalize's default, the seed's 150): the learning-rate schedule of
+# every trial spans it, so a trial is the first --max-epochs of its final run.
+DEFAULT_HORIZON = 150
 DEFAULT_MAX_CONCURRENT = 2
 GRACE_PERIOD = 3
 REDUCTION_FACTOR = 3
@@ -60,6 +65,8 @@ class SweepSettings:
     data_kind: str  # "demo" | "store" | "kemdy20"
     num_samples: int = DEFAULT_NUM_SAMPLES
     max_epochs: int = DEFAULT_MAX_EPOCHS
+    horizon: int = DEFAULT_HORIZON
+    folds: int = 0  # 0: validate on the store's val split; K >= 2: K session folds
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -70,6 +77,9 @@ class SweepSettings:
     optuna_storage: str = ""
     results_dir: str = ""
     storage_path: str = ""  # Ray Tune's experiment root (absolute)
+    # Tune's experiment folder under storage_path: the name plus a per-sweep suffix, so two
+    # sweeps of one name (two working folders, one CASE_TUNE_HOME) never share Tune state.
+    tune_name: str = ""
     grace_period: int = GRACE_PERIOD
     reduction_factor: int = REDUCTION_FACTOR
     startup_trials: int = STARTUP_TRIALS
@@ -90,7 +100,7 @@ class SweepSettings:
 
     @property
     def experiment_path(self) -> Path:
-        return Path(self.storage_path) / self.name
+        return Path(self.storage_path) / (self.tune_name or self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--space", help="search space: case | baselines | all")
     p.add_argument(
-        "--data", default="demo", help="'demo' (default), a feature store or a KEMDy20 folder"
+        "--data", default=None, help="'demo' (default), a feature store or a KEMDy20 folder"
     )
     p.add_argument(
         "--num-samples", type=int, default=None, help=f"trials (default {DEFAULT_NUM_SAMPLES})"
@@ -118,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"epochs per trial at most (default {DEFAULT_MAX_EPOCHS})",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=int,
+        default=None,
+        help=f"length of the final runs, over which every trial's learning-rate schedule "
+        f"runs (default {DEFAULT_HORIZON}); a trial is their first --max-epochs",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="cross-validate each trial over K session folds of the non-test sessions "
+        "(one head per fold; the search uses the fold mean). Default: the store's val split",
     )
     p.add_argument("--name", help="sweep name (default SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
@@ -139,9 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="seed of the TPE sampler and of training (default 0)"
     )
     p.add_argument(
-        "--no-warm-start", action="store_true", help="do not enqueue the seed's configs first"
+        "--no-warm-start",
+        action="store_true",
+        default=None,  # None: not given (a resume keeps the recorded choice)
+        help="do not enqueue the seed's configs first",
     )
-    p.add_argument("--resume", action="store_true", help="continue the sweep --name after a crash")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep --name after a crash; with a larger --num-samples, add trials",
+    )
     return p
 
 
@@ -157,6 +188,14 @@ def check_resources(cpus: float, gpus: float) -> None:
         _fail(f"--gpus-per-trial must be >= 0 (fractions share a GPU), got {gpus}")
     if gpus > 1 and gpus != int(gpus):
         _fail(f"--gpus-per-trial above 1 must be a whole number, got {gpus}")
+
+
+def check_name(flag: str, name: str) -> str:
+    """A sweep name is one folder under the results folder: no separators, no '..', so a
+    name can never read or write outside it (search.run --name, search.finalize --sweep)."""
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        _fail(f"{flag} {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)")
+    return name
 
 
 def _positive_int(name: str, value: int | None, default: int) -> int:
@@ -186,6 +225,71 @@ def _data_kind(data: str) -> tuple[str, str]:
         "(no annotation/); prepare one with `python -m data_prep.prepare`"
     )
     raise AssertionError  # unreachable
+
+
+def _tracking_uri(given: str | None, cwd: Path) -> str:
+    """--tracking-uri made absolute (sqlite paths against ``cwd``), or the default."""
+    tracking_uri = given or default_tracking_uri(cwd)
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        if not db.is_absolute():
+            db = (cwd / db).resolve()
+            tracking_uri = f"sqlite:///{db}"
+        if not db.parent.is_dir():
+            _fail(f"--tracking-uri {redact_uri(given or '')}: folder {db.parent} does not exist")
+    elif "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
+        _fail(
+            f"--tracking-uri {redact_uri(tracking_uri)!r}: expected a URI such as "
+            "sqlite:////abs/mlflow.db or http://host:5000"
+        )
+    return tracking_uri
+
+
+def _given_flags(args: argparse.Namespace, cwd: Path) -> dict[str, tuple[str, Any]]:
+    """Settings field -> (flag, value as the settings hold it) for every flag typed."""
+    given: dict[str, tuple[str, Any]] = {}
+    plain = {"space": "--space", "num_samples": "--num-samples", "max_epochs": "--max-epochs",
+             "max_concurrent": "--max-concurrent", "cpus_per_trial": "--cpus-per-trial",
+             "gpus_per_trial": "--gpus-per-trial", "seed": "--seed",
+             "horizon": "--final-epochs", "folds": "--folds"}  # fmt: skip
+    attr = {"horizon": "final_epochs"}  # settings field -> argparse dest, where they differ
+    for field_name, flag in plain.items():
+        value = getattr(args, attr.get(field_name, field_name))
+        if value is not None:
+            given[field_name] = (flag, value)
+    if args.data is not None:
+        given["data"] = ("--data", _data_kind(args.data)[0])
+    if args.no_warm_start is not None:
+        given["warm_start"] = ("--no-warm-start", False)
+    if args.tracking_uri is not None:
+        given["tracking_uri"] = ("--tracking-uri", _tracking_uri(args.tracking_uri, cwd))
+    return given
+
+
+def _check_resume_flags(args: argparse.Namespace, saved: SweepSettings, cwd: Path) -> None:
+    """A resumed sweep is the recorded one: a flag that differs is an error naming the flag,
+    the recorded and the given value; a larger --num-samples extends the sweep."""
+    for field_name, (flag, value) in _given_flags(args, cwd).items():
+        recorded = getattr(saved, field_name)
+        if field_name == "tracking_uri" and value != recorded and redact_uri(value) == recorded:
+            saved.tracking_uri = value  # the recorded URI had its password redacted
+            continue
+        if field_name == "num_samples" and value >= recorded:
+            saved.num_samples = value  # more trials: same study, same MLflow sweep run
+            continue
+        if value != recorded:
+            shown = redact_uri if field_name == "tracking_uri" else (lambda v: v)
+            hint = " (--num-samples can only grow)" if field_name == "num_samples" else ""
+            _fail(
+                f"--resume: {flag} {shown(value)} differs from sweep {saved.name!r}'s recorded "
+                f"{shown(recorded)}{hint}; drop the flag to resume the sweep as recorded"
+            )
+    if is_redacted(saved.tracking_uri):
+        _fail(
+            f"--resume: sweep {saved.name!r} tracks to {saved.tracking_uri}, whose password is "
+            "not stored: pass --tracking-uri with it again (or use MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD)"
+        )
 
 
 def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) -> SweepSettings:
@@ -218,9 +322,10 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
             )
         except (KeyError, ValueError, TypeError) as exc:
             _fail(f"--resume: {manifest} is unreadable ({exc}); start a new sweep instead")
+        _check_resume_flags(args, saved, cwd)
         saved.resume = True
         if args.address is not None:
-            saved.address = args.address
+            saved.address = args.address  # where to run is not what to run
         return saved
 
     if not args.space:
@@ -229,10 +334,19 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         get_space(args.space)
     except SpaceError as exc:
         _fail(str(exc))
-    data, kind = _data_kind(args.data)
+    data, kind = _data_kind(args.data or "demo")
     num_samples = _positive_int("num-samples", args.num_samples, DEFAULT_NUM_SAMPLES)
     max_epochs = _positive_int("max-epochs", args.max_epochs, DEFAULT_MAX_EPOCHS)
     max_concurrent = _positive_int("max-concurrent", args.max_concurrent, DEFAULT_MAX_CONCURRENT)
+    horizon = _positive_int("final-epochs", args.final_epochs, max(DEFAULT_HORIZON, max_epochs))
+    if horizon < max_epochs:
+        _fail(
+            f"--final-epochs {horizon} is shorter than --max-epochs {max_epochs}: a trial is "
+            "the start of its final run, so it cannot be longer"
+        )
+    folds = 0 if args.folds is None else args.folds
+    if folds == 1 or folds < 0:
+        _fail(f"--folds must be 2 or more (or left out for the store's val split), got {folds}")
     cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
     gpus = 0.0 if args.gpus_per_trial is None else args.gpus_per_trial
     check_resources(cpus, gpus)
@@ -240,24 +354,14 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not _NAME_RE.match(name):
-        _fail(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)")
+    check_name("--name", name)
     if (results_dir / name / SWEEP_MANIFEST).exists():
         _fail(
             f"sweep {name!r} already exists in {results_dir}; add --resume to continue it or pick another --name"
         )
-    tracking_uri = args.tracking_uri or default_tracking_uri(cwd)
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        if not db.is_absolute():
-            db = (cwd / db).resolve()
-            tracking_uri = f"sqlite:///{db}"
-        if not db.parent.is_dir():
-            _fail(f"--tracking-uri {args.tracking_uri}: folder {db.parent} does not exist")
-    elif "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
-        _fail(
-            f"--tracking-uri {tracking_uri!r}: expected a URI such as sqlite:////abs/mlflow.db or http://host:5000"
-        )
+    tracking_uri = _tracking_uri(args.tracking_uri, cwd)
+    sweep_dir = results_dir / name
+    tune_suffix = hashlib.sha256(f"{sweep_dir}:{time.time_ns()}:{os.getpid()}".encode())
     return SweepSettings(
         space=args.space,
         name=name,
@@ -265,6 +369,8 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         data_kind=kind,
         num_samples=num_samples,
         max_epochs=max_epochs,
+        horizon=horizon,
+        folds=folds,
         max_concurrent=max_concurrent,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
@@ -275,6 +381,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         optuna_storage=optuna_storage_for(tracking_uri, results_dir),
         results_dir=str(results_dir),
         storage_path=str((case_tune_home() / "ray_results").resolve()),
+        tune_name=f"{name}-{tune_suffix.hexdigest()[:8]}",
         grace_period=min(GRACE_PERIOD, max_epochs),
         warm_start=not args.no_warm_start,
     )

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
+import signal
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from ray.tune import Callback
+
+from search.redact import connect_uri, redact_uri, remember
 
 EXPERIMENT = "case-tune"
 KIND = "case_tune.kind"
@@ -47,6 +51,10 @@ _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
+    if redact_uri(tracking_uri) != tracking_uri:
+        # MLflow prints "View run ... at: <tracking URI>/..." to stdout for http stores, with
+        # the password in it: never for a URI that carries one.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -72,14 +80,19 @@ def _param_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+_FOLD = re.compile(r"_fold\d+$")
+
+
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The per-epoch metrics of one Tune result that go to MLflow (DESIGN.md names, plus the
-    per-class F1 scores), finite numbers only."""
+    """The per-epoch metrics of one Tune result that go to MLflow (DESIGN.md names, each
+    fold's value as ``{name}_fold{k}``, the per-class F1 scores, the selection statistic and
+    the bootstrap SE of val macro-F1), finite numbers only."""
     out = {}
     for key, value in result.items():
         if not key.startswith(METRIC_PREFIXES) or isinstance(value, bool):
             continue
-        if not (key.endswith(LOGGED_SUFFIXES) or "_f1_" in key):
+        base = _FOLD.sub("", key)
+        if not (base.endswith(LOGGED_SUFFIXES) or "_f1_" in base):
             continue
         if isinstance(value, int | float) and math.isfinite(value):
             out[key] = float(value)
@@ -169,25 +182,38 @@ class MlflowTrialCallback(Callback):
     one is deleted, so each trial has exactly one run with a clean history.
     """
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, space: str) -> None:
-        self.tracking_uri = tracking_uri
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, space: str,
+                 experiment_dir: str | Path | None = None,
+                 max_epochs: int | None = None) -> None:  # fmt: skip
+        # Tune pickles this callback into its experiment state: only the redacted URI goes
+        # there; the driver remembers the real one (search.redact).
+        self.tracking_uri = remember(tracking_uri)
+        self.max_epochs = max_epochs  # where a trial that was not stopped ends
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
         self.space = space
+        # Tune's experiment folder: a trial's run is marked FINISHED only once the state
+        # saved there says the trial terminated (see on_trial_complete).
+        self.experiment_dir = str(experiment_dir) if experiment_dir else None
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] | None = None  # trial_id -> run_id
+        self._pending: dict[str, str] = {}  # trial_id -> run_id, complete but not yet FINISHED
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
         state["_runs"] = None
+        state["_pending"] = {}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"experiment_dir": None, "_pending": {}, **state})
 
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = client_for(self.tracking_uri)
+            self._client = client_for(connect_uri(self.tracking_uri))
         return self._client
 
     @property
@@ -245,14 +271,32 @@ class MlflowTrialCallback(Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tag the run now; mark it FINISHED only after Tune has saved the trial as
+        terminated. Tune saves its state after this callback, so a driver killed in between
+        would otherwise leave a FINISHED run whose trial a resumed Tune runs again. This way
+        FINISHED in MLflow always means finished in Tune's saved state too."""
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        epochs = int(trial.config.get("epochs", 0) or 0)
-        done = int((trial.last_result or {}).get("training_iteration", 0) or 0)
-        status = "stopped_early" if epochs and done < epochs else "completed"
-        self.client.set_tag(run_id, STATUS, status)
-        self.client.set_terminated(run_id, "FINISHED")
+        self.client.set_tag(run_id, STATUS, finish_status(trial, self.max_epochs))
+        self._pending[trial.trial_id] = run_id
+        fault_point("trial_complete")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._flush_finished()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._flush_finished()
+
+    def _flush_finished(self) -> None:
+        if not self._pending:
+            return
+        saved = saved_trial_states(self.experiment_dir) if self.experiment_dir else None
+        for trial_id, run_id in list(self._pending.items()):
+            if saved is None or saved.get(trial_id) == "TERMINATED":
+                self.client.set_terminated(run_id, "FINISHED")
+                del self._pending[trial_id]
+                fault_point("run_finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.runs.get(trial.trial_id)
@@ -267,11 +311,47 @@ class MlflowTrialCallback(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
 
+def finish_status(trial: Any, max_epochs: int | None = None) -> str:
+    """completed, or stopped_early when the trial ran fewer epochs than it was to run
+    (``max_epochs``, the sweep's; else its config's)."""
+    epochs = int(max_epochs or trial.config.get("epochs", 0) or 0)
+    done = int((trial.last_result or {}).get("training_iteration", 0) or 0)
+    return "stopped_early" if epochs and done < epochs else "completed"
+
+
+def saved_trial_states(experiment_dir: str | Path) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Tune has saved in its experiment
+    folder (empty while none is complete on disk)."""
+    files = sorted(Path(experiment_dir).glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        state = json.loads(files[-1].read_text(encoding="utf-8"))
+        out = {}
+        for trial_json, _meta in state["trial_data"]:
+            t = json.loads(trial_json)
+            out[str(t["trial_id"])] = str(t["status"])
+        return out
+    except (OSError, ValueError, KeyError, TypeError):  # being written: not saved yet
+        return {}
+
+
+FAULT_ENV = "CASE_TUNE_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Tests only: SIGKILL this process at the named point when $CASE_TUNE_FAULT names it
+    (e.g. ``run_finished``), to place a kill exactly where a window could be."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def reconcile(
     client: MlflowClient,
     exp_id: str,
     parent_run_id: str,
     tune_trials: Iterable[Any],
+    max_epochs: int | None = None,
 ) -> None:
     """After Tune returns, make MLflow agree with Tune's final trial states.
 
@@ -288,6 +368,7 @@ def reconcile(
         if run.info.status != "RUNNING":
             continue
         if trial.status == "TERMINATED":
+            client.set_tag(run.info.run_id, STATUS, finish_status(trial, max_epochs))
             client.set_terminated(run.info.run_id, "FINISHED")
         elif trial.status == "ERROR":
             client.set_tag(run.info.run_id, STATUS, "failed")

@@ -1,19 +1,25 @@
-"""The Ray Tune trainable: one trial = one `models.train.train` call on the feature store.
+"""The Ray Tune trainable: one trial = the first epochs of one final run, on the feature store.
 
-It opens the store with the test split sealed, trains on train and evaluates on val only,
-and `tune.report`s each epoch's metrics (plus the running best val macro-F1 that Optuna
-optimises, and which splits the store has served, so a test can prove test was never read).
-It knows nothing of MLflow: tracking happens on the driver (search/tracking.py).
+It opens the store with the test split sealed, trains on train and evaluates on val only (or,
+with session folds, one head per fold, each validated on its fold), and `tune.report`s each
+epoch's metrics with a checkpoint of everything needed to continue (a trial whose node dies
+restarts from it). The config's ``epochs`` is the final run's length, the schedule's horizon;
+the trial stops after ``max_epochs`` of them, so it is exactly the start of what finalize
+trains. Decisions use the selection statistic of models.selection (the trailing mean of val
+macro-F1; the fold mean with folds), not the luckiest epoch. It knows nothing of MLflow:
+tracking happens on the driver (search/tracking.py).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-METRIC = "val_macro_f1"  # the search metric
+METRIC = "val_macro_f1"  # the search metric, per epoch (the fold mean with folds)
 TIE_METRIC = "val_macro_auroc"
 # Early in training, on neutral-heavy data, most heads still predict neutral everywhere: their
 # macro-F1 is exactly the all-neutral value, however much they have learned. Those exact ties
@@ -22,17 +28,19 @@ TIE_METRIC = "val_macro_auroc"
 # AUROC a tie-break: it is below the smallest macro-F1 step one changed prediction makes on a
 # val split of up to 10,000 rows (1 / 7 / 20,000).
 TIE_BREAK = 1e-6
-RUNG_METRIC = "val_macro_f1_rung"  # what ASHA compares at its rungs: this epoch's F1 + tie-break
-BEST_METRIC = "val_macro_f1_best"  # the trial's best val macro-F1 so far (shown in progress)
-# What Optuna's TPE learns from: the trial's best epoch by F1 + tie-break. Trials stopped at
-# the first rung mostly tie on F1; the tie-break tells TPE which of them had learned most.
+STAT_METRIC = "val_macro_f1_trailing"  # the selection statistic after this epoch
+# What ASHA compares at its rungs and what TPE learns from (the last reported value): the
+# selection statistic + tie-break.
+RUNG_METRIC = "val_macro_f1_rung"
 SEARCH_METRIC = "val_macro_f1_search"
 MODE = "max"
+CHECKPOINT_FILE = "trial.pt"
 
 
-def tie_broken(metrics: dict[str, float]) -> float:
-    """Val macro-F1 plus ``TIE_BREAK`` x val macro-AUROC (F1 alone when AUROC is undefined)."""
-    value = metrics.get(METRIC, float("nan"))
+def tie_broken(metrics: dict[str, float], key: str = METRIC) -> float:
+    """``key`` (val macro-F1) plus ``TIE_BREAK`` x val macro-AUROC (alone when AUROC is
+    undefined)."""
+    value = metrics.get(key, float("nan"))
     tie = metrics.get(TIE_METRIC, float("nan"))
     return value + TIE_BREAK * tie if math.isfinite(tie) else value
 
@@ -51,50 +59,136 @@ def open_sealed_store(path: str) -> Any:
     return store
 
 
+def fold_metrics(per_fold: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One epoch's metrics of K fold heads: every val_* and train_* metric as the mean over
+    folds under its own name, and each fold's val_* value as ``{name}_fold{k}``."""
+    out: dict[str, float] = {}
+    for key, first in per_fold[0].items():
+        if not isinstance(first, int | float) or isinstance(first, bool):
+            continue
+        values = [float(m.get(key, math.nan)) for m in per_fold]
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = sum(finite) / len(finite) if finite else math.nan
+        if key.startswith("val_"):
+            out.update({f"{key}_fold{k}": v for k, v in enumerate(values)})
+    if "val_macro_f1_se" in out:  # folds are independent: SE of a mean of K values
+        ses = [m.get("val_macro_f1_se", math.nan) for m in per_fold]
+        out["val_macro_f1_se"] = math.sqrt(sum(s * s for s in ses)) / len(ses)
+    return out
+
+
+class TrialRun:
+    """The heads of one trial (one, or one per fold), stepped together an epoch at a time."""
+
+    def __init__(self, config: dict[str, Any], store: Any, folds: int, fold_seed: int = 0,
+                 device: Any = None):  # fmt: skip
+        from models.data import fold_rows
+        from models.selection import Tracker
+        from models.train import Trainer
+
+        if folds > 1:
+            rows = fold_rows(store, folds, fold_seed)
+            self.trainers = [Trainer(config, store, rows=r, device=device) for r in rows]
+        else:
+            self.trainers = [Trainer(config, store, device=device)]
+        self.tracker = Tracker()
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def epoch(self) -> int:
+        return self.trainers[0].epoch
+
+    def run_epoch(self) -> dict[str, float]:
+        per_fold = [t.run_epoch() for t in self.trainers]
+        metrics = per_fold[0] if len(per_fold) == 1 else fold_metrics(per_fold)
+        metrics[STAT_METRIC], _ = self.tracker.add(metrics.get(METRIC, math.nan))
+        self.history.append(metrics)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainers": [t.state_dict() for t in self.trainers], "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for t, s in zip(self.trainers, state["trainers"], strict=True):
+            t.load_state_dict(s)
+        self.history = [dict(h) for h in state["history"]]
+        for h in self.history:
+            self.tracker.add(h.get(METRIC, math.nan))
+
+
+def _save(run: TrialRun, folder: str) -> Any:
+    import torch
+    from ray import tune
+
+    torch.save(run.state_dict(), Path(folder) / CHECKPOINT_FILE)
+    return tune.Checkpoint.from_directory(folder)
+
+
+def _restore(run: TrialRun) -> None:
+    """Continue from the trial's last checkpoint when Tune restarts it (node lost, resume)."""
+    import torch
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    run.load_state_dict(state)
+
+
 def run_trial(
-    config: dict[str, Any], store_path: str, threads: int | None = None, gpus: float = 0.0
+    config: dict[str, Any],
+    store_path: str,
+    threads: int | None = None,
+    gpus: float = 0.0,
+    *,
+    max_epochs: int | None = None,
+    folds: int = 0,
 ) -> None:
-    """Train one config, reporting every epoch to Tune. Exceptions fail the trial."""
+    """Train one config for at most ``max_epochs`` of its ``epochs``, reporting every epoch
+    (with a checkpoint) to Tune. Exceptions fail the trial."""
     import torch
     from ray import tune
 
     from data_prep.device import run_device
     from models.config import TrainConfig
     from models.data import use_gpu_share
-    from models.train import train
 
     if threads:
         torch.set_num_threads(threads)
     use_gpu_share(gpus)  # several trials may share one GPU
+    # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
-    best = best_search = -math.inf
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-        nonlocal best, best_search
-        value = metrics.get(METRIC, float("nan"))
-        rung = tie_broken(metrics)
-        if math.isfinite(value):
-            best = max(best, value)
-            best_search = max(best_search, rung)
-        tune.report(
-            {
-                **metrics,
-                "epoch": epoch,
-                RUNG_METRIC: rung,
-                BEST_METRIC: best if math.isfinite(best) else float("nan"),
-                SEARCH_METRIC: best_search if math.isfinite(best_search) else float("nan"),
-                "splits_read": ",".join(sorted(store.accessed)),
-            }
-        )
-        return False
-
     # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
-    train(cfg, store, eval_splits=("val",), on_epoch=on_epoch, device=run_device(gpus))
+    run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus))
+    _restore(run)
+    last = min(cfg.epochs, max_epochs or cfg.epochs)
+    while run.epoch < last:
+        metrics = run.run_epoch()
+        value = tie_broken(metrics, STAT_METRIC)
+        with tempfile.TemporaryDirectory(prefix="case-tune-trial-") as folder:
+            tune.report(
+                {
+                    **metrics,
+                    "epoch": run.epoch,
+                    RUNG_METRIC: value,
+                    SEARCH_METRIC: value,
+                    "splits_read": ",".join(sorted(store.accessed)),
+                },
+                checkpoint=_save(run, folder),
+            )
 
 
 def make_trainable(
-    store_path: str | Path, *, cpus: float = 1.0, gpus: float = 0.0
+    store_path: str | Path,
+    *,
+    cpus: float = 1.0,
+    gpus: float = 0.0,
+    max_epochs: int | None = None,
+    folds: int = 0,
 ) -> Callable[[dict[str, Any]], None]:
     """A function trainable bound to one store, wrapped with its per-trial resources."""
     from ray import tune
@@ -103,6 +197,6 @@ def make_trainable(
     threads = max(1, int(cpus))
 
     def case_trial(config: dict[str, Any]) -> None:
-        run_trial(config, path, threads, gpus)
+        run_trial(config, path, threads, gpus, max_epochs=max_epochs, folds=folds)
 
     return tune.with_resources(case_trial, {"cpu": cpus, "gpu": gpus})

@@ -292,7 +292,8 @@ def test_job_submitted_to_a_started_cluster_runs_the_sweep(demo_store, tmp_path)
     _assert_nested_runs(f"sqlite:///{db}", "job-sweep")
     assert (results / "job-sweep" / "leaderboard.md").is_file()
     # The job's Tune state went under the CASE_TUNE_HOME the cluster was started with.
-    assert (tmp_path / "home" / "ray_results" / "job-sweep").is_dir()
+    # (in a folder of its own: the name plus a per-sweep suffix, see SweepSettings.tune_name)
+    assert [p.name for p in (tmp_path / "home" / "ray_results").glob("job-sweep-*") if p.is_dir()]
 
 
 # -- 3. an MLflow tracking server ------------------------------------------------------------

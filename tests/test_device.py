@@ -77,7 +77,7 @@ def _unit_error(store: str, gpus: float) -> str:
     unit = {"unit_id": "u", "candidate": "c", "seed": 0,
             "config": {"model": "text-only", "epochs": 1, "batch_size": 32}}  # fmt: skip
     try:
-        _unit_task(unit, store, 1, 1, None, gpus)
+        _unit_task(unit, store, 1, None, gpus)
     except Exception as exc:  # noqa: BLE001 - the message is what is checked
         return f"{type(exc).__name__}: {exc}"
     return "ran"

@@ -152,10 +152,31 @@ def test_batched_text_matches_one_at_a_time(encoders):
     assert l1[-1] == 16 and np.array_equal(l1, l3)
     np.testing.assert_allclose(p1.astype(np.float32), p3.astype(np.float32), atol=1e-2)
     for i, n in enumerate(l1):
+        # every position, the [PAD] states past the true length included
         np.testing.assert_allclose(
-            o3[i, :n].astype(np.float32), o1[i, :n].astype(np.float32), atol=1e-2, rtol=1e-2
+            o3[i].astype(np.float32), o1[i].astype(np.float32), atol=1e-2, rtol=1e-2
         )
-        assert not o3[i, n:].any()
+        assert (np.abs(o3[i, n:]).sum(axis=-1) > 0).all()
+
+
+def test_text_keeps_pad_states_as_the_seed_computes_them(encoders):
+    """Each transcript padded to max_tokens with a mask (the seed's tokenizer call): the store
+    holds BERT's state at every position; the true ones equal an unpadded run's."""
+    _, text = encoders
+    out = np.zeros((len(TEXTS), 16, text.dim), np.float16)
+    lens = np.zeros(len(TEXTS), np.int32)
+    pooled = np.zeros((len(TEXTS), text.dim), np.float16)
+    extract_text(text, TEXTS, out, lens, pooled, max_tokens=16, batch_size=2, progress=False)
+    with torch.inference_mode():
+        for i, t in enumerate(TEXTS):
+            padded = text.tokenizer(t, padding="max_length", max_length=16, return_tensors="pt")
+            ref = text.model(**padded).last_hidden_state[0].numpy()
+            alone = text.model(**text.tokenizer(t, return_tensors="pt")).last_hidden_state[0]
+            n = int(padded["attention_mask"].sum())
+            assert lens[i] == n == alone.shape[0] < 16
+            np.testing.assert_allclose(out[i].astype(np.float32), ref, atol=1e-2, rtol=1e-2)
+            np.testing.assert_allclose(ref[:n], alone.numpy(), atol=1e-5, rtol=1e-5)
+            assert (np.abs(out[i, n:]).sum(axis=-1) > 1.0).all()  # [PAD] states are not zero
 
 
 def test_bad_wavs_become_faults(tmp_path, encoders):

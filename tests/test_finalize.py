@@ -9,7 +9,6 @@ them) and resumed. Every assertion below reads the files and the MLflow record i
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -23,12 +22,15 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from models.selection import best_epoch
 from search import final_report as fr
 from search import finalize as fz
 from search import tracking
 
 SEEDS = [0, 1]
-ARGS = ["--top-k", "2", "--epochs", "4", "--every", "2", "--seeds", *map(str, SEEDS)]
+# No --epochs: the final runs take the sweep's --final-epochs (4), which its trials' schedules
+# spanned; the trials ran the first 2 of them.
+ARGS = ["--top-k", "2", "--seeds", *map(str, SEEDS)]
 
 
 def _sweep(tmp: Path, store: Path, name: str = "tiny") -> Path:
@@ -37,6 +39,7 @@ def _sweep(tmp: Path, store: Path, name: str = "tiny") -> Path:
 
     settings = parse_settings(
         ["--space", "case", "--data", str(store), "--num-samples", "2", "--max-epochs", "2",
+         "--final-epochs", "4",
          "--name", name, "--results-dir", str(tmp / "results"),
          "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
         cwd=tmp,
@@ -92,14 +95,8 @@ def _final_runs(client: MlflowClient, parent: str, view=ViewType.ACTIVE_ONLY) ->
 
 # -- pure pieces ----------------------------------------------------------------------------
 def test_epoch_choice_rules() -> None:
-    assert fz.checkpoint_epochs(150, 30) == [30, 60, 90, 120, 150]
-    assert fz.checkpoint_epochs(10, 3) == [3, 6, 9]
-    val = {30: 0.2, 60: 0.5, 90: 0.5, 120: 0.4, 150: 0.1, 61: 0.9}  # 61 is no checkpoint
-    assert fz.choose_epoch(val, [30, 60, 90, 120, 150]) == 60  # tie -> earliest
-    assert fz.choose_epoch({30: math.nan, 60: math.nan}, [30, 60]) == 30
-    assert fz.fixed_epoch([30, 60, 90, 120, 150]) == 120
-    assert fz.fixed_epoch([2, 4]) == 4  # shorter training: last checkpoint before 120
-    assert fz.fixed_epoch([130, 260]) == 130
+    assert fz.fixed_epoch(150) == 120
+    assert fz.fixed_epoch(4) == 4  # shorter training: its last epoch
 
 
 def test_mean_std_format_matches_numpy() -> None:
@@ -127,7 +124,6 @@ def test_corpus_kind_from_manifest(demo_store: Path) -> None:
     [
         (["--sweep", "nope"], "no best_configs.yaml"),
         (["--epochs", "0"], "--epochs must be a positive integer"),
-        (["--epochs", "4", "--every", "5"], "--every must be between 1 and --epochs (4)"),
         (["--models", "case-compresing"], "unknown model family case-compresing"),
         (["--models", "mmm"], "has no scored trial of mmm"),  # known family, not in the sweep
     ],
@@ -159,6 +155,7 @@ def test_table_rows_columns_and_spread(finalized: dict) -> None:
     head = md.split("## Test scores")[0]
     assert "python -m search.finalize --sweep tiny --results-dir" in head
     assert "Data store key: `demo-" in head and "Date: " in head
+    assert all(f"  - {item}" in head for item in fr.NOT_REPRODUCIBLE)  # the protocol note
     assert fr.DEMO_NOTE in md and "published on KEMDy20" not in md
     for heading in fr.HEADINGS.values():
         assert f"| {heading} |" in md
@@ -191,11 +188,10 @@ def test_epoch_chosen_by_validation_from_mlflow_history(finalized: dict) -> None
         rid = run.info.run_id
         val = {m.step: m.value for m in client.get_metric_history(rid, "val_macro_f1")}
         assert sorted(val) == [1, 2, 3, 4]  # validation every epoch
+        # chosen where the trailing mean of val macro-F1 peaks (ties: earliest), any epoch
+        expected, _ = best_epoch([val[e] for e in sorted(val)])
         test_steps = sorted(m.step for m in client.get_metric_history(rid, "test_macro_f1"))
-        assert test_steps == [2, 4]  # test only at the checkpoints
-        ckpts = [2, 4]
-        best = max(val[e] for e in ckpts)
-        expected = min(e for e in ckpts if val[e] == best)
+        assert test_steps == sorted({expected, 4})  # test only at the chosen and fixed epochs
         assert run.data.metrics["chosen_epoch"] == expected
         assert run.data.params["chosen_epoch"] == str(expected)
         assert run.data.tags[tracking.MODEL] in ("case-compressing", "case-attention")
@@ -206,6 +202,35 @@ def test_epoch_chosen_by_validation_from_mlflow_history(finalized: dict) -> None
     assert parent_run.data.tags[tracking.SPACE] == "case"
     assert parent_run.info.status == "FINISHED"
     assert "results/final.md" in [a.path for a in client.list_artifacts(parent, "results")]
+
+
+def test_seed_0s_final_run_repeats_its_trial_exactly(finalized: dict) -> None:
+    """The prefix property: a trial is the beginning of its final run. The sweep ran seed 0
+    for 2 of 4 scheduled epochs; finalize's seed-0 run of the same config logs the very same
+    numbers for those epochs (bit for bit on CPU), then goes on; seed 1 does not."""
+    client = finalized["client"]
+    sweep_parent = json.loads((finalized["results"] / "tiny/sweep.json").read_text())[
+        "parent_run_id"
+    ]
+    trials = {
+        t.data.tags[tracking.TRIAL_ID]: t
+        for t in tracking.trial_runs(client, first_exp(client), sweep_parent)
+    }
+    checked = 0
+    for u in _units(finalized["results"]):
+        trial = trials[u["trial_id"]]
+        logged = {k for k in trial.data.metrics if k.startswith(("train_", "val_"))}
+        logged &= set(u["history"][0])  # not the search's own rung and TPE values
+        assert {"train_loss", "val_macro_f1", "val_loss", "val_macro_f1_trailing"} <= logged
+        same = all(
+            {m.step: m.value for m in client.get_metric_history(trial.info.run_id, key)}
+            == {int(h["epoch"]): h[key] for h in u["history"][:2]}
+            for key in logged
+        )
+        assert len(u["history"]) == 4
+        assert same == (u["seed"] == 0), (u["unit_id"], u["seed"])
+        checked += u["seed"] == 0
+    assert checked == 2
 
 
 def test_test_split_read_only_by_finalize(finalized: dict) -> None:
@@ -263,16 +288,15 @@ def test_changing_test_labels_does_not_change_the_chosen_epoch(
     cfg = TrainConfig.from_dict({"model": "case-compressing", "epochs": 4, "seed": 3,
                                  "lr": 1e-3}).to_dict()  # fmt: skip
     unit = {"unit_id": "u", "candidate": "c", "model": "case-compressing", "seed": 3, "config": cfg}
-    a = fz.run_unit(unit, str(demo_store), every=1, threads=1, device="cpu")
-    b = fz.run_unit(unit, str(copy), every=1, threads=1, device="cpu")
+    a = fz.run_unit(unit, str(demo_store), threads=1, device="cpu")
+    b = fz.run_unit(unit, str(copy), threads=1, device="cpu")
 
     def scores(r: dict) -> list[dict]:  # everything but wall-clock time
         return [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in r["history"]]
 
     assert scores(a) == scores(b)
     assert a["chosen_epoch"] == b["chosen_epoch"]
-    val = {int(e): v for e, v in a["val_at_checkpoint"].items()}
-    assert a["chosen_epoch"] == max(val, key=lambda e: (val[e], -e))
+    assert a["chosen_epoch"] == best_epoch([h["val_macro_f1"] for h in a["history"]])[0]
     assert a["test_at_checkpoint"] != b["test_at_checkpoint"]
     assert (
         FeatureStore.open(copy).labels("test").tolist()
@@ -300,6 +324,7 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
         time.sleep(0.5)
     os.killpg(proc.pid, 9)
     proc.wait()
+
     def trained(path: Path) -> dict:
         # A unit finished just before the kill may have lost its MLflow run with the driver:
         # resume then logs it to a new run and records that run's id in the unit's file. What
@@ -320,3 +345,74 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
     active = _final_runs(client, parent)
     assert len(active) == 4 and all(r.info.status == "FINISHED" for r in active)
     assert not [r for r in _final_runs(client, parent, ViewType.ALL) if r.info.status == "RUNNING"]
+
+
+def test_units_are_named_by_what_they_train() -> None:
+    cfg = {"model": "case-attention", "lr": 1e-3, "epochs": 2, "seed": 0}
+    entry = {"rank": 1, "trial_id": "t1", "model": "case-attention", "config": cfg}
+    moved = {**entry, "rank": 5}  # the sweep was extended: same trial, lower rank
+    other = {**entry, "config": {**cfg, "lr": 2e-3}}
+    (a,) = fz.select_candidates({"top": [entry]}, 1, [])
+    (b,) = fz.select_candidates({"top": [moved]}, 1, [])
+    (c,) = fz.select_candidates({"top": [other]}, 1, [])
+    assert fz.unit_id(a, 0, 150) == fz.unit_id(b, 0, 150)  # rank plays no part
+    assert len({fz.unit_id(a, 0, 150), fz.unit_id(c, 0, 150), fz.unit_id(a, 1, 150),
+                fz.unit_id(a, 0, 120)}) == 4  # config, seed and epochs each do  # fmt: skip
+    assert fz.unit_id(a, 42, 150).startswith("t1-") and "-s42-e150" in fz.unit_id(a, 42, 150)
+
+
+def _copy_sweep(finalized: dict, dst: Path) -> Path:
+    """The finalized sweep's results and MLflow store under ``dst``, pointing at themselves."""
+    src = finalized["tmp"]
+    shutil.copytree(src / "results", dst / "results")
+    shutil.copy(src / "mlflow.db", dst / "mlflow.db")
+    old, new = f"sqlite:///{src / 'mlflow.db'}", f"sqlite:///{dst / 'mlflow.db'}"
+    for f in (dst / "results/tiny").rglob("*.json"):
+        f.write_text(f.read_text().replace(old, new))
+    return dst / "results"
+
+
+def test_resumed_finalize_after_ranks_moved_retrains_nothing_finished(
+    finalized: dict, tmp_path: Path, capsys
+) -> None:
+    """A better trial lands at rank 1 (as when a sweep is extended): resuming the finalize
+    keeps the former #1's finished units (same files, same contents) and trains only the
+    new config's."""
+    import yaml
+
+    results = _copy_sweep(finalized, tmp_path)
+    best = results / "tiny/best_configs.yaml"
+    doc = yaml.safe_load(best.read_text())
+    newcomer = {**doc["top"][0], "trial_id": "newcomer_00009", "mlflow_run_id": "",
+                "config": {**doc["top"][0]["config"], "lr": 3e-3}}  # fmt: skip
+    doc["top"] = [newcomer, *doc["top"]]
+    for rank, e in enumerate(doc["top"], 1):
+        e["rank"] = rank
+    best.write_text(yaml.safe_dump(doc, sort_keys=False))
+    units = results / "tiny/final/units"
+    former_first = doc["top"][1]["trial_id"]
+    kept = {p.name: p.read_text() for p in units.glob(f"{former_first}-*.json")}
+    assert len(kept) == len(SEEDS)
+    argv = ["--sweep", "tiny", "--results-dir", str(results), *ARGS, "--resume"]
+    assert fz.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{4 + len(SEEDS)} runs" not in out  # sanity: the plan is top-2 x seeds
+    assert f"({len(SEEDS)} trained now, {len(SEEDS)} reused)" in out, out
+    assert {p.name: p.read_text() for p in units.glob(f"{former_first}-*.json")} == kept
+    assert len(list(units.glob("newcomer_00009-*.json"))) == len(SEEDS)
+
+
+def test_top_k_beyond_what_the_sweep_recorded_is_said(finalized: dict, tmp_path: Path,
+                                                     capsys) -> None:  # fmt: skip
+    results = _copy_sweep(finalized, tmp_path)
+    shutil.rmtree(results / "tiny/final")
+    recorded = len(fz.load_best_configs(fz.parse_settings(
+        ["--sweep", "tiny", "--results-dir", str(results)]))["top"])  # fmt: skip
+    argv = ["--sweep", "tiny", "--results-dir", str(results), "--top-k", "9", "--seeds", "0",
+            "--epochs", "2", "--every", "2"]  # fmt: skip
+    assert fz.main(argv) == 0
+    out = capsys.readouterr().out
+    note = (f"--top-k 9: sweep tiny recorded {recorded} scored config(s) in best_configs.yaml; "
+            f"finalizing those {recorded}")  # fmt: skip
+    assert f"note: {note}" in out and f"Note:      {note}" in out
+    assert f"Finalize tiny: {recorded} runs" in out

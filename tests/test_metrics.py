@@ -57,9 +57,15 @@ def test_absent_classes_count_as_zero_in_macro() -> None:
 
 
 def test_keys_and_label_names() -> None:
-    m = classification_metrics([0, 1], [0, 1], "train", num_classes=3, label_names=["a", "b", "c"])
-    assert set(m) == {"train_macro_f1", "train_weighted_f1", "train_micro_f1",
-                      "train_seed_micro_f1", "train_f1_a", "train_f1_b", "train_f1_c"}  # fmt: skip
+    names = ["a", "b", "c"]
+    m = classification_metrics([0, 1, 2], [0, 1, 2], "train", num_classes=3, label_names=names)
+    keys = {"train_macro_f1", "train_weighted_f1", "train_micro_f1",
+            "train_seed_micro_f1", "train_f1_a", "train_f1_b", "train_f1_c"}  # fmt: skip
+    assert set(m) == keys
+    # Class c has no row: the macro over the classes present is added, and named so.
+    m = classification_metrics([0, 1], [0, 1], "train", num_classes=3, label_names=names)
+    assert set(m) == keys | {"train_macro_f1_present"}
+    assert m["train_macro_f1_present"] == 1.0 and m["train_macro_f1"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         classification_metrics([0, 1], [0], "x")
 

@@ -14,8 +14,8 @@ from tests.model_helpers import (
 )
 
 SEED_SIZES = dict(text_dim=768, audio_dim=1024, max_tokens=128, max_frames=512, num_classes=7)
-# Published by the seed (first three) or derived in the docstrings of models/case.py and
-# models/baselines.py from reference/case-original.md.
+# The seed's counts (reference/case-original.md), layer by layer as in the docstrings of
+# models/case.py and models/baselines.py.
 EXPECTED = {
     "case-compressing": 196_864 + 262_400 + 65_664 + 512 + 65_792 + 1_799,  # 593,031
     "case-attention": 196_864 + 262_400 + 512 + 65_792 + 1_799,  # 527,367
@@ -23,8 +23,8 @@ EXPECTED = {
     "case-concat-attention": 527_367,
     "concat": 196_864 + 262_400 + 65_792 + 512 + 65_792 + 1_799,  # 593,159
     "mmm": 196_864 + 262_400 + 2 * 410_240 + 2 * 65_792 + 2 * 512 + 131_584 + 3_591,
-    "text-only": 196_864 + 65_792 + 1_799,
-    "speech-only": 262_400 + 65_792 + 1_799,
+    "text-only": 196_864 + 1_799,  # classifier straight on the 768-d pooled output
+    "speech-only": 262_400 + 1_799,  # classifier straight on the 1024-d mean of frames
 }
 POOLING_MODELS = [m for m in MODEL_NAMES if m != "text-only"]
 
@@ -50,7 +50,10 @@ def test_parameter_count_at_seed_sizes(name: str) -> None:
 def test_seed_published_counts() -> None:
     assert EXPECTED["case-compressing"] == 593_031
     assert EXPECTED["case-attention"] == 527_367
+    assert EXPECTED["concat"] == 593_159
     assert EXPECTED["mmm"] == 1_547_527
+    assert EXPECTED["text-only"] == 198_663
+    assert EXPECTED["speech-only"] == 264_199
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -186,9 +189,9 @@ def test_param_count_cli(capsys) -> None:
 
     main([])
     out = capsys.readouterr().out
-    assert "| case-compressing | 593,031 | 593,031 ✓ |" in out
-    assert "| mmm | 1,547,527 | 1,547,527 ✓ |" in out
-    assert out.count("✓") == 3
+    for name, n in EXPECTED.items():
+        assert f"| {name} | {n:,} | {n:,} ✓ |" in out
+    assert out.count("✓") == 8 and "✗" not in out
 
 
 def test_text_only_reads_tokens_by_default_and_the_pooler_when_faithful() -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import optuna
@@ -32,41 +31,48 @@ def _finished_trial_runs(db: Path) -> int:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(tmp_path: Path, search_store: Path) -> None:  # noqa: F811
-    env = cli_env(tmp_path)
+@pytest.mark.parametrize("fault", ["run_finished", "trial_complete"])
+def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) -> None:  # noqa: F811
+    """The driver SIGKILLs itself at a chosen point (search.tracking.fault_point), not when a
+    poll happens to see something: ``run_finished`` is just after the first trial's MLflow run
+    became FINISHED (where a rerun would once have followed), ``trial_complete`` just after
+    Tune reported the trial complete and before its state was saved."""
+    env = {**cli_env(tmp_path), "CASE_TUNE_FAULT": fault}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--results-dir", str(tmp_path / "results"), "--tracking-uri", uri, "--name", NAME]
-    first = subprocess.Popen(
-        cli("--space", "case", "--data", str(search_store), "--num-samples", "6",
-            "--max-epochs", "3", "--max-concurrent", "2", *common),
-        cwd=tmp_path, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 240
-    try:
-        while _finished_trial_runs(tmp_path / "mlflow.db") < 1:
-            assert first.poll() is None, first.stdout.read()
-            assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.2)
-    finally:
-        # The driver and the local Ray runtime it started share this session: kill them all.
-        with contextlib.suppress(ProcessLookupError):  # it may have died on its own
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert first.returncode == -signal.SIGKILL, first.stdout.read()[-3000:]
+    log = tmp_path / "first.log"
+    with open(log, "w") as sink:
+        first = subprocess.Popen(
+            cli("--space", "case", "--data", str(search_store), "--num-samples", "6",
+                "--max-epochs", "3", "--max-concurrent", "2", *common),
+            cwd=tmp_path, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            first.wait(timeout=300)
+        finally:
+            # The local Ray runtime the driver started shares its session: kill what is left.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    out = log.read_text()
+    assert first.returncode == -signal.SIGKILL, out[-3000:]
+    finished_at_kill = _finished_trial_runs(tmp_path / "mlflow.db")
+    # run_finished: exactly one run FINISHED, the kill right after it; trial_complete: the
+    # first trial completed in Tune's eyes, but its run is not FINISHED before Tune saved.
+    assert finished_at_kill == (1 if fault == "run_finished" else 0)
 
     before = {
         r.data.tags["case_tune.trial_id"]: r
         for r in mlflow_runs(uri, kind="trial")
         if r.info.status == "FINISHED"
     }
-    assert before
+    assert len(before) == finished_at_kill
     history_before = {
         tid: metric_history(uri, r.info.run_id, "val_macro_f1") for tid, r in before.items()
     }
 
     second = subprocess.run(
-        cli("--resume", *common), cwd=tmp_path, env=env, capture_output=True, text=True,
+        cli("--resume", *common), cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
         timeout=400,
     )  # fmt: skip
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

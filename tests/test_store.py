@@ -56,7 +56,11 @@ def test_arrays_dtypes_lengths_and_padding(demo_store):
     assert (st.text_len >= 3).all() and (st.text_len <= st.max_tokens).all()
     for arr, lens in ((st.audio, st.audio_len), (st.text, st.text_len)):
         pad = np.arange(arr.shape[1])[None, :] >= lens[:, None]
-        assert not np.asarray(arr)[pad].any()  # zero beyond the true length
+        beyond = np.abs(np.asarray(arr)[pad].astype(np.float32)).sum(axis=-1)
+        if arr is st.audio:
+            assert not beyond.any()  # audio: zero beyond the true length
+        else:
+            assert pad.any() and (beyond > 0).all()  # text: the encoder's [PAD] states
         last = np.asarray(arr)[np.arange(n), lens - 1]
         assert (np.abs(last).sum(axis=1) > 0).all()  # the last valid position is filled
     assert np.isfinite(np.asarray(st.audio, dtype=np.float32)).all()
@@ -95,7 +99,12 @@ def test_manifest_split_and_faults(demo_store):
     st = FeatureStore.open(demo_store)
     m = st.manifest
     assert m["labels"] == list(LABELS) and st.num_classes == 7
-    assert (m["audio_dim"], m["text_dim"], m["max_frames"], m["max_tokens"]) == (64, 64, DEMO_MAX_FRAMES, DEMO_MAX_TOKENS)
+    assert (m["audio_dim"], m["text_dim"], m["max_frames"], m["max_tokens"]) == (
+        64,
+        64,
+        DEMO_MAX_FRAMES,
+        DEMO_MAX_TOKENS,
+    )
     assert m["keep_ties"] is False and m["split_seed"] == 0
     assert not st.table["multi_label"].any()
     assert (
@@ -148,7 +157,7 @@ def test_second_prepare_extracts_nothing(demo_store, monkeypatch):
     assert time.perf_counter() - t0 < 30
 
 
-def test_key_follows_every_input(demo_store, tmp_path):
+def test_key_follows_every_input(demo_store, tmp_path, monkeypatch):
     corpus, audio_dir, text_dir = _inputs(demo_store)
     copy = tmp_path / "corpus"
     shutil.copytree(corpus, copy)
@@ -165,6 +174,12 @@ def test_key_follows_every_input(demo_store, tmp_path):
     assert key_with(max_tokens=64) != key
     assert key_with(keep_ties=True) != key
     assert key_with(split_seed=1) != key
+    # Stores of extraction version 1 (text zero past its length, no [PAD] states) are not
+    # reused for version 2's content.
+    assert FeatureStore.open(demo_store).manifest["key_material"]["extract_version"] == 2
+    monkeypatch.setattr("data_prep.prepare.EXTRACT_VERSION", 1)
+    assert key_with() != key
+    monkeypatch.undo()
     other_audio, _ = build_demo_encoders(tmp_path / "enc", ["아무 말"], seed=1)
     assert key_with(audio_model=other_audio) != key
 

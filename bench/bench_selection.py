@@ -1,0 +1,424 @@
+"""Does the search's answer hold up? The recommended config scored on data the search never saw.
+
+    python bench/bench_selection.py [--seeds 0 1 2] [--final-seeds 0 42] [--top-k 3]
+
+An **oracle set**: the demo generator with another seed writes 40 new sessions (new speakers,
+new sentences, the same task), extracted with the demo store's own encoders; no part of the
+search or of finalize ever reads it. For each sweep seed, two arms at equal compute:
+
+- **product**: `search.run` as README runs it (TPE + ASHA, warm starts, the selection
+  statistic, trials scheduled over the 150-epoch final run), then `search.finalize`
+  (top-K configs x final seeds); its recommendation is finalize's best row;
+- **random**: random search without early stopping, as many trials of `--max-epochs` as the
+  product's sweep used epochs, then the same finalize.
+
+Every trial's weights at its last epoch (its Tune checkpoint) are scored on the oracle: the
+true quality of each config *as the sweep trained it* (trial protocol, one seed). Regret is the
+best oracle macro-F1 among the configs the sweep tried minus the oracle macro-F1 of the
+recommended config, both under the trial protocol (like with like). Finalize's own runs (final
+protocol: 150 epochs, weights chosen by the statistic, mean over final seeds) are scored on the
+oracle too. "today's rule" re-ranks the same product sweep by its old statistic, the maximum
+of val macro-F1 over epochs, and takes its #1 (selection only; the committed demo's measured
+regret under the full old protocol was 0.069). Search efficiency: epochs TPE + ASHA needs until
+its running recommendation (best trial by the statistic so far) is as good on the oracle as
+random search's final one; ratio = random's budget / those epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import update_section  # noqa: E402
+
+ORACLE_SEED = 1001
+ORACLE_SESSIONS = 40
+
+
+# -- the oracle -----------------------------------------------------------------------------
+def oracle_store(demo_store: Path) -> Any:
+    """40 fresh demo sessions through the demo store's own encoders (built once, cached)."""
+    from data_prep.prepare import prepare_demo_store
+    from data_prep.store import FeatureStore
+
+    demo = FeatureStore.open(demo_store)
+    enc = demo.manifest["encoders"]
+    result = prepare_demo_store(
+        sessions=ORACLE_SESSIONS,
+        seed=ORACLE_SEED,
+        audio_model=enc["audio"]["path"],
+        text_model=enc["text"]["path"],
+        progress=False,
+    )
+    oracle = FeatureStore.open(result.path)
+    sizes = ("max_frames", "max_tokens", "text_dim", "audio_dim")
+    assert all(getattr(oracle, s) == getattr(demo, s) for s in sizes), "oracle sizes differ"
+    return oracle
+
+
+class Oracle:
+    """Scores weights on every row of the oracle store (macro-F1, the product's convention)."""
+
+    def __init__(self, store: Any) -> None:
+        import numpy as np
+
+        self.store = store
+        self.rows = np.arange(len(store.table))
+        self.gold = store.table["label_id"].to_numpy(dtype=np.int64)
+        self._data: dict[tuple, Any] = {}
+
+    def score(self, config: dict[str, Any], state_dict: dict[str, Any]) -> float:
+        import torch
+
+        from models.config import TrainConfig
+        from models.data import iterate_in_order, load_split
+        from models.metrics import classification_metrics
+        from models.train import model_for
+
+        cfg = TrainConfig.from_dict(config)
+        model = model_for(cfg, self.store, state_dict)
+        frames = cfg.audio_frames or self.store.max_frames
+        key = (frozenset(model.uses), frames, frozenset(model.trim))
+        if key not in self._data:
+            self._data[key] = load_split(self.store, "train", rows=self.rows, uses=model.uses,
+                                         frames=frames, trim=model.trim,
+                                         device=torch.device("cpu"))  # fmt: skip
+        data = self._data[key]
+        preds = []
+        with torch.no_grad():
+            for idx in iterate_in_order(data.n, 256, data.device):
+                preds.append(model(data.batch(idx)).logits.argmax(dim=-1))
+        m = classification_metrics(torch.cat(preds), self.gold, "oracle", self.store.num_classes)
+        return m["oracle_macro_f1"]
+
+
+# -- one arm --------------------------------------------------------------------------------
+def run_arm(store: Path, tmp: Path, name: str, *, seed: int, searcher: str, scheduler: str,
+            trials: int, warm_start: bool, args: argparse.Namespace) -> dict:  # fmt: skip
+    from search import finalize as fz
+    from search.run import run_sweep
+    from search.settings import parse_settings
+
+    argv = ["--space", "case", "--data", str(store), "--name", name, "--seed", str(seed),
+            "--num-samples", str(trials), "--results-dir", str(tmp / "results"),
+            "--max-epochs", str(args.max_epochs), "--final-epochs", str(args.final_epochs),
+            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]  # fmt: skip
+    settings = parse_settings(argv + ([] if warm_start else ["--no-warm-start"]), cwd=tmp)
+    settings.storage_path = str(tmp / "ray_results")
+    settings.searcher, settings.scheduler = searcher, scheduler
+    t0 = time.perf_counter()
+    outcome = run_sweep(settings, quiet=True)
+    t_sweep = time.perf_counter() - t0
+    fz_argv = ["--sweep", name, "--results-dir", str(tmp / "results"), "--top-k",
+               str(args.top_k), "--seeds", *map(str, args.final_seeds)]  # fmt: skip
+    t0 = time.perf_counter()
+    final = fz.finalize(fz.parse_settings(fz_argv, cwd=tmp), quiet=True)
+    arm = {"name": name, "tracking_uri": settings.tracking_uri, "parent": outcome.parent_run_id,
+           "storage": settings.storage_path, "out_dir": str(final.out_dir),
+           "max_epochs": settings.max_epochs, "t_sweep": t_sweep,
+           "t_final": time.perf_counter() - t0}  # fmt: skip
+    # What analysis needs, kept beside the runs: `--analyse DIR` redoes it without training.
+    (tmp / f"{name}.json").write_text(json.dumps(arm, indent=1), encoding="utf-8")
+    return arm
+
+
+def trial_records(arm: dict) -> list[dict]:
+    """Per trial: config, val histories and the path of its last Tune checkpoint."""
+    from search import tracking
+
+    client = tracking.client_for(arm["tracking_uri"])
+    exp_id = tracking.experiment_id(client, arm["tracking_uri"])
+    out = []
+    for run in tracking.trial_runs(client, exp_id, arm["parent"]):
+        tid = run.data.tags[tracking.TRIAL_ID]
+        hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
+        ckpts = sorted(Path(arm["storage"], arm["name"]).glob(f"*{tid}*/checkpoint_*/trial.pt"))
+        finished = [(m.timestamp, m.step) for m in client.get_metric_history(
+            run.info.run_id, "val_macro_f1")]  # fmt: skip
+        out.append({
+            "trial_id": tid, "config": json.loads(run.data.tags[tracking.CONFIG]),
+            "val": [hist[e] for e in sorted(hist)], "checkpoint": ckpts[-1] if ckpts else None,
+            "ended": max((t for t, _ in finished), default=0),
+        })  # fmt: skip
+    return out
+
+
+def score_trials(records: list[dict], oracle: Oracle) -> None:
+    import torch
+
+    for r in records:
+        r["oracle"] = math.nan
+        if r["checkpoint"] is None:
+            continue
+        state = torch.load(r["checkpoint"], map_location="cpu", weights_only=True)
+        heads = state["trainers"]
+        r["oracle"] = statistics.mean(oracle.score(r["config"], h["model"]) for h in heads)
+
+
+def final_units(arm: dict, oracle: Oracle) -> list[dict]:
+    """Finalize's units with the oracle score of their chosen weights (final protocol)."""
+    import torch
+
+    units = []
+    for p in sorted(Path(arm["out_dir"]).glob("units/*.json")):
+        u = json.loads(p.read_text())
+        path = u["checkpoint_files"][str(u["chosen_epoch"])]
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        u["oracle"] = oracle.score(ckpt["config"], ckpt["state_dict"])
+        units.append(u)
+    return units
+
+
+# -- what each rule recommends ----------------------------------------------------------------
+def rank_by(records: list[dict], stat: str) -> list[dict]:
+    from models.selection import trial_score
+
+    def value(r: dict) -> float:
+        v = trial_score(r["val"]) if stat == "trailing" else max(r["val"], default=math.nan)
+        return v if math.isfinite(v) else -math.inf
+
+    return sorted(records, key=lambda r: (-value(r), r["trial_id"]))
+
+
+def finalize_pick(units: list[dict], candidates: list[str] | None = None,
+                  seeds: list[int] | None = None) -> tuple[str, float]:  # fmt: skip
+    """(trial id, mean oracle of its final runs) of the config finalize names best (by the mean
+    over seeds of the val statistic at the chosen epochs), among ``candidates`` and ``seeds``."""
+    by_trial: dict[str, list[dict]] = {}
+    for u in units:
+        if (candidates is None or u["trial_id"] in candidates) and (
+            seeds is None or u["seed"] in seeds
+        ):
+            by_trial.setdefault(u["trial_id"], []).append(u)
+
+    def val(us: list[dict]) -> float:
+        return statistics.mean(u["selection_at_checkpoint"][str(u["chosen_epoch"])] for u in us)
+
+    best = max(by_trial, key=lambda t: val(by_trial[t]))
+    return best, statistics.mean(u["oracle"] for u in by_trial[best])
+
+
+def epochs_to_reach(records: list[dict], target: float) -> int | None:
+    """Epochs spent (trials in the order they ended) until the best trial so far by the
+    statistic scores ``target`` on the oracle."""
+    from models.selection import trial_score
+
+    done, spent = [], 0
+    for r in sorted(records, key=lambda r: r["ended"]):
+        spent += len(r["val"])
+        done.append(r)
+        best = max(done, key=lambda x: trial_score(x["val"]) if x["val"] else -math.inf)
+        if best["oracle"] >= target - 1e-12:
+            return spent
+    return None
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic) if len(a) > 2 else math.nan
+
+
+def analyse(seed: int, product: dict, random: dict, oracle: Oracle) -> dict:
+    from models.selection import trial_score
+
+    out: dict[str, Any] = {"seed": seed}
+    for name, arm in (("product", product), ("random", random)):
+        recs = trial_records(arm)
+        score_trials(recs, oracle)
+        units = final_units(arm, oracle)
+        by_id = {r["trial_id"]: r for r in recs}
+        best = max(r["oracle"] for r in recs if math.isfinite(r["oracle"]))
+        pick, pick_final = finalize_pick(units)
+        out[name] = {
+            "trials": len(recs), "epochs": sum(len(r["val"]) for r in recs),
+            "best_oracle": best, "pick": pick, "pick_oracle": by_id[pick]["oracle"],
+            "pick_final_oracle": pick_final, "regret": best - by_id[pick]["oracle"],
+            "sweep_top1_oracle": rank_by(recs, "trailing")[0]["oracle"],
+            "t_sweep": arm["t_sweep"], "t_final": arm["t_final"], "records": recs,
+            "units": units,
+        }  # fmt: skip
+        if name == "product":
+            top_max = rank_by(recs, "max")[0]
+            out[name]["old_rule_regret"] = best - top_max["oracle"]
+            full = [r for r in recs if len(r["val"]) == max(len(x["val"]) for x in recs)]
+            oracle_v = [r["oracle"] for r in full]
+            out[name]["rho_trailing"] = spearman([trial_score(r["val"]) for r in full], oracle_v)
+            out[name]["rho_max"] = spearman([max(r["val"]) for r in full], oracle_v)
+            top3 = rank_by(recs, "trailing")[:3]
+            out[name]["optimism_trailing"] = statistics.mean(
+                trial_score(r["val"]) - r["oracle"] for r in top3
+            )
+            top3m = rank_by(recs, "max")[:3]
+            out[name]["optimism_max"] = statistics.mean(max(r["val"]) - r["oracle"] for r in top3m)
+            # finalize variants on the same units: fewer candidates or seeds
+            cands = [u["trial_id"] for u in sorted(units, key=lambda u: u["candidate"])]
+            cands = list(dict.fromkeys(cands))
+            seeds = sorted({u["seed"] for u in units})
+            variants = {}
+            for k in range(1, len(cands) + 1):
+                for n in range(1, len(seeds) + 1):
+                    t, f = finalize_pick(units, cands[:k], seeds[:n])
+                    variants[f"top{k}x{n}"] = (best - by_id[t]["oracle"], f)
+            out[name]["variants"] = variants
+    target = out["random"]["pick_oracle"]
+    reach = epochs_to_reach(out["product"]["records"], target)
+    out["efficiency"] = out["random"]["epochs"] / reach if reach else 0.0
+    out["reach"] = reach
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------
+def _mean(xs: list[float]) -> str:
+    xs = [x for x in xs if math.isfinite(x)]
+    if not xs:
+        return "—"
+    sd = statistics.stdev(xs) if len(xs) > 1 else math.nan
+    return f"{statistics.mean(xs):.3f}" + (f" ± {sd:.3f}" if math.isfinite(sd) else "")
+
+
+def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> str:
+    rows = []
+    for r in results:
+        p, q = r["product"], r["random"]
+        rows.append(
+            f"| {r['seed']} | {p['trials']} / {p['epochs']} | {p['best_oracle']:.3f} | "
+            f"{p['pick_oracle']:.3f} | **{p['regret']:.3f}** | {p['old_rule_regret']:.3f} | "
+            f"{p['pick_final_oracle']:.3f} | {q['trials']} / {q['epochs']} | "
+            f"{q['best_oracle']:.3f} | {q['pick_oracle']:.3f} | {q['regret']:.3f} | "
+            f"{q['pick_final_oracle']:.3f} | {r['reach'] or '—'} | {r['efficiency']:.2f}x |"
+        )
+    regret = [r["product"]["regret"] for r in results]
+    old = [r["product"]["old_rule_regret"] for r in results]
+    rand = [r["random"]["regret"] for r in results]
+    ahead = [r["product"]["pick_oracle"] - r["random"]["pick_oracle"] for r in results]
+    ahead_final = [
+        r["product"]["pick_final_oracle"] - r["random"]["pick_final_oracle"] for r in results
+    ]
+    eff = [r["efficiency"] for r in results]
+    names = list(results[0]["product"]["variants"])
+    var_rows = [
+        f"| {v} | {_mean([r['product']['variants'][v][0] for r in results])} | "
+        f"{_mean([r['product']['variants'][v][1] for r in results])} |"
+        for v in names
+    ]
+    return (
+        "## Selection: does the recommended config generalise? (`bench/bench_selection.py`)\n\n"
+        f"Oracle: {ORACLE_SESSIONS} new demo sessions (generator seed {ORACLE_SEED}, "
+        f"{oracle_rows} rows) through the demo store's encoders, never seen by the search. "
+        f"Product: `search.run --space case` defaults ({args.trials} trials, ASHA, TPE, warm "
+        f"starts, trials of {args.max_epochs} epochs scheduled over {args.final_epochs}, the "
+        "trailing-mean statistic), then "
+        f"finalize top-{args.top_k} x seeds {' '.join(map(str, args.final_seeds))}. Random: "
+        "random search, no early stopping, the same epochs, no warm starts, the same finalize. "
+        "Oracle macro-F1 of each config *as its trial trained it* (one seed, weights at the "
+        "trial's last epoch; fold heads averaged) on both sides of every regret; *final* "
+        "columns score finalize's own runs of the pick (150 epochs, weights chosen by the "
+        "statistic, mean over final seeds).\n\n"
+        "| sweep seed | product trials / epochs | best oracle among tried | pick (trial "
+        "protocol) | **regret** | regret, today's rule (max over epochs, #1) | pick, final "
+        "protocol | random trials / epochs | random best | random pick | random regret | "
+        "random pick, final | TPE+ASHA epochs to random's pick quality | efficiency |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"- **Mean regret of the product: {_mean(regret)}** (target <= 0.02); today's rule on "
+        f"the same sweeps: {_mean(old)}; random search + finalize: {_mean(rand)}.\n"
+        f"- Product's pick minus random's pick on the oracle (trial protocol): {_mean(ahead)}; "
+        f"final protocol: {_mean(ahead_final)} (target >= 0).\n"
+        f"- Search efficiency (random's budget / TPE+ASHA epochs to reach random's pick "
+        f"quality): mean {statistics.mean(eff):.2f}x, per seed "
+        + ", ".join(f"{e:.2f}x" for e in eff)
+        + " (target >= 2x).\n"
+        f"- Validation optimism of the top 3 (val statistic minus oracle): trailing mean "
+        f"{_mean([r['product']['optimism_trailing'] for r in results])}, max over epochs "
+        f"{_mean([r['product']['optimism_max'] for r in results])}.\n"
+        f"- Rank correlation of val with oracle among trials that ran every epoch: trailing "
+        f"mean {_mean([r['product']['rho_trailing'] for r in results])}, max over epochs "
+        f"{_mean([r['product']['rho_max'] for r in results])}.\n"
+        f"- Wall time per arm (s, sweep + finalize): product "
+        f"{_mean([r['product']['t_sweep'] for r in results])} + "
+        f"{_mean([r['product']['t_final'] for r in results])}, random "
+        f"{_mean([r['random']['t_sweep'] for r in results])} + "
+        f"{_mean([r['random']['t_final'] for r in results])} (other jobs shared the cores).\n\n"
+        "Finalize variants on the same units (regret of the pick, trial protocol; oracle of "
+        "the pick's final runs), mean ± sd over sweep seeds:\n\n"
+        "| candidates x seeds | regret | pick's oracle, final protocol |\n|---|---|---|\n"
+        + "\n".join(var_rows)
+        + "\n"
+    )
+
+
+def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle: Oracle) -> dict:
+    product = run_arm(store, tmp, f"product-{seed}", seed=seed, searcher="tpe", scheduler="asha",
+                      trials=args.trials, warm_start=True, args=args)  # fmt: skip
+    epochs = sum(len(r["val"]) for r in trial_records(product))
+    n_random = max(1, round(epochs / product["max_epochs"]))
+    random = run_arm(store, tmp, f"random-{seed}", seed=seed, searcher="random",
+                     scheduler="fifo", trials=n_random, warm_start=False, args=args)  # fmt: skip
+    r = analyse(seed, product, random, oracle)
+    print(f"seed {seed}: regret {r['product']['regret']:.3f} (old rule "
+          f"{r['product']['old_rule_regret']:.3f}, random {r['random']['regret']:.3f}), pick "
+          f"{r['product']['pick_oracle']:.3f} vs random {r['random']['pick_oracle']:.3f}, "
+          f"efficiency {r['efficiency']:.2f}x", flush=True)  # fmt: skip
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--final-seeds", type=int, nargs="+", default=[0, 42])
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--max-epochs", type=int, default=20, help="as search.run (smoke runs: less)")
+    p.add_argument("--final-epochs", type=int, default=150, help="as search.run --final-epochs")
+    p.add_argument("--workdir", default=None, help="keep the sweeps here (default: a temp dir)")
+    p.add_argument(
+        "--analyse",
+        default=None,
+        metavar="DIR",
+        help="only redo the analysis of the arms kept in DIR (a former --workdir)",
+    )
+    args = p.parse_args(argv)
+    from search.run import ray_env_defaults
+
+    ray_env_defaults()
+    import ray
+
+    from data_prep.prepare import prepare_demo
+
+    store = Path(prepare_demo())
+    oracle = Oracle(oracle_store(store))
+    if args.analyse:
+        results = []
+        for seed in args.seeds:
+            arms = [json.loads((Path(args.analyse) / f"{n}-{seed}.json").read_text())
+                    for n in ("product", "random")]  # fmt: skip
+            results.append(analyse(seed, *arms, oracle))
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        with contextlib.ExitStack() as stack:
+            tmp = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
+            tmp.mkdir(parents=True, exist_ok=True)
+            results = []
+            for seed in args.seeds:  # the section is rewritten after every seed
+                results.append(one_seed(store, tmp, seed, args, oracle))
+                update_section("selection", report(results, args, len(oracle.rows)))
+        ray.shutdown()
+    body = report(results, args, len(oracle.rows))
+    print(body)
+    update_section("selection", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Resuming a sweep: a larger --num-samples adds trials to the same study and MLflow sweep
+run; any other flag that differs from the recorded settings is an error naming it; each
+sweep's Tune state is its own (issue 14)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from search_helpers import (
+    FAST_MODELS,
+    metric_history,
+    mlflow_runs,
+    ray_runtime,  # noqa: F401 - fixture
+    search_store,  # noqa: F401 - fixture
+    tiny_settings,
+)
+
+from search.run import main, run_sweep
+from search.settings import parse_settings
+
+SPACE = {
+    "params": {"model": {"choice": FAST_MODELS}, "lr": {"loguniform": [1e-3, 5e-3]}},
+    "fixed": {"hidden": 32, "faithful": False, "audio_frames": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def extended(tmp_path_factory, search_store, ray_runtime):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("extend")
+    settings = tiny_settings(tmp, search_store, "grow", num_samples=2, max_epochs=2, grace_period=2,
+                             warm_start=False)  # fmt: skip
+    first = run_sweep(settings, space=SPACE, quiet=True)
+    uri = settings.tracking_uri
+    before = {
+        r.data.tags["case_tune.trial_id"]: r.info.run_id for r in mlflow_runs(uri, kind="trial")
+    }
+    history = {tid: metric_history(uri, rid, "val_macro_f1") for tid, rid in before.items()}
+    manifest = settings.manifest_path.read_bytes()
+    return {"tmp": tmp, "settings": settings, "first": first, "before": before,
+            "history": history, "manifest": manifest}  # fmt: skip
+
+
+def _argv(ctx: dict, *extra: str) -> list[str]:
+    s = ctx["settings"]
+    return ["--name", s.name, "--resume", "--results-dir", s.results_dir, *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--max-epochs", "5"], "--max-epochs 5 differs from sweep 'grow''s recorded 2"),
+        (["--seed", "7"], "--seed 7 differs from sweep 'grow''s recorded 0"),
+        (["--space", "baselines"], "--space baselines differs from sweep 'grow''s recorded case"),
+        (
+            ["--num-samples", "1"],
+            "--num-samples 1 differs from sweep 'grow''s recorded 2 (--num-samples can only grow)",
+        ),  # fmt: skip
+        (["--max-concurrent", "1"], "--max-concurrent 1 differs"),
+        (["--data", "demo"], "--data demo differs from sweep 'grow''s recorded /"),
+        (["--no-warm-start"], None),  # recorded False: the same, accepted
+    ],
+)
+def test_resume_with_a_differing_flag_is_an_error_naming_it(
+    extended: dict, capsys, extra: list[str], needle: str | None
+) -> None:
+    settings_file = extended["settings"].manifest_path
+    if needle is None:
+        assert parse_settings(_argv(extended, *extra)).warm_start is False
+        return
+    assert main(_argv(extended, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("search.run: error: --resume: "), err
+    assert needle in err, err
+    assert settings_file.read_bytes() == extended["manifest"]  # nothing recorded changed
+
+
+def test_larger_num_samples_extends_the_same_sweep(extended: dict) -> None:
+    s = extended["settings"]
+    settings = parse_settings(_argv(extended, "--num-samples", "3"))
+    assert settings.num_samples == 3 and settings.resume
+    outcome = run_sweep(settings, quiet=True)
+    assert outcome.num_trials == 3 and not outcome.interrupted
+    assert outcome.parent_run_id == extended["first"].parent_run_id  # same MLflow sweep run
+    sweeps = mlflow_runs(s.tracking_uri, kind="sweep")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    runs = mlflow_runs(s.tracking_uri, kind="trial")
+    assert len(runs) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {outcome.parent_run_id}
+    by_id = {r.data.tags["case_tune.trial_id"]: r for r in runs}
+    for tid, run_id in extended["before"].items():  # the first trials: untouched
+        assert by_id[tid].info.run_id == run_id
+        assert metric_history(s.tracking_uri, run_id, "val_macro_f1") == extended["history"][tid]
+    # Same Optuna study, now with the third trial.
+    study = optuna.load_study(study_name=s.name, storage=s.optuna_storage)
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 3
+    manifest = json.loads(s.manifest_path.read_text())
+    assert manifest["settings"]["num_samples"] == 3
+    assert [seg["num_samples"] for seg in manifest["tune_segments"]] == [2, 1]
+    # Resuming the finished, extended sweep again runs nothing new.
+    again = run_sweep(parse_settings(_argv(extended)), quiet=True)
+    assert again.num_trials == 3
+    assert {r.info.run_id for r in mlflow_runs(s.tracking_uri, kind="trial")} == {
+        r.info.run_id for r in runs
+    }
+
+
+def test_each_sweep_has_its_own_tune_state(tmp_path: Path, monkeypatch, extended: dict) -> None:
+    # The README's `--name demo` run in two folders under one CASE_TUNE_HOME.
+    monkeypatch.setenv("CASE_TUNE_HOME", str(tmp_path / "home"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = parse_settings(["--space", "case", "--name", "demo"], cwd=tmp_path / "a")
+    b = parse_settings(["--space", "case", "--name", "demo"], cwd=tmp_path / "b")
+    assert a.storage_path == b.storage_path
+    assert a.experiment_path != b.experiment_path
+    assert a.experiment_path.name.startswith("demo-")
+    # A real sweep's Tune folder holds its trials only, and its sweep.json names it.
+    s = extended["settings"]
+    manifest = json.loads(s.manifest_path.read_text())
+    first = Path(s.storage_path) / manifest["tune_segments"][0]["name"]
+    assert first == s.experiment_path and first.name != s.name
+    assert len(list(first.glob("case_trial_*"))) == 2
