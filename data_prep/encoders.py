@@ -8,7 +8,11 @@ eval mode with gradients off, and callers run them under ``torch.inference_mode`
 An encoder's *identity* (what goes into a feature store's key) is computed without loading
 the model, so that an existing store is found before any weights are read: a local directory
 is identified by a hash of its files (config, weights, tokenizer / feature-extractor files),
-a hub id by the id plus the commit of the cached snapshot when one is known.
+a hub id by the id and the revision asked for ("main"). The commit a hub id resolved to is
+recorded beside it (in a store's manifest) but is not part of the key: before the first
+download nothing local knows it, so keying on it gave the first ``prepare`` one key (no
+commit) and every later one another (the cached ``refs/main``), and the second run extracted
+everything again.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_prep.device import resolve_device
 
 DEFAULT_AUDIO_MODEL = "kresnik/wav2vec2-large-xlsr-korean"
 DEFAULT_TEXT_MODEL = "klue/bert-base"
@@ -116,13 +122,16 @@ def hash_model_dir(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _cached_hub_revision(repo_id: str) -> str | None:
-    """Commit of the snapshot of ``repo_id`` in the local HF cache, if there is one."""
+HUB_REVISION = "main"  # what from_pretrained loads when no revision is given
+
+
+def cached_hub_commit(repo_id: str, revision: str = HUB_REVISION) -> str | None:
+    """Commit that ``revision`` of ``repo_id`` points to in the local HF cache, if cached."""
     try:
         from huggingface_hub.constants import HF_HUB_CACHE
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         return None
-    ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
     try:
         return ref.read_text(encoding="utf-8").strip() or None
     except OSError:
@@ -133,9 +142,9 @@ def encoder_identity(name_or_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies an encoder, computed without loading it.
 
     Local directory: ``{"source": "local", "name", "path", "sha256"}``.
-    Hub id: ``{"source": "hub", "name", "revision"}`` (revision None when not cached).
+    Hub id: ``{"source": "hub", "name", "revision", "commit"}`` (commit None until cached).
     Only the fields of :func:`identity_for_key` enter a store's key (not the path, so moving
-    a model folder does not invalidate stores).
+    a model folder does not invalidate stores; not the commit, which downloading changes).
     """
     if _is_local(name_or_dir):
         root = Path(name_or_dir).expanduser().resolve()
@@ -148,24 +157,41 @@ def encoder_identity(name_or_dir: str | os.PathLike[str]) -> dict[str, Any]:
     name = str(name_or_dir)
     if _looks_like_path(name):
         raise EncoderError(f"model directory {name} does not exist")
-    return {"source": "hub", "name": name, "revision": _cached_hub_revision(name)}
+    return {
+        "source": "hub",
+        "name": name,
+        "revision": HUB_REVISION,
+        "commit": cached_hub_commit(name),
+    }
 
 
 def identity_for_key(identity: dict[str, Any]) -> dict[str, Any]:
-    """The part of an identity that decides what features come out (no filesystem path)."""
+    """The part of an identity that decides what features come out and is known before any
+    download: no filesystem path, no resolved commit."""
     if identity["source"] == "local":
         return {"source": "local", "sha256": identity["sha256"]}
     return {"source": "hub", "name": identity["name"], "revision": identity["revision"]}
 
 
+def commit_changes(recorded: dict[str, Any]) -> str | None:
+    """A note when a hub model's cached commit differs from the one a store recorded.
+
+    The key stays the same (see the module docstring), so a hub model whose ``main`` moved
+    would reuse features of the old commit: say so, and how to re-extract.
+    """
+    if recorded.get("source") != "hub" or not recorded.get("commit"):
+        return None
+    now = cached_hub_commit(recorded["name"], recorded.get("revision") or HUB_REVISION)
+    if now is None or now == recorded["commit"]:
+        return None
+    return (
+        f"note: this store was extracted with {recorded['name']} at commit "
+        f"{recorded['commit'][:12]}; the local cache now holds {now[:12]}. To extract with the "
+        f"new weights, delete the store (or pass the downloaded folder as a directory)."
+    )
+
+
 # -- loading --------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _from_pretrained(
     loader: Any, name_or_dir: str | os.PathLike[str], flag: str, **kwargs: Any
 ) -> Any:
@@ -203,6 +229,14 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _with_loaded_commit(identity: dict[str, Any]) -> dict[str, Any]:
+    """A hub identity with the commit just loaded (a first load downloads it into the cache)."""
+    if identity.get("source") != "hub":
+        return identity
+    commit = cached_hub_commit(identity["name"], identity.get("revision") or HUB_REVISION)
+    return {**identity, "commit": commit or identity.get("commit")}
 
 
 def _freeze(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -297,6 +331,7 @@ def load_audio_encoder(
         raise EncoderError(
             f"--audio-model {name_or_dir}: {type(model).__name__} is not a wav2vec2-family model"
         )
+    ident = _with_loaded_commit(ident)
     return AudioEncoder(model=_freeze(model, dev), feature_extractor=fe, identity=ident, device=dev)
 
 
@@ -315,6 +350,7 @@ def load_text_encoder(
     model = _from_pretrained(
         AutoModel.from_pretrained, name_or_dir, "--text-model", dtype=torch.float32
     )
+    ident = _with_loaded_commit(ident)
     return TextEncoder(model=_freeze(model, dev), tokenizer=tok, identity=ident, device=dev)
 
 
@@ -363,7 +399,9 @@ def _build_demo_audio(out: Path, seed: int) -> None:
     ).save_pretrained(out)
 
 
-def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
+def train_wordpiece(transcripts: list[str], vocab_size: int, max_length: int) -> Any:
+    """A BERT-style WordPiece tokenizer trained on ``transcripts``, as a
+    ``PreTrainedTokenizerFast`` (saves and reloads offline with ``save_pretrained``)."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -373,7 +411,7 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
         processors,
         trainers,
     )
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     # strip_accents=False: NFD would split Hangul syllables into jamo.
@@ -383,7 +421,7 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=DEMO_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )
     tok.train_from_iterator(transcripts, trainer)
     # The trainer orders tokens of equal frequency differently from run to run; rebuild the
@@ -397,15 +435,24 @@ def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="[UNK]",
         pad_token="[PAD]",
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
-        model_max_length=DEMO_TEXT_CONFIG["max_position_embeddings"],
+        model_max_length=max_length,
     )
+
+
+def _build_demo_text(out: Path, transcripts: list[str], seed: int) -> None:
+    from transformers import BertConfig, BertModel
+
+    fast = train_wordpiece(
+        transcripts, DEMO_VOCAB_SIZE, DEMO_TEXT_CONFIG["max_position_embeddings"]
+    )
+    tok = fast.backend_tokenizer
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id("[PAD]"), **DEMO_TEXT_CONFIG

@@ -35,16 +35,17 @@ import numpy as np
 import pandas as pd
 
 from data_prep import paths
+from data_prep.device import resolve_device
 from data_prep.encoders import (
     DEFAULT_AUDIO_MODEL,
     DEFAULT_TEXT_MODEL,
     EncoderError,
     build_demo_encoders,
+    commit_changes,
     encoder_identity,
     identity_for_key,
     load_audio_encoder,
     load_text_encoder,
-    resolve_device,
 )
 from data_prep.extract import ExtractionError
 from data_prep.kemdy20 import CorpusError, CorpusRead, Fault, format_fault_summary, read_corpus
@@ -302,6 +303,10 @@ def prepare_store(
                 f"faulty utterance(s); see {existing / 'faults.csv'}"
             )
         _say(progress, f"store {key} already prepared; nothing to extract")
+        for recorded in manifest.get("encoders", {}).values():
+            note = commit_changes(recorded)
+            if note:
+                _say(progress, note)
         return PrepareResult(existing, key, True, manifest)
 
     dev = resolve_device(device)
@@ -368,13 +373,14 @@ def prepare_store(
             {**p.split.to_dict(), "test_fraction": TEST_FRACTION, "val_fraction": VAL_FRACTION},
         )
         manifest = {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "corpus": {
                 "path": str(root),
                 "name": root.name,
                 **{f"fingerprint_{k}": v for k, v in p.fingerprint.items()},
             },
-            "encoders": {"audio": p.audio_id, "text": p.text_id},
+            # as loaded: a hub id's commit is known once it is downloaded (not in the key)
+            "encoders": {"audio": audio_enc.identity, "text": text_enc.identity},
             "max_frames": max_frames,
             "max_tokens": max_tokens,
             "audio_dim": audio_enc.dim,

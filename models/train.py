@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_prep.device import resolve_device
 from data_prep.store import FeatureStore, StoreError
 from models import selection
 from models.config import ConfigError, TrainConfig
@@ -75,12 +76,6 @@ class TrainResult:
 
 
 # -- pieces ------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def model_sizes(store: FeatureStore) -> dict[str, int]:
     return {
         "text_dim": store.text_dim,

@@ -472,10 +472,12 @@ def _now() -> str:
 
 def _unit_task(unit: dict[str, Any], store_path: str, threads: int, device: str | None,
                gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    from data_prep.device import run_device
     from models.data import use_gpu_share
 
     use_gpu_share(gpus)  # several runs may share one GPU
-    return run_unit(unit, store_path, threads=threads, device=device)
+    # The trials' rule (data_prep.device.run_device): the GPU Ray assigned, or the CPU.
+    return run_unit(unit, store_path, threads=threads, device=device or str(run_device(gpus)))
 
 
 # -- persistence ----------------------------------------------------------------------------
@@ -745,7 +747,7 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
             started_ray = init_ray(settings)  # type: ignore[arg-type]  # same attribute names
             import ray
 
-            device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
+            device = None  # decided in the task, where Ray's assignment is known
             # By module path, not __main__'s copy: workers import it instead of unpickling code.
             from search.finalize import _unit_task as unit_task
 

@@ -80,16 +80,17 @@ def fold_metrics(per_fold: Sequence[dict[str, float]]) -> dict[str, float]:
 class TrialRun:
     """The heads of one trial (one, or one per fold), stepped together an epoch at a time."""
 
-    def __init__(self, config: dict[str, Any], store: Any, folds: int, fold_seed: int = 0):
+    def __init__(self, config: dict[str, Any], store: Any, folds: int, fold_seed: int = 0,
+                 device: Any = None):  # fmt: skip
         from models.data import fold_rows
         from models.selection import Tracker
         from models.train import Trainer
 
         if folds > 1:
             rows = fold_rows(store, folds, fold_seed)
-            self.trainers = [Trainer(config, store, rows=r) for r in rows]
+            self.trainers = [Trainer(config, store, rows=r, device=device) for r in rows]
         else:
-            self.trainers = [Trainer(config, store)]
+            self.trainers = [Trainer(config, store, device=device)]
         self.tracker = Tracker()
         self.history: list[dict[str, float]] = []
 
@@ -150,6 +151,7 @@ def run_trial(
     import torch
     from ray import tune
 
+    from data_prep.device import run_device
     from models.config import TrainConfig
     from models.data import use_gpu_share
 
@@ -160,7 +162,8 @@ def run_trial(
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
-    run = TrialRun(cfg.to_dict(), store, folds)
+    # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
+    run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus))
     _restore(run)
     last = min(cfg.epochs, max_epochs or cfg.epochs)
     while run.epoch < last:

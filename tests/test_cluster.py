@@ -122,14 +122,18 @@ def _terminate(pids: set[int], grace: float = 15.0) -> None:
 
 # -- 1. several nodes ----------------------------------------------------------------------
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(monkeypatch):
     """A head without CPUs (trials cannot go there) and one worker with 2 CPUs and a GPU
     declared to Ray (a placeholder: trials still train on CPU here)."""
     import ray
     from ray.cluster_utils import Cluster
 
+    from data_prep.device import DEVICE_ENV
+
     if ray.is_initialized():  # a leftover connection would make init_ray ignore --address
         ray.shutdown()
+    # The declared GPU is not real: its trials train on the CPU (the nodes' workers inherit it).
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
     cluster = Cluster(
         initialize_head=True,
         connect=False,  # the sweep itself connects, through --address

@@ -82,7 +82,8 @@ def test_hub_id_offline_gives_clear_message():
     with pytest.raises(EncoderError, match="does not exist"):
         load_text_encoder("./no/such/model/dir")
     ident = encoder_identity("case-tune-test/not-a-cached-model")
-    assert ident == {"source": "hub", "name": "case-tune-test/not-a-cached-model", "revision": None}
+    assert ident == {"source": "hub", "name": "case-tune-test/not-a-cached-model",
+                     "revision": "main", "commit": None}  # fmt: skip
 
 
 def test_local_identity_follows_weights(tmp_path, encoders):
