@@ -231,6 +231,13 @@ class MlflowTrialCallback(Callback):
         _ = self.runs
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        old = self.runs.get(trial.trial_id)
+        if old is not None and trial.checkpoint is not None:
+            # Restarted from its last checkpoint (a resumed sweep, a lost node): the same run
+            # goes on, so its history stays one history; an epoch trained again after the
+            # checkpoint logs the same value at the same step (training is deterministic).
+            reopen_run(self.client, old)
+            return
         old = self.runs.pop(trial.trial_id, None)
         if old is not None:
             self.client.delete_run(old)
