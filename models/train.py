@@ -2,8 +2,8 @@
 
 Knows nothing of Ray or MLflow: progress leaves through `on_epoch(epoch, metrics)`, which
 may return True to stop. Data stays on the device as tensors (models/data.py); a batch is an
-index slice of a seeded permutation. On CPU the same config and seed give the same history
-bit for bit.
+index slice of a seeded permutation. On CPU the same config, seed, store and thread count give
+the same history bit for bit in any process (models/repro.py pins and records the numerics).
 
 CLI: `python -m models.train --model case-compressing [--data demo|STORE] [--epochs N] ...`
 """
@@ -31,6 +31,7 @@ from models.data import SplitData, iterate_in_order, load_split
 from models.losses import Objective, class_weights
 from models.metrics import all_neutral_metrics, classification_metrics, macro_auroc
 from models.registry import create_model
+from models.repro import reproducible
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class TrainResult:
     seconds: float
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
+    numerics: dict[str, Any] = field(default_factory=dict)  # models.repro.numerics
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -164,18 +166,6 @@ def _improves(value: float, best: float) -> bool:
     return not math.isnan(value) and (math.isnan(best) or value > best)
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    before = torch.are_deterministic_algorithms_enabled()
-    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=before_warn)
-
-
 # -- the loop ----------------------------------------------------------------------------
 def train(
     config: TrainConfig | dict[str, Any],
@@ -186,8 +176,12 @@ def train(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     device: str | torch.device | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``store``'s train split, scoring ``eval_splits`` after each epoch.
+
+    ``threads`` torch threads (default models.repro.DEFAULT_THREADS, whatever the process
+    had): the thread count changes CPU results, so it is pinned and reported per epoch.
 
     The best epoch is the one with the highest ``val_macro_f1`` (or the first eval split's
     macro-F1 when val is not evaluated; the last epoch when nothing is evaluated).
@@ -202,9 +196,11 @@ def train(
     if config.amp and not use_amp:
         notes.append("amp ignored: mixed precision is used on CUDA only")
         log.info(notes[-1])
-    with _deterministic(dev.type == "cpu"):
-        return _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir,
-                      checkpoint_every, use_amp, notes, started)  # fmt: skip
+    with reproducible(dev, threads) as numerics:
+        result = _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir,
+                        checkpoint_every, use_amp, notes, started)  # fmt: skip
+    result.numerics = numerics
+    return result
 
 
 def _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir, checkpoint_every,
@@ -295,6 +291,7 @@ def _train(config, store, dev, eval_splits, on_epoch, checkpoint_dir, checkpoint
         metrics["epoch_seconds"] = time.perf_counter() - t0
         # CPU time of this process: comparable across runs on a shared machine.
         metrics["epoch_cpu_seconds"] = time.process_time() - cpu0
+        metrics["torch_threads"] = float(torch.get_num_threads())  # explains a CPU difference
         history.append(metrics)
         value = metrics.get(best_key, math.nan) if best_key else float(epoch)
         if _improves(value, best_value) or best_epoch == 0:
@@ -378,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable)")  # fmt: skip
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 1, as a search trial)")
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--checkpoint-every", type=int, default=0)
     args = parser.parse_args(argv)
@@ -409,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table_row(metrics), flush=True)
 
     result = train(config, store, on_epoch=report, checkpoint_dir=args.checkpoint_dir,
-                   checkpoint_every=args.checkpoint_every, device=args.device)  # fmt: skip
+                   checkpoint_every=args.checkpoint_every, device=args.device,
+                   threads=args.threads)  # fmt: skip
     for note in result.notes:
         print(f"note: {note}")
     b = result.best_metrics

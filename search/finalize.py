@@ -357,8 +357,6 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
     """
     import tempfile
 
-    import torch
-
     from data_prep.store import FeatureStore
     from models.config import TrainConfig
     from models.data import load_split
@@ -366,8 +364,6 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
     from models.metrics import classification_metrics, macro_auroc
     from models.train import evaluate, load_checkpoint, resolve_device, train
 
-    if threads:
-        torch.set_num_threads(threads)
     started = time.time()
     config = TrainConfig.from_dict(dict(unit["config"]))
     dev = resolve_device(device)
@@ -375,7 +371,7 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
     ckpts = checkpoint_epochs(config.epochs, every)
     with tempfile.TemporaryDirectory(prefix="case-tune-final-") as tmp:
         result = train(config, train_store, eval_splits=("val",), checkpoint_dir=tmp,
-                       checkpoint_every=every, device=dev)  # fmt: skip
+                       checkpoint_every=every, device=dev, threads=threads)  # fmt: skip
         history = [{k: float(v) for k, v in h.items()} for h in result.history]
         val = {int(h["epoch"]): h.get("val_macro_f1", math.nan) for h in history}
         chosen = choose_epoch(val, ckpts)
@@ -421,6 +417,7 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, every: int, threads: i
         "score_splits_read": sorted(score_store.accessed),
         "store_key": train_store.key,
         "notes": list(result.notes),
+        "numerics": dict(result.numerics),
         "seconds": time.time() - started,
         "host": os.uname().nodename,
         "finished": _now(),

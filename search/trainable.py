@@ -55,22 +55,22 @@ def run_trial(
     config: dict[str, Any], store_path: str, threads: int | None = None, gpus: float = 0.0
 ) -> None:
     """Train one config, reporting every epoch to Tune. Exceptions fail the trial."""
-    import torch
     from ray import tune
 
     from models.config import TrainConfig
     from models.data import use_gpu_share
-    from models.train import train
+    from models.repro import describe, numerics
+    from models.train import resolve_device, train
 
-    if threads:
-        torch.set_num_threads(threads)
     use_gpu_share(gpus)  # several trials may share one GPU
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
     best = best_search = -math.inf
+    line = ""  # what the numerics depend on (threads, kernel path), read inside train
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-        nonlocal best, best_search
+        nonlocal best, best_search, line
+        line = line or describe(numerics(resolve_device(None)))
         value = metrics.get(METRIC, float("nan"))
         rung = tie_broken(metrics)
         if math.isfinite(value):
@@ -84,11 +84,12 @@ def run_trial(
                 BEST_METRIC: best if math.isfinite(best) else float("nan"),
                 SEARCH_METRIC: best_search if math.isfinite(best_search) else float("nan"),
                 "splits_read": ",".join(sorted(store.accessed)),
+                "numerics": line,
             }
         )
         return False
 
-    train(cfg, store, eval_splits=("val",), on_epoch=on_epoch)
+    train(cfg, store, eval_splits=("val",), on_epoch=on_epoch, threads=threads)
 
 
 def make_trainable(
