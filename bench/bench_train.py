@@ -73,7 +73,7 @@ def train_epoch(config: TrainConfig, store: FeatureStore) -> tuple[float, float,
     """(wall, CPU) seconds of one epoch as `train` reports them, and the whole call's wall
     seconds (including reading the split from the memory maps)."""
     t0 = time.perf_counter()
-    h = train(config, store, eval_splits=()).history[0]
+    h = train(config, store, eval_splits=(), threads=torch.get_num_threads()).history[0]
     return h["epoch_seconds"], h["epoch_cpu_seconds"], time.perf_counter() - t0
 
 

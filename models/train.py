@@ -2,8 +2,8 @@
 
 Knows nothing of Ray or MLflow: progress leaves through `on_epoch(epoch, metrics)`, which
 may return True to stop. Data stays on the device as tensors (models/data.py); a batch is an
-index slice of a seeded permutation. On CPU the same config and seed give the same history
-bit for bit.
+index slice of a seeded permutation. On CPU the same config, seed, store and thread count give
+the same history bit for bit in any process (models/repro.py pins and records the numerics).
 
 CLI: `python -m models.train --model case-compressing [--data demo|STORE] [--epochs N] ...`
 """
@@ -40,6 +40,7 @@ from models.metrics import (
     macro_auroc,
 )
 from models.registry import create_model
+from models.repro import reproducible
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class TrainResult:
     # the weights at best_epoch (by the selection statistic) and at each epoch asked to keep
     best_state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
     kept_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    numerics: dict[str, Any] = field(default_factory=dict)  # models.repro.numerics
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -179,23 +181,6 @@ def load_checkpoint(path: str | Path, store: FeatureStore) -> tuple[nn.Module, T
     return model_for(config, store, ckpt["state_dict"]), config
 
 
-def _improves(value: float, best: float) -> bool:
-    """Strictly better; NaN never improves and anything real beats a NaN best."""
-    return not math.isnan(value) and (math.isnan(best) or value > best)
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    before = torch.are_deterministic_algorithms_enabled()
-    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=before_warn)
-
-
 @contextlib.contextmanager
 def _own_rng(states: dict[str, torch.Tensor], device: torch.device):
     """Run with the global RNGs (dropout) set to ``states``, updating them and restoring the
@@ -239,8 +224,11 @@ class Trainer:
         eval_splits: Iterable[str] = ("val",),
         rows: Mapping[str, np.ndarray] | None = None,
         device: str | torch.device | None = None,
+        threads: int | None = None,
     ) -> None:
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        self.threads = threads  # models.repro pins them for every epoch
+        self.numerics: dict[str, Any] = {}
         self.store = store
         self.device = resolve_device(device)
         self.eval_splits = tuple(eval_splits)
@@ -303,7 +291,8 @@ class Trainer:
 
     def run_epoch(self) -> dict[str, float]:
         """Train one more epoch, score the eval splits; returns (and records) its metrics."""
-        with _deterministic(self.device.type == "cpu"), _own_rng(self._rng, self.device):
+        with reproducible(self.device, self.threads) as info, _own_rng(self._rng, self.device):
+            self.numerics = info
             metrics = self._epoch()
         self.history.append(metrics)
         return metrics
@@ -422,16 +411,19 @@ def train(
     device: str | torch.device | None = None,
     max_epochs: int | None = None,
     keep_epochs: Iterable[int] = (),
+    threads: int | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``store``'s train split, scoring ``eval_splits`` after each epoch.
 
     Runs ``config.epochs`` epochs (the schedule's horizon), or only the first ``max_epochs``
     of them. The best epoch is where the selection statistic (models.selection: the trailing
     mean of val macro-F1) peaks; its weights are kept as ``best_state_dict``, and those of
-    every epoch in ``keep_epochs`` in ``kept_states``.
+    every epoch in ``keep_epochs`` in ``kept_states``. ``threads`` torch threads (default
+    models.repro.DEFAULT_THREADS, whatever the process had): the thread count changes CPU
+    results, so it is pinned and reported (``TrainResult.numerics``, ``torch_threads``).
     """
     started = time.perf_counter()
-    trainer = Trainer(config, store, eval_splits=eval_splits, device=device)
+    trainer = Trainer(config, store, eval_splits=eval_splits, device=device, threads=threads)
     config = trainer.config
     last = min(config.epochs, max_epochs or config.epochs)
     key = selection_key(trainer.eval_splits)
@@ -462,7 +454,7 @@ def train(
                        best_metrics=best_metrics, state_dict=trainer.weights(),
                        seconds=time.perf_counter() - started, stopped_early=stopped_early,
                        notes=trainer.notes, best_state_dict=best_state,
-                       kept_states=kept)  # fmt: skip
+                       kept_states=kept, numerics=trainer.numerics)  # fmt: skip
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -531,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable)")  # fmt: skip
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 1, as a search trial)")
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--checkpoint-every", type=int, default=0)
     args = parser.parse_args(argv)
@@ -566,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table_row(metrics), flush=True)
 
     result = train(config, store, on_epoch=report, checkpoint_dir=args.checkpoint_dir,
-                   checkpoint_every=args.checkpoint_every, device=args.device)  # fmt: skip
+                   checkpoint_every=args.checkpoint_every, device=args.device,
+                   threads=args.threads)  # fmt: skip
     for note in result.notes:
         print(f"note: {note}")
     b = result.best_metrics

@@ -402,14 +402,13 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
         train,
     )
 
-    if threads:
-        torch.set_num_threads(threads)
     started = time.time()
     config = TrainConfig.from_dict(dict(unit["config"]))
     dev = resolve_device(device)
     train_store = FeatureStore.open(store_path, sealed=("test",))
     fixed = fixed_epoch(config.epochs)
-    result = train(config, train_store, eval_splits=("val",), device=dev, keep_epochs=(fixed,))
+    result = train(config, train_store, eval_splits=("val",), device=dev, keep_epochs=(fixed,),
+                   threads=threads)
     history = [{k: float(v) for k, v in h.items()} for h in result.history]
     chosen = result.best_epoch
     states = {fixed: result.kept_states[fixed], chosen: result.best_state_dict}
@@ -459,6 +458,7 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
         "score_splits_read": sorted(score_store.accessed),
         "store_key": train_store.key,
         "notes": list(result.notes),
+        "numerics": dict(result.numerics),
         "seconds": time.time() - started,
         "host": os.uname().nodename,
         "finished": _now(),

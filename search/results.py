@@ -103,7 +103,10 @@ def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRe
         )
         score_trial(client, run.info.run_id, rec)
         records.append(rec)
-    records.sort(key=lambda r: (-r.score, r.trial_id))
+    # Ties by config, not by Tune's random trial id, so a rerun of the sweep lists its trials
+    # (and picks its best) in the same order.
+    records.sort(key=lambda r: (-r.score, json.dumps(r.config, sort_keys=True, default=str),
+                                r.trial_id))  # fmt: skip
     return records
 
 

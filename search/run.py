@@ -189,10 +189,13 @@ def build_tuner(
             grace_period=min(settings.grace_period, settings.max_epochs),
             reduction_factor=settings.reduction_factor,
         )
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
+    if settings.reproducible:
+        search_alg, scheduler = _ordered(settings, searcher, scheduler)
     return tune.Tuner(
         sweep_trainable(settings, store_path),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
+            search_alg=search_alg,
             scheduler=scheduler,
             num_samples=settings.num_samples,
             reuse_actors=settings.reuse_actors,
@@ -207,6 +210,25 @@ def build_tuner(
             verbose=0,
         ),
     )
+
+
+def _ordered(settings: SweepSettings, searcher: Any, scheduler: Any) -> tuple[Any, Any]:
+    """--reproducible: suggestions and ASHA's rung decisions by trial order (search/ordered.py),
+    so which of the concurrent trials reports first changes nothing."""
+    from search.ordered import OrderedASHA, OrderedSearcher
+    from search.trainable import MODE, RUNG_METRIC
+
+    window = settings.max_concurrent
+    ordered = OrderedSearcher(searcher, window=window, total=settings.num_samples)
+    if settings.scheduler != "asha":
+        return ordered, scheduler
+    state = settings.experiment_path / "ordered_asha.json"
+    state.unlink(missing_ok=True)  # a new Tune experiment: a stale record would misnumber
+    return ordered, OrderedASHA(
+        metric=RUNG_METRIC, mode=MODE, max_t=settings.max_epochs,
+        grace_period=min(settings.grace_period, settings.max_epochs),
+        reduction_factor=settings.reduction_factor, lag=window, state_path=str(state),
+    )  # fmt: skip
 
 
 # -- Optuna study bookkeeping ------------------------------------------------------------
@@ -362,6 +384,7 @@ def run_sweep(
                     else "fifo"
                 ),
                 "warm_start": settings.warm_start,
+                "reproducible": settings.reproducible,
                 "optuna_storage": settings.optuna_storage,
             },
         )

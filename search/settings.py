@@ -31,6 +31,9 @@ GRACE_PERIOD = 3
 REDUCTION_FACTOR = 3
 # TPE samples at random for its first trials (Optuna's default, 10; see search.run._tpe).
 STARTUP_TRIALS = 10
+# Order-deterministic search by default (search/ordered.py): the same command and seed give
+# the same sweep; its cost in wall time against the asynchronous way is in results/bench.md.
+REPRODUCIBLE = True
 SWEEP_MANIFEST = "sweep.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -84,6 +87,7 @@ class SweepSettings:
     reduction_factor: int = REDUCTION_FACTOR
     startup_trials: int = STARTUP_TRIALS
     warm_start: bool = True
+    reproducible: bool = REPRODUCIBLE  # --reproducible / --async
     # Not command-line flags: the benchmarks compare against random search without ASHA.
     searcher: str = "tpe"  # tpe | random
     scheduler: str = "asha"  # asha | fifo
@@ -173,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the sweep --name after a crash; with a larger --num-samples, add trials",
     )
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--reproducible", dest="reproducible", action="store_true", default=None,
+                       help="suggest and stop trials by trial order: a rerun with the same seed "
+                       f"gives the same sweep{' (default)' if REPRODUCIBLE else ''}")  # fmt: skip
+    order.add_argument("--async", dest="reproducible", action="store_false",
+                       help="suggest and stop trials as results arrive: no idle slots, but "
+                       f"a rerun may differ{'' if REPRODUCIBLE else ' (default)'}")  # fmt: skip
     return p
 
 
@@ -384,4 +395,5 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         tune_name=f"{name}-{tune_suffix.hexdigest()[:8]}",
         grace_period=min(GRACE_PERIOD, max_epochs),
         warm_start=not args.no_warm_start,
+        reproducible=REPRODUCIBLE if args.reproducible is None else args.reproducible,
     )

@@ -35,6 +35,7 @@ SWEEP = "case_tune.sweep"
 STATUS = "case_tune.status"
 ERROR = "case_tune.error"
 SPLITS_READ = "case_tune.splits_read"
+NUMERICS = "case_tune.numerics"  # torch threads, CPU kernel path: what explains a CPU difference
 CONFIG = "case_tune.config"  # the trial's config as JSON (typed; params are strings)
 PARENT = "mlflow.parentRunId"
 METRIC_PREFIXES = ("train_", "val_")
@@ -269,6 +270,8 @@ class MlflowTrialCallback(Callback):
         tags = []
         if result.get("splits_read"):
             tags.append(RunTag(SPLITS_READ, str(result["splits_read"])))
+        if result.get("numerics"):
+            tags.append(RunTag(NUMERICS, str(result["numerics"])[:_MAX_TAG]))
         for i in range(0, max(len(metrics), 1), _MAX_BATCH):
             self.client.log_batch(
                 run_id,

@@ -81,16 +81,17 @@ class TrialRun:
     """The heads of one trial (one, or one per fold), stepped together an epoch at a time."""
 
     def __init__(self, config: dict[str, Any], store: Any, folds: int, fold_seed: int = 0,
-                 device: Any = None):  # fmt: skip
+                 device: Any = None, threads: int | None = None):  # fmt: skip
         from models.data import fold_rows
         from models.selection import Tracker
         from models.train import Trainer
 
         if folds > 1:
             rows = fold_rows(store, folds, fold_seed)
-            self.trainers = [Trainer(config, store, rows=r, device=device) for r in rows]
+            self.trainers = [Trainer(config, store, rows=r, device=device, threads=threads)
+                             for r in rows]  # fmt: skip
         else:
-            self.trainers = [Trainer(config, store, device=device)]
+            self.trainers = [Trainer(config, store, device=device, threads=threads)]
         self.tracker = Tracker()
         self.history: list[dict[str, float]] = []
 
@@ -148,22 +149,20 @@ def run_trial(
 ) -> None:
     """Train one config for at most ``max_epochs`` of its ``epochs``, reporting every epoch
     (with a checkpoint) to Tune. Exceptions fail the trial."""
-    import torch
     from ray import tune
 
     from data_prep.device import run_device
     from models.config import TrainConfig
     from models.data import use_gpu_share
+    from models.repro import describe
 
-    if threads:
-        torch.set_num_threads(threads)
     use_gpu_share(gpus)  # several trials may share one GPU
     # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     store = open_sealed_store(store_path)
     cfg = TrainConfig.from_dict(config)
     # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
-    run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus))
+    run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus), threads=threads)
     _restore(run)
     last = min(cfg.epochs, max_epochs or cfg.epochs)
     while run.epoch < last:
@@ -177,6 +176,8 @@ def run_trial(
                     RUNG_METRIC: value,
                     SEARCH_METRIC: value,
                     "splits_read": ",".join(sorted(store.accessed)),
+                    # what the numerics depend on (threads, kernel path), for explaining a rerun
+                    "numerics": describe(run.trainers[0].numerics),
                 },
                 checkpoint=_save(run, folder),
             )

@@ -90,3 +90,15 @@ def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
     http = parse_settings(["--space", "case", "--tracking-uri", "http://127.0.0.1:5000",
                            "--results-dir", str(tmp_path / "out")], cwd=tmp_path / "home")  # fmt: skip
     assert http.optuna_storage == f"sqlite:///{(tmp_path / 'out' / 'optuna.db').resolve()}"
+
+
+def test_reproducible_and_async_are_one_choice(tmp_path: Path, monkeypatch) -> None:
+    from search.settings import REPRODUCIBLE
+
+    monkeypatch.setenv("CASE_TUNE_HOME", str(tmp_path / "home"))
+    base = ["--space", "case", "--results-dir", str(tmp_path / "r")]
+    assert parse_settings(base, cwd=tmp_path).reproducible is REPRODUCIBLE
+    assert parse_settings([*base, "--reproducible"], cwd=tmp_path).reproducible is True
+    assert parse_settings([*base, "--async"], cwd=tmp_path).reproducible is False
+    with pytest.raises(UsageError, match="not allowed with"):
+        parse_settings([*base, "--async", "--reproducible"], cwd=tmp_path)

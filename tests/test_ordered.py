@@ -1,0 +1,233 @@
+"""search.ordered on hand-made trial results: suggestions and rung decisions depend on trial
+order only, not on the order in which concurrent trials report (real Optuna TPE, Tune's own
+Trial objects and ASHA bracket for comparison)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import optuna
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search.ordered import OrderedASHA, OrderedSearcher, ordered_cutoff, rung_milestones
+
+METRIC = "score"
+
+
+def space(trial: optuna.Trial) -> None:
+    trial.suggest_float("x", -3.0, 3.0)
+    trial.suggest_categorical("kind", ["a", "b", "c"])
+
+
+def score(config: dict) -> float:
+    """A deterministic result of a config (what a reproducible training run gives)."""
+    return -((config["x"] - 1.0) ** 2) + {"a": 0.0, "b": 0.5, "c": -0.5}[config["kind"]]
+
+
+def make_searcher(window: int, total: int, seed: int = 0) -> OrderedSearcher:
+    inner = OptunaSearch(
+        space=space,
+        metric=METRIC,
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3),
+    )
+    return OrderedSearcher(inner, window=window, total=total)
+
+
+def drive(searcher: Searcher, total: int, window: int, pick, snapshot_at: int | None = None):
+    """Run ``total`` trials, at most ``window`` at once; ``pick(running)`` chooses which
+    running trial finishes next (the timing of a real sweep). Returns the configs in trial
+    order, and the searcher pickled after ``snapshot_at`` completions (if asked)."""
+    configs: list[dict] = []
+    running: list[str] = []
+    done = 0
+    snapshot = None
+    while done < total:
+        while len(configs) < total:
+            trial_id = f"t{len(configs)}"
+            cfg = searcher.suggest(trial_id)
+            if cfg is None:
+                break
+            assert cfg != Searcher.FINISHED
+            configs.append(cfg)
+            running.append(trial_id)
+            assert len(running) <= window
+        assert running, "the searcher waits with nothing running: deadlock"
+        tid = pick(running)
+        running.remove(tid)
+        cfg = configs[int(tid[1:])]
+        searcher.on_trial_result(tid, {METRIC: score(cfg), "training_iteration": 1})
+        searcher.on_trial_complete(tid, {METRIC: score(cfg), "training_iteration": 1})
+        done += 1
+        if done == snapshot_at:
+            snapshot = pickle.dumps((searcher, searcher.get_state()))
+    return configs, snapshot
+
+
+def oldest(running: list[str]) -> str:
+    return running[0]
+
+
+def newest(running: list[str]) -> str:
+    return running[-1]
+
+
+def shuffled(seed: int):
+    rng = random.Random(seed)
+    return lambda running: rng.choice(running)
+
+
+def test_suggestions_do_not_depend_on_completion_order() -> None:
+    runs = [drive(make_searcher(3, 14), 14, 3, pick)[0]
+            for pick in (oldest, newest, shuffled(1), shuffled(2))]  # fmt: skip
+    assert all(r == runs[0] for r in runs[1:])
+    assert len({(c["x"], c["kind"]) for c in runs[0]}) == 14
+
+
+def test_the_wrapped_study_ends_with_every_trial_told_in_order() -> None:
+    searcher = make_searcher(2, 9)
+    configs, _ = drive(searcher, 9, 2, newest)
+    trials = searcher.searcher._ot_study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 9
+    assert [t.value for t in trials] == [score(c) for c in configs]
+    assert [t.datetime_complete for t in trials] == sorted(t.datetime_complete for t in trials)
+
+
+def test_a_trial_waits_for_the_oldest_of_its_window() -> None:
+    searcher = make_searcher(2, 5)
+    assert searcher.suggest("t0") is not None and searcher.suggest("t1") is not None
+    assert searcher.suggest("t2") is None  # t0 still running
+    searcher.on_trial_complete("t1", {METRIC: 0.0})
+    assert searcher.suggest("t2") is None  # the newer one finished first: still wait for t0
+    searcher.on_trial_complete("t0", {METRIC: 0.0}, error=False)
+    assert searcher.suggest("t2") is not None
+
+
+def test_different_seeds_suggest_differently() -> None:
+    a = drive(make_searcher(2, 8, seed=0), 8, 2, oldest)[0]
+    b = drive(make_searcher(2, 8, seed=1), 8, 2, oldest)[0]
+    assert a != b
+
+
+def test_state_survives_pickling_midway() -> None:
+    """Tune pickles the wrapper with the experiment and saves get_state(): a copy restored
+    midway continues with the same suggestions."""
+    full, snap = drive(make_searcher(2, 10), 10, 2, oldest, snapshot_at=4)
+    copy, state = pickle.loads(snap)
+    copy.set_state(state)
+    k = len(copy.order)
+    rest = []
+    running = [t for t, n in copy.order.items() if n >= copy.told and n not in copy.finished]
+    # finish the ones that were running, then carry on like drive() does
+    for tid in list(running):
+        cfg = full[int(tid[1:])]
+        copy.on_trial_complete(tid, {METRIC: score(cfg)})
+    while k < 10:
+        cfg = copy.suggest(f"t{k}")
+        assert cfg is not None
+        rest.append(cfg)
+        copy.on_trial_complete(f"t{k}", {METRIC: score(cfg)})
+        k += 1
+    assert full[len(full) - len(rest) :] == rest
+
+
+# -- the scheduler ----------------------------------------------------------------------
+def trial(i: int) -> Trial:
+    return Trial("case_trial", trial_id=f"t{i}", stub=True)
+
+
+def scheduler(lag: int, **kw) -> OrderedASHA:
+    return OrderedASHA(metric=METRIC, mode="max", max_t=20, grace_period=3,
+                       reduction_factor=3, lag=lag, **kw)  # fmt: skip
+
+
+def decisions(sched: OrderedASHA, reports: list[tuple[int, int, float]]) -> dict:
+    """Feed (trial, epoch, value) reports in the given order; the action per (trial, epoch)."""
+    trials = {}
+    out = {}
+    for i, t, v in reports:
+        if i not in trials:
+            trials[i] = trial(i)
+            sched.on_trial_add(None, trials[i])
+        out[(i, t)] = sched.on_trial_result(None, trials[i], {"training_iteration": t, METRIC: v})
+    return out
+
+
+def test_rungs_are_asha_s() -> None:
+    assert rung_milestones(3, 20, 3) == [3, 9]
+    assert rung_milestones(1, 10, 2) == [1, 2, 4, 8]
+    assert scheduler(2).milestones == [3, 9]
+    values = [0.3, 0.1, 0.7, 0.5, float("nan"), 0.2]
+    bracket = _Bracket(3, 20, 3, 0)
+    assert ordered_cutoff(values, 3) == pytest.approx(
+        float(bracket.cutoff(dict(enumerate(values))))
+    )
+    assert ordered_cutoff([float("nan")], 3) is None
+
+
+def test_a_trial_is_judged_against_trials_at_least_lag_older_only() -> None:
+    sched = scheduler(2)
+    got = decisions(sched, [(0, 3, 0.5), (1, 3, 0.1), (2, 3, 0.2), (3, 3, 0.05), (4, 3, 0.4)])
+    assert got[(0, 3)] == got[(1, 3)] == TrialScheduler.CONTINUE  # no trial 2 older
+    assert got[(2, 3)] == TrialScheduler.STOP  # 0.2 below trial 0's 0.5
+    assert got[(3, 3)] == TrialScheduler.STOP  # vs trials 0, 1
+    assert got[(4, 3)] == TrialScheduler.CONTINUE  # vs 0, 1, 2: cutoff 0.3 < 0.4
+    assert decisions(scheduler(2), [(0, 20, 0.1)])[(0, 20)] == TrialScheduler.STOP  # max_t
+
+
+def test_decisions_do_not_depend_on_report_order() -> None:
+    """Trials report epochs 1..10 in several interleavings (as two concurrent trials would
+    in different runs); only the order constraint of the searcher holds: a trial starts
+    after every trial ``lag`` older is complete."""
+    rng = random.Random(0)
+    curves = {i: [rng.random() for _ in range(10)] for i in range(8)}
+
+    def run(seed: int) -> dict:
+        order_rng = random.Random(seed)
+        sched = scheduler(2)
+        reports, running, nxt, stopped = [], [], 0, set()
+        cursor = {}
+        acts = {}
+        trials = {}
+        while nxt < 8 or running:
+            while nxt < 8 and len(running) < 2 and all(j not in running for j in range(0, nxt - 1)):
+                running.append(nxt)
+                cursor[nxt] = 1
+                trials[nxt] = trial(nxt)
+                sched.on_trial_add(None, trials[nxt])
+                nxt += 1
+            i = order_rng.choice(running)
+            t = cursor[i]
+            act = sched.on_trial_result(
+                None, trials[i], {"training_iteration": t, METRIC: curves[i][t - 1]}
+            )
+            acts[(i, t)] = act
+            reports.append((i, t))
+            cursor[i] += 1
+            if act == TrialScheduler.STOP or t == 10:
+                running.remove(i)
+                stopped.add(i)
+        return acts
+
+    first = run(1)
+    assert all(run(seed) == first for seed in (2, 3, 4))
+    assert TrialScheduler.STOP in first.values()
+
+
+def test_the_record_survives_a_new_driver(tmp_path) -> None:
+    """--resume: Tune unpickles a fresh copy of the scheduler and re-adds the trials; the
+    record file gives it the rung values the killed driver had."""
+    path = str(tmp_path / "ordered_asha.json")
+    sched = scheduler(1, state_path=path)
+    copy = pickle.loads(pickle.dumps(sched))  # what tuner.pkl holds: no trials yet
+    decisions(sched, [(0, 3, 0.9), (1, 3, 0.8)])
+    assert copy.rungs[3] == {}
+    again = decisions(copy, [(2, 3, 0.1)])
+    assert copy.rungs[3] == {0: 0.9, 1: 0.8, 2: 0.1}
+    assert again[(2, 3)] == TrialScheduler.STOP
