@@ -358,6 +358,14 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
     )
 
 
+def _kept(folders: list[str], name: str) -> Path:
+    """The arm record ``name`` in the first of ``folders`` that holds it."""
+    for folder in folders:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    raise SystemExit(f"no {name} in {', '.join(folders)}")
+
+
 def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle: Oracle) -> dict:
     product = run_arm(store, tmp, f"product-{seed}", seed=seed, searcher="tpe", scheduler="asha",
                       trials=args.trials, warm_start=True, args=args)  # fmt: skip
@@ -401,12 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.analyse:
         results = []
         for seed in args.seeds:
-            arms = [json.loads((Path(args.analyse) / f"{n}-{seed}.json").read_text())
+            arms = [json.loads(_kept(args.analyse, f"{n}-{seed}.json").read_text())
                     for n in ("product", "random")]  # fmt: skip
             results.append(analyse(seed, *arms, oracle))
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 logging_level="WARNING")
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level="WARNING",
+        )
         with contextlib.ExitStack() as stack:
             tmp = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
             tmp.mkdir(parents=True, exist_ok=True)
