@@ -407,9 +407,11 @@ def write_markdown(
         "",
         "Mean ± sample standard deviation over seeds, x100, then in brackets a 95 % interval "
         "from a bootstrap over the test sessions (resampling whole sessions: the test split's "
-        "own sampling noise, which the seeds do not show). For each seed the reported epoch is "
-        "where the selection statistic of validation macro-F1 peaks (ties: earliest); test "
-        "never chose anything.",
+        "own sampling noise, which the seeds do not show; "
+        f"{h.get('test_sessions', '?')} test sessions here: with few sessions the interval is "
+        "wide and skewed low, since a resample can leave a class out and macro-F1 then scores "
+        "it 0). For each seed the reported epoch is where the selection statistic of "
+        "validation macro-F1 peaks (ties: earliest); test never chose anything.",
         "",
         *_table(rows, "chosen", baseline, published=kind == "kemdy20"),
         "",

@@ -861,6 +861,7 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
         "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "statistic": STATISTIC,
         "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
         "tracking_uri": redact_uri(settings.tracking_uri), "fixed_target": FIXED_EPOCH,
+        "test_sessions": len(set(sessions.tolist())),
     }  # fmt: skip
     kind = fr.corpus_kind(store.manifest)
     md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
