@@ -96,11 +96,11 @@ def test_reused_actor_and_task_equal_a_fresh_process(
     assert len(pids) == 1  # one actor ran all four trials
     assert all(len(h) == EPOCHS for h in by_index.values())
 
-    # finalize's own Ray task (it also scores test at its checkpoints, after training)
+    # finalize's own Ray task (it also scores test at its chosen epochs, after training)
     from search.finalize import _unit_task
 
     unit = ray.get(
-        ray.remote(_unit_task).options(num_cpus=1).remote({"config": A}, path, EPOCHS, 1, None)
+        ray.remote(_unit_task).options(num_cpus=1).remote({"config": A}, path, 1, "cpu")
     )
     in_task = history(unit["history"])
     assert fresh_process(search_store, A) == by_index[1] == by_index[3] == in_task
