@@ -94,7 +94,7 @@ def ray_env_defaults() -> None:
     # Save Tune's experiment state on every controller step, so a killed driver loses at most
     # the step in flight and finished trials are never rerun after --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # Trials checkpoint every epoch (num_to_keep=1), which forces a state snapshot each time;
+    # Trials checkpoint every epoch (num_to_keep), which forces a state snapshot each time;
     # that is the saving above, on purpose, so Tune's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
@@ -204,8 +204,10 @@ def build_tuner(
             name=settings.experiment_path.name,
             storage_path=settings.storage_path,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            # The latest epoch's state only: enough to continue a trial, a few MB per trial.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # The last two epochs' states, a few MB per trial: a killed driver's saved
+            # experiment state may still name the one before the newest, so that one must
+            # still exist when --resume continues the trial from it.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
             verbose=0,
         ),
