@@ -230,11 +230,15 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic) if len(a) > 2 else math.nan
 
 
-def analyse(seed: int, product: dict, random: dict, oracle: Oracle) -> dict:
+def analyse(seed: int, product: dict, random: dict | None, oracle: Oracle) -> dict:
+    """Oracle figures of one sweep seed; ``random`` may be missing (a seed whose random arm
+    did not run): its columns are then left empty and it counts in no random comparison."""
     from models.selection import trial_score
 
-    out: dict[str, Any] = {"seed": seed}
+    out: dict[str, Any] = {"seed": seed, "random": None}
     for name, arm in (("product", product), ("random", random)):
+        if arm is None:
+            continue
         recs = trial_records(arm)
         score_trials(recs, oracle)
         units = final_units(arm, oracle)
@@ -272,10 +276,11 @@ def analyse(seed: int, product: dict, random: dict, oracle: Oracle) -> dict:
                     t, f = finalize_pick(units, cands[:k], seeds[:n])
                     variants[f"top{k}x{n}"] = (best - by_id[t]["oracle"], f)
             out[name]["variants"] = variants
-    target = out["random"]["pick_oracle"]
-    reach = epochs_to_reach(out["product"]["records"], target)
-    out["efficiency"] = out["random"]["epochs"] / reach if reach else 0.0
-    out["reach"] = reach
+    out["efficiency"], out["reach"] = math.nan, None
+    if out["random"] is not None:
+        reach = epochs_to_reach(out["product"]["records"], out["random"]["pick_oracle"])
+        out["efficiency"] = out["random"]["epochs"] / reach if reach else 0.0
+        out["reach"] = reach
     return out
 
 
@@ -292,21 +297,27 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
     rows = []
     for r in results:
         p, q = r["product"], r["random"]
+        rand_cells = (
+            f"{q['trials']} / {q['epochs']} | {q['best_oracle']:.3f} | {q['pick_oracle']:.3f} | "
+            f"{q['regret']:.3f} | {q['pick_final_oracle']:.3f} | {r['reach'] or '—'} | "
+            f"{r['efficiency']:.2f}x"
+            if q
+            else "not run | — | — | — | — | — | —"
+        )
         rows.append(
             f"| {r['seed']} | {p['trials']} / {p['epochs']} | {p['best_oracle']:.3f} | "
             f"{p['pick_oracle']:.3f} | **{p['regret']:.3f}** | {p['old_rule_regret']:.3f} | "
-            f"{p['pick_final_oracle']:.3f} | {q['trials']} / {q['epochs']} | "
-            f"{q['best_oracle']:.3f} | {q['pick_oracle']:.3f} | {q['regret']:.3f} | "
-            f"{q['pick_final_oracle']:.3f} | {r['reach'] or '—'} | {r['efficiency']:.2f}x |"
+            f"{p['pick_final_oracle']:.3f} | {rand_cells} |"
         )
+    with_random = [r for r in results if r["random"]]
     regret = [r["product"]["regret"] for r in results]
     old = [r["product"]["old_rule_regret"] for r in results]
-    rand = [r["random"]["regret"] for r in results]
-    ahead = [r["product"]["pick_oracle"] - r["random"]["pick_oracle"] for r in results]
+    rand = [r["random"]["regret"] for r in with_random]
+    ahead = [r["product"]["pick_oracle"] - r["random"]["pick_oracle"] for r in with_random]
     ahead_final = [
-        r["product"]["pick_final_oracle"] - r["random"]["pick_final_oracle"] for r in results
+        r["product"]["pick_final_oracle"] - r["random"]["pick_final_oracle"] for r in with_random
     ]
-    eff = [r["efficiency"] for r in results]
+    eff = [r["efficiency"] for r in with_random] or [math.nan]
     names = list(results[0]["product"]["variants"])
     var_rows = [
         f"| {v} | {_mean([r['product']['variants'][v][0] for r in results])} | "
@@ -325,7 +336,7 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
         "Oracle macro-F1 of each config *as its trial trained it* (one seed, weights at the "
         "trial's last epoch; fold heads averaged) on both sides of every regret; *final* "
         "columns score finalize's own runs of the pick (150 epochs, weights chosen by the "
-        "statistic, mean over final seeds).\n\n"
+        f"statistic, mean over final seeds).{(' ' + args.note) if args.note else ''}\n\n"
         "| sweep seed | product trials / epochs | best oracle among tried | pick (trial "
         "protocol) | **regret** | regret, today's rule (max over epochs, #1) | pick, final "
         "protocol | random trials / epochs | random best | random pick | random regret | "
@@ -348,8 +359,9 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
         f"- Wall time per arm (s, sweep + finalize): product "
         f"{_mean([r['product']['t_sweep'] for r in results])} + "
         f"{_mean([r['product']['t_final'] for r in results])}, random "
-        f"{_mean([r['random']['t_sweep'] for r in results])} + "
-        f"{_mean([r['random']['t_final'] for r in results])} (other jobs shared the cores).\n\n"
+        f"{_mean([r['random']['t_sweep'] for r in with_random])} + "
+        f"{_mean([r['random']['t_final'] for r in with_random])} (other jobs shared the "
+        "cores).\n\n"
         "Finalize variants on the same units (regret of the pick, trial protocol; oracle of "
         "the pick's final runs), mean ± sd over sweep seeds:\n\n"
         "| candidates x seeds | regret | pick's oracle, final protocol |\n|---|---|---|\n"
@@ -358,12 +370,12 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
     )
 
 
-def _kept(folders: list[str], name: str) -> Path:
-    """The arm record ``name`` in the first of ``folders`` that holds it."""
+def _kept(folders: list[str], name: str) -> Path | None:
+    """The arm record ``name`` in the first of ``folders`` that holds it (None: not run)."""
     for folder in folders:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
-    raise SystemExit(f"no {name} in {', '.join(folders)}")
+    return None
 
 
 def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle: Oracle) -> dict:
@@ -389,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--max-epochs", type=int, default=20, help="as search.run (smoke runs: less)")
     p.add_argument("--final-epochs", type=int, default=150, help="as search.run --final-epochs")
+    p.add_argument("--note", default="", help="a sentence added to the report's header")
     p.add_argument("--workdir", default=None, help="keep the sweeps here (default: a temp dir)")
     p.add_argument(
         "--analyse",
@@ -409,9 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.analyse:
         results = []
         for seed in args.seeds:
-            arms = [json.loads(_kept(args.analyse, f"{n}-{seed}.json").read_text())
-                    for n in ("product", "random")]  # fmt: skip
-            results.append(analyse(seed, *arms, oracle))
+            arms = [_kept(args.analyse, f"{n}-{seed}.json") for n in ("product", "random")]
+            product, random = (json.loads(a.read_text()) if a else None for a in arms)
+            results.append(analyse(seed, product, random, oracle))
     else:
         ray.init(
             address="local",
