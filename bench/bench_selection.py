@@ -143,7 +143,8 @@ def trial_records(arm: dict) -> list[dict]:
     for run in tracking.trial_runs(client, exp_id, arm["parent"]):
         tid = run.data.tags[tracking.TRIAL_ID]
         hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
-        ckpts = sorted(Path(arm["storage"], arm["name"]).glob(f"*{tid}*/checkpoint_*/trial.pt"))
+        # Tune's folder is the sweep's name plus a suffix that keeps it the sweep's own
+        ckpts = sorted(Path(arm["storage"]).glob(f"{arm['name']}*/*{tid}*/checkpoint_*/trial.pt"))
         finished = [(m.timestamp, m.step) for m in client.get_metric_history(
             run.info.run_id, "val_macro_f1")]  # fmt: skip
         out.append({
