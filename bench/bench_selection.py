@@ -182,6 +182,13 @@ def final_units(arm: dict, oracle: Oracle) -> list[dict]:
 
 
 # -- what each rule recommends ----------------------------------------------------------------
+def sweep_order(arm: dict) -> list[str]:
+    """Finalize's candidates (trial ids) in the sweep's rank order, from its state file."""
+    state = json.loads((Path(arm["out_dir"]) / "state.json").read_text())
+    ranked = sorted(state["candidates"], key=lambda c: c.get("rank") or 0)
+    return [str(c["trial_id"]) for c in ranked]
+
+
 def rank_by(records: list[dict], stat: str) -> list[dict]:
     from models.selection import trial_score
 
@@ -268,8 +275,7 @@ def analyse(seed: int, product: dict, random: dict | None, oracle: Oracle) -> di
             top3m = rank_by(recs, "max")[:3]
             out[name]["optimism_max"] = statistics.mean(max(r["val"]) - r["oracle"] for r in top3m)
             # finalize variants on the same units: fewer candidates or seeds
-            cands = [u["trial_id"] for u in sorted(units, key=lambda u: u["candidate"])]
-            cands = list(dict.fromkeys(cands))
+            cands = sweep_order(arm)
             seeds = sorted({u["seed"] for u in units})
             variants = {}
             for k in range(1, len(cands) + 1):
