@@ -412,9 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="keep the sweeps here (default: a temp dir)")
     p.add_argument(
         "--analyse",
+        nargs="+",
         default=None,
         metavar="DIR",
-        help="only redo the analysis of the arms kept in DIR (a former --workdir)",
+        help="only redo the analysis of the arms kept in these former --workdir folders "
+        "(e.g. one per sweep seed, run side by side)",
     )
     args = p.parse_args(argv)
     from search.run import ray_env_defaults
