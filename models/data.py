@@ -465,5 +465,5 @@ def fold_rows(store: FeatureStore, k: int, seed: int = 0) -> list[dict[str, np.n
     out = []
     for held in session_folds(table, k, seed=seed):
         held_out = np.isin(sessions, held)
-        out.append({"train": pool[~held_out], "val": pool[held_out], "sessions": np.array(held)})
+        out.append({"train": pool[~held_out], "val": pool[held_out]})
     return out

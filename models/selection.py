@@ -62,8 +62,9 @@ class Tracker:
         self.best_epoch = 0
         self.best_value = math.nan
 
-    def add(self, value: float) -> tuple[float, bool]:
-        """Record the next epoch's value; returns (trailing mean, whether it is a new best)."""
+    def add(self, value: float) -> float:
+        """Record the next epoch's value; returns the trailing mean (``best_epoch`` moves
+        when it is a new best)."""
         self.values.append(value)
         current = trailing_means(self.values[-self.window :], self.window)[-1]
         improved = math.isfinite(current) and not (
@@ -71,4 +72,4 @@ class Tracker:
         )
         if improved or self.best_epoch == 0:
             self.best_epoch, self.best_value = len(self.values), current
-        return current, improved
+        return current

@@ -238,7 +238,6 @@ class Trainer:
             self._note("amp ignored: mixed precision is used on CUDA only")
         self.epoch = 0
         self.history: list[dict[str, float]] = []
-        self.last_predictions: dict[str, torch.Tensor] = {}
         self._build(rows or {})
 
     def _note(self, text: str) -> None:
@@ -350,7 +349,6 @@ class Trainer:
         n_cls = self.store.num_classes
         loss, pred, probs = evaluate(self.model, data, self.objective, self.config.batch_size,
                                      self.autocast)  # fmt: skip
-        self.last_predictions[split] = pred
         out = {f"{split}_loss": loss}
         out.update(classification_metrics(pred, labels, split, n_cls,
                                           label_names=self.store.label_names))  # fmt: skip
@@ -437,7 +435,7 @@ def train(
         metrics = trainer.run_epoch()
         epoch = trainer.epoch
         value = metrics.get(key, math.nan) if key else float(epoch)
-        trailing, _ = tracker.add(value)
+        trailing = tracker.add(value)
         if key:
             metrics[f"{key}_trailing"] = trailing  # also in trainer.history: the same dict
         if tracker.best_epoch == epoch:

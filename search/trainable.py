@@ -102,7 +102,7 @@ class TrialRun:
     def run_epoch(self) -> dict[str, float]:
         per_fold = [t.run_epoch() for t in self.trainers]
         metrics = per_fold[0] if len(per_fold) == 1 else fold_metrics(per_fold)
-        metrics[STAT_METRIC], _ = self.tracker.add(metrics.get(METRIC, math.nan))
+        metrics[STAT_METRIC] = self.tracker.add(metrics.get(METRIC, math.nan))
         self.history.append(metrics)
         return metrics
 
