@@ -78,7 +78,9 @@ class Oracle:
         self.gold = store.table["label_id"].to_numpy(dtype=np.int64)
         self._data: dict[tuple, Any] = {}
 
-    def score(self, config: dict[str, Any], state_dict: dict[str, Any]) -> float:
+    def score(self, config: dict[str, Any], *state_dicts: dict[str, Any]) -> float:
+        """Oracle macro-F1 of one head, or of the ensemble of several (mean probabilities, as
+        finalize scores fold heads)."""
         import torch
 
         from models.config import TrainConfig
@@ -87,19 +89,22 @@ class Oracle:
         from models.train import model_for
 
         cfg = TrainConfig.from_dict(config)
-        model = model_for(cfg, self.store, state_dict)
-        frames = cfg.audio_frames or self.store.max_frames
-        key = (frozenset(model.uses), frames, frozenset(model.trim))
-        if key not in self._data:
-            self._data[key] = load_split(self.store, "train", rows=self.rows, uses=model.uses,
-                                         frames=frames, trim=model.trim,
-                                         device=torch.device("cpu"))  # fmt: skip
-        data = self._data[key]
-        preds = []
-        with torch.no_grad():
-            for idx in iterate_in_order(data.n, 256, data.device):
-                preds.append(model(data.batch(idx)).logits.argmax(dim=-1))
-        m = classification_metrics(torch.cat(preds), self.gold, "oracle", self.store.num_classes)
+        probs = []
+        for state in state_dicts:
+            model = model_for(cfg, self.store, state)
+            frames = cfg.audio_frames or self.store.max_frames
+            key = (frozenset(model.uses), frames, frozenset(model.trim))
+            if key not in self._data:
+                self._data[key] = load_split(self.store, "train", rows=self.rows,
+                                             uses=model.uses, frames=frames, trim=model.trim,
+                                             device=torch.device("cpu"))  # fmt: skip
+            data = self._data[key]
+            with torch.no_grad():
+                logits = [model(data.batch(i)).logits for i in iterate_in_order(data.n, 256,
+                                                                                data.device)]  # fmt: skip
+            probs.append(torch.cat(logits).softmax(dim=-1))
+        pred = torch.stack(probs).mean(dim=0).argmax(dim=-1)
+        m = classification_metrics(pred, self.gold, "oracle", self.store.num_classes)
         return m["oracle_macro_f1"]
 
 
@@ -170,15 +175,18 @@ def score_trials(records: list[dict], oracle: Oracle) -> None:
 
 
 def final_units(arm: dict, oracle: Oracle) -> list[dict]:
-    """Finalize's units with the oracle score of their chosen weights (final protocol)."""
+    """Finalize's units with the oracle score of their chosen weights (final protocol; the
+    fold heads' ensemble when finalize ran with folds)."""
     import torch
+
+    from search.finalize import chosen_checkpoints
 
     units = []
     for p in sorted(Path(arm["out_dir"]).glob("units/*.json")):
         u = json.loads(p.read_text())
-        path = u["checkpoint_files"][str(u["chosen_epoch"])]
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        u["oracle"] = oracle.score(ckpt["config"], ckpt["state_dict"])
+        ckpts = [torch.load(path, map_location="cpu", weights_only=True)
+                 for path in chosen_checkpoints(u)]  # fmt: skip
+        u["oracle"] = oracle.score(ckpts[0]["config"], *(c["state_dict"] for c in ckpts))
         units.append(u)
     return units
 

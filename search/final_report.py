@@ -360,6 +360,14 @@ def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
     return lines
 
 
+def _folds_text(folds: int) -> str:
+    if folds < 2:
+        return ""
+    return (f" With {folds} session folds: each run is {folds} heads, each trained on all "
+            "non-test sessions but one fold's and validated on that fold; the epoch is chosen "
+            "by the fold mean, and test scores the heads' ensemble (mean class probabilities).")  # fmt: skip
+
+
 def write_markdown(
     path: Path,
     rows: Sequence[Row],
@@ -388,7 +396,7 @@ def write_markdown(
         "its sweep trial had (the trial was the first epochs of this run); validation scored "
         f"every epoch and the weights kept where the selection statistic ({h.get('statistic', 'val macro-F1')} "
         "of val macro-F1) peaks, and at the fixed epoch; test scored once for each, after "
-        "training.",
+        "training." + _folds_text(h.get("folds") or 0),
         "- What `faithful` configs cannot reproduce of the seed (cached features):",
         *(f"  - {item}" for item in NOT_REPRODUCIBLE),
         f"- MLflow: parent run `{h.get('parent_run_id', '')}` in `{h.get('tracking_uri', '')}`",

@@ -71,7 +71,7 @@ SEED = "case_tune.seed"
 SOURCE_TRIAL = "case_tune.source_trial"
 TEST_READ = "case_tune.test_read"
 # Settings that define the plan: a resume must not change them.
-PLAN_KEYS = ("top_k", "epochs", "seeds", "models", "tracking_uri")
+PLAN_KEYS = ("top_k", "epochs", "seeds", "models", "folds", "tracking_uri")
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -83,6 +83,7 @@ class FinalizeSettings:
     epochs: int = DEFAULT_EPOCHS
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     models: list[str] = field(default_factory=list)
+    folds: int = 0  # K >= 2: one head per session fold, test scored by their ensemble
     tracking_uri: str = ""
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     cpus_per_trial: float = 1.0
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         "differ from what the trials scored",
     )
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 42; the seed's paper used 0 42 2023)")
+    p.add_argument(
+        "--folds", type=int, metavar="K",
+        help="train each run as K heads, one per session fold of the non-test sessions (the "
+        "folds of `search.run --folds K`), choose the epoch by the fold mean and score test "
+        "with the heads' ensemble; 0: train on the store's train split, choose on val "
+        "(default: what the sweep did)",
+    )  # fmt: skip
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's)")
     p.add_argument("--results-dir", help="folder holding results/<sweep>/ (default ./results)")
     p.add_argument(
@@ -182,6 +190,7 @@ def parse_settings(
     if a.top_k is not None:
         s.top_k = a.top_k
     s.epochs = a.epochs if a.epochs is not None else _sweep_horizon(sweep_dir)
+    s.folds = a.folds if a.folds is not None else _sweep_folds(sweep_dir)
     if a.seeds is not None:
         s.seeds = list(dict.fromkeys(a.seeds))
     if a.models is not None:
@@ -210,8 +219,8 @@ def parse_settings(
     state_path = s.state_path
     if s.resume and state_path.is_file():
         saved = json.loads(state_path.read_text(encoding="utf-8"))["settings"]
-        given = {"top_k": a.top_k, "epochs": a.epochs, "seeds": a.seeds,
-                 "models": a.models, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
+        given = {"top_k": a.top_k, "epochs": a.epochs, "seeds": a.seeds, "models": a.models,
+                 "folds": a.folds, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
         for key in PLAN_KEYS:
             mine = redact_uri(s.tracking_uri) if key == "tracking_uri" else getattr(s, key)
             if given[key] is not None and mine != saved[key]:
@@ -219,12 +228,16 @@ def parse_settings(
                     f"--resume: --{key.replace('_', '-')} {mine} differs from the "
                     f"interrupted finalize's {saved[key]}; drop the flag to resume it"
                 )
+            if key not in saved:  # a finalize from before the key existed
+                continue
             if key != "tracking_uri" or not is_redacted(saved[key]):
                 setattr(s, key, saved[key])
     if s.top_k < 0 or (s.top_k == 0 and not s.models):
         raise UsageError(f"--top-k must be >= 1 (or 0 with --models), got {s.top_k}")
     if s.epochs <= 0:
         raise UsageError(f"--epochs must be a positive integer, got {s.epochs}")
+    if s.folds == 1 or s.folds < 0:
+        raise UsageError(f"--folds must be 0 (no folds) or at least 2, got {s.folds}")
     if any(seed < 0 for seed in s.seeds):
         raise UsageError(f"--seeds must be >= 0, got {s.seeds}")
     if s.max_concurrent < 1:
@@ -247,14 +260,24 @@ def parse_settings(
     return s
 
 
-def _sweep_horizon(sweep_dir: Path) -> int:
-    """The final-run length the sweep's trials were scheduled for (150 for older sweeps)."""
+def _sweep_fact(sweep_dir: Path, key: str, default: int) -> int:
+    """An integer the sweep recorded in its best_configs.yaml (``default`` for older sweeps)."""
     import yaml
 
-    with contextlib.suppress(OSError, ValueError, yaml.YAMLError, AttributeError):
+    with contextlib.suppress(OSError, ValueError, yaml.YAMLError, AttributeError, TypeError):
         doc = yaml.safe_load((sweep_dir / BEST_CONFIGS).read_text(encoding="utf-8"))
-        return int(doc.get("final_epochs") or DEFAULT_EPOCHS)
-    return DEFAULT_EPOCHS
+        return int(doc.get(key) or default)
+    return default
+
+
+def _sweep_horizon(sweep_dir: Path) -> int:
+    """The final-run length the sweep's trials were scheduled for (150 for older sweeps)."""
+    return _sweep_fact(sweep_dir, "final_epochs", DEFAULT_EPOCHS)
+
+
+def _sweep_folds(sweep_dir: Path) -> int:
+    """The session folds the sweep's trials were cross-validated over (0: none)."""
+    return _sweep_fact(sweep_dir, "folds", 0)
 
 
 def _absolute_uri(uri: str, cwd: Path) -> str:
@@ -343,9 +366,9 @@ def candidate_key(trial_id: str, config: Mapping[str, Any]) -> str:
     return f"{trial_id}-{config_digest(config)}"
 
 
-def unit_id(candidate: Candidate, seed: int, epochs: int) -> str:
-    """One unit of work: this config, this seed, this many epochs."""
-    return f"{candidate.key}-s{seed}-e{epochs}"
+def unit_id(candidate: Candidate, seed: int, epochs: int, folds: int = 0) -> str:
+    """One unit of work: this config, this seed, this many epochs (over these folds)."""
+    return f"{candidate.key}-s{seed}-e{epochs}" + (f"-f{folds}" if folds > 1 else "")
 
 
 def top_k_note(doc: Mapping[str, Any], top_k: int) -> str | None:
@@ -381,66 +404,30 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
     weights on test, once.
 
     The chosen weights are those of the epoch where the selection statistic (the trailing
-    mean of val macro-F1) peaks, looked at every epoch; the fixed ones are the seed's epoch
-    120. Returns plain data (history, val and test metrics at both epochs, test predictions,
-    the bytes of both checkpoints); writes nothing, so it works on any node of a cluster.
+    mean of val macro-F1; of its fold mean with ``unit["folds"]``) peaks, looked at every
+    epoch; the fixed ones are the seed's epoch 120. With folds a run is K heads, one per
+    session fold, and test scores their ensemble (the mean of their class probabilities).
+    Returns plain data (history, val and test metrics at both epochs, test predictions, the
+    bytes of the checkpoints); writes nothing, so it works on any node of a cluster.
     """
-    import io
-
-    import torch
-
     from data_prep.store import FeatureStore
     from models.config import TrainConfig
-    from models.data import load_split
-    from models.losses import Objective, class_weights
-    from models.metrics import classification_metrics, macro_auroc
     from models.selection import STATISTIC
-    from models.train import (
-        checkpoint_payload,
-        evaluate,
-        model_for,
-        model_sizes,
-        resolve_device,
-        train,
-    )
+    from models.train import resolve_device
 
     started = time.time()
     config = TrainConfig.from_dict(dict(unit["config"]))
     dev = resolve_device(device)
     train_store = FeatureStore.open(store_path, sealed=("test",))
     fixed = fixed_epoch(config.epochs)
-    result = train(config, train_store, eval_splits=("val",), device=dev, keep_epochs=(fixed,),
-                   threads=threads)
-    history = [{k: float(v) for k, v in h.items()} for h in result.history]
-    chosen = result.best_epoch
-    states = {fixed: result.kept_states[fixed], chosen: result.best_state_dict}
+    folds = int(unit.get("folds") or 0)
+    trained = (_train_folds if folds > 1 else _train_one)(config, train_store, folds, fixed, dev,
+                                                           threads)  # fmt: skip
+    history, chosen, states, notes, numerics = trained
     # Training is over: from here on the test split is read, once per kept set of weights.
     score_store = FeatureStore.open(store_path, sealed=())
-    names, n_cls = score_store.label_names, score_store.num_classes
-    weight = class_weights(score_store.labels("train"), n_cls, config.class_weights)
-    objective = Objective(config, weight).to(dev)
-    test_data = None
-    test_metrics: dict[str, dict[str, float]] = {}
-    test_pred: dict[str, list[int]] = {}
-    blobs: dict[str, bytes] = {}
-    for e, state in sorted(states.items()):
-        model = model_for(config, score_store, state).to(dev)
-        if test_data is None:
-            frames = config.audio_frames or score_store.max_frames
-            test_data = load_split(score_store, "test", uses=model.uses, frames=frames,
-                                   trim=model.trim, device=dev)  # fmt: skip
-        loss, pred, probs = evaluate(model, test_data, objective, config.batch_size,
-                                     contextlib.nullcontext)  # fmt: skip
-        m = classification_metrics(pred, test_data.labels.cpu(), "test", n_cls, label_names=names)
-        m["test_loss"] = loss
-        m["test_macro_auroc"] = macro_auroc(probs, test_data.labels.cpu(), n_cls)
-        test_metrics[str(e)] = {k: float(v) for k, v in m.items()}
-        test_pred[str(e)] = [int(x) for x in pred.tolist()]
-        buf = io.BytesIO()
-        sizes = model_sizes(score_store)
-        torch.save(checkpoint_payload(state, config, e, history[e - 1], sizes, train_store.key),
-                   buf)  # fmt: skip
-        blobs[str(e)] = buf.getvalue()
+    test_metrics, test_pred, blobs = _score_test(config, score_store, states, history, dev,
+                                                 train_store.key)  # fmt: skip
     epochs = sorted(states)
     return {
         **dict(unit),
@@ -459,13 +446,107 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
         "train_splits_read": sorted(train_store.accessed),
         "score_splits_read": sorted(score_store.accessed),
         "store_key": train_store.key,
-        "notes": list(result.notes),
-        "numerics": dict(result.numerics),
+        "notes": list(notes),
+        "numerics": dict(numerics),
         "seconds": time.time() - started,
         "host": os.uname().nodename,
         "finished": _now(),
         "_checkpoints": blobs,
     }
+
+
+# (history, chosen epoch, {epoch: [weights per head]}, notes, numerics)
+Trained = tuple[list[dict[str, float]], int, dict[int, list[dict[str, Any]]], list[str],
+                dict[str, Any]]  # fmt: skip
+
+
+def _train_one(config: Any, store: Any, _folds: int, fixed: int, dev: Any,
+               threads: int | None) -> Trained:  # fmt: skip
+    """One head on the train split, validated on val."""
+    from models.train import train
+
+    result = train(config, store, eval_splits=("val",), device=dev, keep_epochs=(fixed,),
+                   threads=threads)  # fmt: skip
+    history = [{k: float(v) for k, v in h.items()} for h in result.history]
+    states = {fixed: [result.kept_states[fixed]], result.best_epoch: [result.best_state_dict]}
+    return history, result.best_epoch, states, result.notes, result.numerics
+
+
+def _train_folds(config: Any, store: Any, folds: int, fixed: int, dev: Any,
+                 threads: int | None) -> Trained:  # fmt: skip
+    """K heads stepped together, one per session fold (the sweep's own TrialRun, so a fold
+    trial is the start of this run too); the epoch is chosen by the fold mean's statistic."""
+    from search.trainable import TrialRun
+
+    run = TrialRun(config.to_dict(), store, folds, device=dev, threads=threads)
+    states: dict[int, list[dict[str, Any]]] = {}
+    best: list[dict[str, Any]] = []
+    while run.epoch < config.epochs:
+        run.run_epoch()
+        if run.tracker.best_epoch == run.epoch:
+            best = [t.weights() for t in run.trainers]
+        if run.epoch == fixed:
+            states[fixed] = [t.weights() for t in run.trainers]
+    states[run.tracker.best_epoch] = best
+    history = [{k: float(v) for k, v in h.items()} for h in run.history]
+    for epoch, h in enumerate(history, 1):
+        h.setdefault("epoch", float(epoch))
+    first = run.trainers[0]
+    return history, run.tracker.best_epoch, states, first.notes, first.numerics
+
+
+def _score_test(config: Any, store: Any, states: Mapping[int, list[dict[str, Any]]],
+                history: list[dict[str, float]], dev: Any,
+                train_key: str) -> tuple[dict, dict, dict[str, bytes]]:  # fmt: skip
+    """Test metrics, predictions and checkpoint bytes of each kept epoch's heads (one head, or
+    the ensemble of the fold heads: mean class probabilities, mean of their test losses)."""
+    import io
+
+    import torch
+
+    from models.losses import Objective, class_weights
+    from models.metrics import classification_metrics, macro_auroc
+    from models.train import checkpoint_payload, evaluate, model_for, model_sizes
+
+    n_cls = store.num_classes
+    weight = class_weights(store.labels("train"), n_cls, config.class_weights)
+    objective = Objective(config, weight).to(dev)
+    sizes = model_sizes(store)
+    data = None
+    metrics: dict[str, dict[str, float]] = {}
+    preds: dict[str, list[int]] = {}
+    blobs: dict[str, bytes] = {}
+    for e, heads in sorted(states.items()):
+        losses, probs = [], []
+        for k, state in enumerate(heads):
+            model = model_for(config, store, state).to(dev)
+            if data is None:
+                from models.data import load_split
+
+                data = load_split(store, "test", uses=model.uses,
+                                  frames=config.audio_frames or store.max_frames,
+                                  trim=model.trim, device=dev)  # fmt: skip
+            loss, _pred, p = evaluate(model, data, objective, config.batch_size,
+                                      contextlib.nullcontext)  # fmt: skip
+            losses.append(loss)
+            probs.append(p)
+            buf = io.BytesIO()
+            torch.save(checkpoint_payload(state, config, e, history[e - 1], sizes, train_key), buf)
+            blobs[checkpoint_key(e, k if len(heads) > 1 else None)] = buf.getvalue()
+        prob = torch.stack(probs).mean(dim=0)
+        pred = prob.argmax(dim=-1)
+        gold = data.labels.cpu()
+        m = classification_metrics(pred, gold, "test", n_cls, label_names=store.label_names)
+        m["test_loss"] = sum(losses) / len(losses)
+        m["test_macro_auroc"] = macro_auroc(prob, gold, n_cls)
+        metrics[str(e)] = {k: float(v) for k, v in m.items()}
+        preds[str(e)] = [int(x) for x in pred.tolist()]
+    return metrics, preds, blobs
+
+
+def checkpoint_key(epoch: int, fold: int | None = None) -> str:
+    """How a unit names one head's weights: the epoch, and the fold when the run has folds."""
+    return str(epoch) if fold is None else f"{epoch}-fold{fold}"
 
 
 def _now() -> str:
@@ -510,12 +591,13 @@ def save_unit(settings: FinalizeSettings, record: dict[str, Any]) -> dict[str, A
     if not ignore.exists():  # checkpoints are outputs, MBs each: keep them out of git
         ignore.write_text("*\n", encoding="utf-8")
     files = {}
-    for epoch, blob in blobs.items():
-        path = ck_dir / f"epoch_{int(epoch):04d}.pt"
+    for key, blob in blobs.items():
+        epoch, _, fold = key.partition("-")
+        path = ck_dir / (f"epoch_{int(epoch):04d}" + (f"_{fold}" if fold else "") + ".pt")
         tmp = path.with_suffix(".part")
         tmp.write_bytes(blob)
         os.replace(tmp, path)
-        files[epoch] = str(path)
+        files[key] = str(path)
     record["checkpoint_files"] = files
     _write_json_atomic(settings.units_dir / f"{record['unit_id']}.json", record)
     return record
@@ -602,10 +684,16 @@ def log_unit(client: Any, run_id: str, record: Mapping[str, Any]) -> None:
     tracking.log_params(client, run_id, {"chosen_epoch": record["chosen_epoch"],
                                          "fixed_epoch": record["fixed_epoch"]})  # fmt: skip
     with contextlib.suppress(Exception):  # an unreachable artifact store must not lose a unit
-        path = record.get("checkpoint_files", {}).get(str(record["chosen_epoch"]))
-        if path:
+        for path in chosen_checkpoints(record):
             client.log_artifact(run_id, path, "checkpoint")
     client.set_terminated(run_id, "FINISHED")
+
+
+def chosen_checkpoints(record: Mapping[str, Any]) -> list[str]:
+    """The files of a finished unit's chosen weights: one head, or one per fold."""
+    epoch = str(record["chosen_epoch"])
+    files = record.get("checkpoint_files", {})
+    return [p for k, p in sorted(files.items()) if k == epoch or k.startswith(f"{epoch}-")]
 
 
 def fail_unit_run(client: Any, run_id: str, error: str) -> None:
@@ -687,9 +775,10 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     by_key = {c.key: c for c in candidates}
     for c in candidates:
         for seed in settings.seeds:
-            units.append({"unit_id": unit_id(c, seed, settings.epochs), "candidate": c.key,
-                          "trial_id": c.trial_id, "model": c.model,
-                          "seed": seed, "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
+            units.append({"unit_id": unit_id(c, seed, settings.epochs, settings.folds),
+                          "candidate": c.key, "trial_id": c.trial_id, "model": c.model,
+                          "seed": seed, "folds": settings.folds,
+                          "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
     space = _space_name(doc, settings)
 
     from search import tracking
@@ -712,7 +801,8 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
         tracking.log_params(client, parent, {
             "sweep": settings.sweep, "top_k": settings.top_k, "models": ",".join(settings.models),
             "epochs": settings.epochs,
-            "seeds": ",".join(map(str, settings.seeds)), "store_key": store.key,
+            "seeds": ",".join(map(str, settings.seeds)), "folds": settings.folds,
+            "store_key": store.key,
             "store_path": str(store_path), "num_units": len(units),
             "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
         })  # fmt: skip
@@ -863,7 +953,7 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
         "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "statistic": STATISTIC,
         "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
         "tracking_uri": redact_uri(settings.tracking_uri), "fixed_target": FIXED_EPOCH,
-        "test_sessions": len(set(sessions.tolist())),
+        "test_sessions": len(set(sessions.tolist())), "folds": settings.folds,
     }  # fmt: skip
     kind = fr.corpus_kind(store.manifest)
     md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
