@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         gb = sum(getattr(store, k).nbytes for k in ("audio", "text", "text_pooled")) / 1e9
         train_rows = int((store.table["split"] == "train").sum())
         available = _available()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
         sampler = Sampler()
         sampler.start()
