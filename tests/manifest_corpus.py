@@ -78,7 +78,9 @@ def write_manifest_corpus(root: Path, seed: int = 0) -> tuple[Path, dict[str, in
     add("unknown_label", ["x-label", good[1], "some words", "", "surprise", "dlg-d", "dlg-d-spk0",
                           "3", "3"])  # fmt: skip
     add("missing_column", ["x-nospeaker", good[1], "some words", "", "joy", "dlg-e", "", "3", "3"])
-    add("duplicate_segment", [good[0], good[1], "again", "", "joy", "dlg-f", "dlg-f-spk0", "3", "3"])
+    add(
+        "duplicate_segment", [good[0], good[1], "again", "", "joy", "dlg-f", "dlg-f-spk0", "3", "3"]
+    )
     add("single_utterance_session", ["x-alone", good[1], "alone here", "", "calm", "dlg-z",
                                      "dlg-z-spk0", "3", "3"])  # fmt: skip
     manifest = root / "manifest.csv"

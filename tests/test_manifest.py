@@ -209,8 +209,9 @@ def test_demo_through_kemdy20_and_manifest_gives_the_same_store(tmp_path, encode
     opts = _opts(encoders, tmp_path / "stores")
     folder = FeatureStore.open(prepare_store(root, **opts).path)
     listed = FeatureStore.open(
-        prepare_manifest_store(root / MANIFEST_NAME, labels=LABELS, neutral_label="neutral",
-                               **opts).path  # fmt: skip
+        prepare_manifest_store(
+            root / MANIFEST_NAME, labels=LABELS, neutral_label="neutral", **opts
+        ).path  # fmt: skip
     )
     assert folder.path != listed.path  # two stores, built from two sources...
     cols = ["segment_id", "session", "speaker", "label", "label_id", "text", "wav_path",
