@@ -99,7 +99,8 @@ class Oracle:
         with torch.no_grad():
             for idx in iterate_in_order(data.n, 256, data.device):
                 preds.append(model(data.batch(idx)).logits.argmax(dim=-1))
-        m = classification_metrics(torch.cat(preds), self.gold, "oracle", self.store.num_classes)
+        m = classification_metrics(torch.cat(preds), self.gold, "oracle", self.store.num_classes,
+                                   self.store.neutral_index, self.store.label_names)  # fmt: skip
         return m["oracle_macro_f1"]
 
 
