@@ -1,6 +1,8 @@
 """Corpus -> feature store: read, split by session, run the frozen encoders once, store.
 
     python -m data_prep.prepare --kemdy20 DIR [--audio-model ID_OR_DIR] [--text-model ID_OR_DIR]
+    python -m data_prep.prepare --manifest FILE [--column ROLE=NAME] [--labels A,B,...]
+                                [--neutral-label NAME] [--audio-model ...] [--text-model ...]
     python -m data_prep.prepare --demo
 
 A store's key hashes everything that decides its contents: the corpus bytes (annotation CSVs,
@@ -9,7 +11,8 @@ length limits, ``keep_ties`` and the split seed. The key is computed before any 
 loaded, so a second ``prepare`` of the same inputs returns the existing store at once, and a
 changed input gets a new store. Stores are written atomically (see :mod:`data_prep.store`).
 
-Corpus fingerprint: every byte of ``annotation/*.csv`` and ``wav/**/*.{wav,txt}`` streamed
+Corpus fingerprint: every byte of ``annotation/*.csv`` and ``wav/**/*.{wav,txt}`` (a
+manifest corpus: the manifest and every audio and transcript file it names) streamed
 through sha256 (about 1.7 GB/s here, so about 1-2 s plus disk reads for KEMDy20's ~2 GB).
 """
 

@@ -355,3 +355,19 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     final_csv = pd.read_csv(sweep_dir / "final.csv")
     assert "chosen_test_macro_f1_mean" in final_csv.columns
     assert not [c for c in final_csv.columns if "seed_micro" in c]
+
+
+def test_the_readme_manifest_example_reads_cleanly(tmp_path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Any corpus")[1].split("```csv\n")[1].split("```")[0]
+    assert len(block.strip().splitlines()) == 5  # the five-line example
+    (tmp_path / "corpus.csv").write_text(block, encoding="utf-8")
+    rng = np.random.default_rng(0)
+    for line in block.strip().splitlines()[1:]:
+        audio = tmp_path / line.split(",")[1]
+        audio.parent.mkdir(parents=True, exist_ok=True)
+        rate = 44100 if "44k" in audio.parts else 16000
+        sf.write(str(audio), 0.1 * rng.standard_normal(rate // 2), rate)
+    read = read_manifest(tmp_path / "corpus.csv", neutral_label="neutral")
+    assert not read.faults and len(read.utterances) == 4
+    assert read.label_names == ("angry", "happy", "neutral", "sad")
