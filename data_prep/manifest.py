@@ -186,7 +186,8 @@ def read_manifest(
         names = ", ".join(f"{r} (column {cols[r]!r})" if r in cols else r for r in absent)
         raise CorpusError(
             f"{src}: no column for {names}; columns: {', '.join(present) or 'none'}. "
-            "Name the columns with --column ROLE=NAME, e.g. --column label=emotion"
+            "Name them with `python -m data_prep.prepare --manifest FILE --column ROLE=NAME` "
+            "(e.g. --column label=emotion)"
         )
 
     kept: list[dict[str, Any]] = []

@@ -278,6 +278,24 @@ def test_search_run_takes_a_manifest_file(corpus, tmp_path) -> None:
         parse_settings(["--space", "case", "--data", str(other)], cwd=tmp_path)
 
 
+def test_search_run_prepares_a_manifest_or_says_why_not(corpus, tmp_path) -> None:
+    from search_helpers import cli_env
+
+    bad = tmp_path / "renamed.csv"
+    text = corpus[0].read_text(encoding="utf-8").replace(",label,", ",emotion,", 1)
+    bad.write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "case", "--data", str(bad),
+         "--results-dir", str(tmp_path / "results")],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"search.run: error: --data {bad}: cannot prepare this corpus:")
+    assert "no column for label (column 'label')" in err and "--column label=emotion" in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 # -- prepare, sweep, finalize ---------------------------------------------------------------
 def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     corpus, encoders, tmp_path, capsys
