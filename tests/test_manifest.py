@@ -108,6 +108,18 @@ def test_seed_micro_f1_needs_a_neutral_class() -> None:
     assert set(reps) == {"macro_f1", "weighted_f1", "micro_f1"}
 
 
+def test_the_split_rule_leaves_only_the_named_neutral_class_free() -> None:
+    from data_prep.splits import session_split
+
+    rng = np.random.default_rng(3)
+    table = pd.DataFrame({"session": np.repeat(np.arange(1, 11), 12),
+                          "label": rng.choice(["neutral", "x", "y"], 120)})  # fmt: skip
+    named = session_split(table, neutral="neutral", label_order=("neutral", "x", "y"))
+    assert set(named.test_carve.fractions) == {"x", "y"}
+    unnamed = session_split(table, neutral=None, label_order=("neutral", "x", "y"))
+    assert set(unnamed.test_carve.fractions) == {"neutral", "x", "y"}  # "neutral" is a class
+
+
 def test_a_manifest_corpus_is_never_reported_as_kemdy20() -> None:
     from search import final_report as fr
 
@@ -143,6 +155,18 @@ def test_store_follows_the_manifest_classes(prepared, corpus) -> None:
     assert set(faults["file"]) == {"manifest.csv"}
     # Every usable row was extracted (mixed rates, stereo and FLAC included).
     assert len(t) == len(SESSIONS) * 6 and (store.audio_len > 0).all()
+
+
+def test_models_train_cli_follows_the_store(prepared, capsys) -> None:
+    from models.train import main as train_main
+
+    path = prepared["first"].path
+    assert train_main(["--model", "text-only", "--data", str(path), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    store = FeatureStore.open(path)
+    majority = CLASSES[store.baseline_class()]
+    assert f"all-{majority} val: macro" in out and "all-neutral" not in out
+    assert "seed_micro" not in out and "seed micro" not in out and " macro " in out
 
 
 def test_same_manifest_twice_is_extracted_once(prepared, corpus, tmp_path) -> None:
