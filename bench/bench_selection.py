@@ -104,7 +104,8 @@ class Oracle:
                                                                                 data.device)]  # fmt: skip
             probs.append(torch.cat(logits).softmax(dim=-1))
         pred = torch.stack(probs).mean(dim=0).argmax(dim=-1)
-        m = classification_metrics(pred, self.gold, "oracle", self.store.num_classes)
+        m = classification_metrics(pred, self.gold, "oracle", self.store.num_classes,
+                                   self.store.neutral_index, self.store.label_names)  # fmt: skip
         return m["oracle_macro_f1"]
 
 

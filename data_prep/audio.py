@@ -30,23 +30,23 @@ def write_pcm16(path: str | os.PathLike[str], samples: np.ndarray, sr: int = SAM
 
 
 def wav_problem(path: str | os.PathLike[str]) -> tuple[str, str] | None:
-    """``None`` if ``path`` holds audio; else ``(kind, message)``.
+    """``None`` if ``path`` holds audio (any format soundfile reads); else ``(kind, message)``.
 
     kinds: ``missing_wav``, ``unreadable_wav``, ``empty_wav`` (zero frames or only zeros).
     """
     p = Path(path)
     if not p.is_file():
-        return "missing_wav", f"wav file not found: {p}"
+        return "missing_wav", f"audio file not found: {p}"
     try:
         info = sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return "unreadable_wav", f"cannot read wav {p}: {exc}"
+        return "unreadable_wav", f"cannot read audio file {p}: {exc}"
     if info.frames == 0:
-        return "empty_wav", f"wav has zero frames: {p}"
+        return "empty_wav", f"audio file has zero frames: {p}"
     try:
         data, _ = sf.read(str(p), dtype="int16", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return "unreadable_wav", f"cannot read wav samples {p}: {exc}"
+        return "unreadable_wav", f"cannot read the samples of audio file {p}: {exc}"
     if not np.any(data):
-        return "empty_wav", f"wav holds only zero samples ({info.frames} frames): {p}"
+        return "empty_wav", f"audio file holds only zero samples ({info.frames} frames): {p}"
     return None

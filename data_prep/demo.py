@@ -17,6 +17,7 @@ directly). ``data_prep.kemdy20.read_corpus`` reads it like the real corpus.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.audio import SAMPLE_RATE, write_pcm16
-from data_prep.labels import LABELS, NEUTRAL
+from data_prep.kemdy20 import clean_transcript
+from data_prep.labels import LABELS, NEUTRAL, canonical_label
+
+MANIFEST_NAME = "manifest.csv"
 
 RATERS = (
     "Eval01F",
@@ -395,8 +399,14 @@ def write_demo_corpus(
     neutral_share: float = 0.80,
     tie_share: float = 0.03,
     empty_wavs: int = 4,
+    manifest: bool = False,
 ) -> Path:
-    """Write the demo corpus under ``out`` (created) and return its root path."""
+    """Write the demo corpus under ``out`` (created) and return its root path.
+
+    ``manifest`` also writes ``manifest.csv`` (:mod:`data_prep.manifest`): the same
+    utterances listed for the manifest reader, with KEMDy20's cleaned transcripts inline and
+    its tied rows left out (the KEMDy20 path drops them by default), so both paths give the
+    same store (tests/test_manifest.py). The KEMDy20 files are the same either way."""
     if not 1 <= sessions <= 99:
         raise ValueError(f"sessions must be in 1..99, got {sessions}")
     if scripts < 1 or utterances_per_script < 1:
@@ -407,6 +417,7 @@ def write_demo_corpus(
     rows_by_session: dict[int, list[list[str]]] = {}
     audio: dict[Path, np.ndarray] = {}
     plain: list[Path] = []  # single-label neutral wavs: candidates for the empty ones
+    listed: list[dict[str, str]] = []  # manifest.csv rows
 
     for s in range(1, sessions + 1):
         spk_a, spk_b = _speakers(rng, s)
@@ -456,6 +467,12 @@ def write_demo_corpus(
             for e, v, a in zip(votes, val, aro, strict=True):
                 row += [CSV_SPELLING.get(e, e), str(v), str(a)]
             rows.append(row)
+            if ";" not in row[4]:
+                listed.append({
+                    "utterance_id": seg, "audio": wav_path.relative_to(root).as_posix(),
+                    "text": clean_transcript(sentence), "label": canonical_label(row[4]) or "",
+                    "session": str(s), "speaker": spk.user, "valence": row[5], "arousal": row[6],
+                })  # fmt: skip
         rows_by_session[s] = rows
 
     # A few wavs hold no audio, as in the real corpus: zero frames, or only zeros.
@@ -475,6 +492,11 @@ def write_demo_corpus(
         (root / "annotation" / f"Sess{s:02d}_eval.csv").write_text(
             "\n".join(lines) + "\n", encoding="utf-8", newline=""
         )
+    if manifest:
+        with open(root / MANIFEST_NAME, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(listed[0]))
+            writer.writeheader()
+            writer.writerows(listed)
     return root
 
 
@@ -487,15 +509,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--utterances-per-script", type=int, default=7)
+    ap.add_argument(
+        "--manifest",
+        action="store_true",
+        help=f"also list the corpus in OUT/{MANIFEST_NAME}, for `data_prep.prepare --manifest`",
+    )
     args = ap.parse_args(argv)
     root = write_demo_corpus(
         args.out,
         sessions=args.sessions,
         seed=args.seed,
         utterances_per_script=args.utterances_per_script,
+        manifest=args.manifest,
     )
     n = sum(1 for _ in (root / "wav").rglob("*.wav"))
     print(f"wrote demo corpus with {n} utterances in {args.sessions} sessions to {root}")
+    if args.manifest:
+        print(f"manifest: {root / MANIFEST_NAME}  (prepare it with: python -m data_prep.prepare "
+              f"--manifest {root / MANIFEST_NAME} --labels {','.join(LABELS)} "
+              f"--neutral-label {NEUTRAL} [--audio-model ID_OR_DIR --text-model ID_OR_DIR])")  # fmt: skip
     return 0
 
 

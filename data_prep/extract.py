@@ -13,8 +13,11 @@ are kept, because the seed's heads pool over (and attend from) them. The mask ke
 of the real tokens' states, so those are what an unpadded run gives (within float rounding).
 Audio is sorted by length, so a batch pads little.
 
-Audio is cut to the fewest samples that give ``max_frames`` frames before encoding, so frames
-past the limit are never computed (the seed ran whole utterances and then dropped frames).
+Audio in any sample rate and channel count soundfile reads is converted once, as it is read
+(``load_wav``: channels averaged to mono, then ``scipy.signal.resample_poly`` to the encoder's
+rate, 16 kHz for wav2vec2), and then cut to the fewest samples that give ``max_frames``
+frames, so frames past the limit are never computed (the seed ran whole utterances and then
+dropped frames).
 
 ``compile=True`` runs the encoder through ``torch.compile(model, dynamic=True)`` (inductor),
 which fuses the conv feature encoder's transposes, layer norms and GELUs. The features are
@@ -90,11 +93,13 @@ def load_wav(path: str, sampling_rate: int) -> np.ndarray:
     return np.ascontiguousarray(wave)
 
 
-def _num_samples(path: str) -> int:
+def _num_samples(path: str, sampling_rate: int) -> int:
+    """Samples of ``path`` once at ``sampling_rate`` (what load_wav will return)."""
     try:
-        return int(sf.info(path).frames)
+        info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, OSError):
         return 0  # unreadable: sorted first, reported as a fault when read
+    return int(info.frames) * sampling_rate // max(1, int(info.samplerate))
 
 
 def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -230,7 +235,8 @@ def extract_audio(
             f"audio output shape {out.shape} does not fit {n} x {max_frames} x {encoder.dim}"
         )
     max_samples = encoder.samples_for(max_frames)
-    sizes = np.array([min(_num_samples(p), max_samples) for p in wav_paths], dtype=np.int64)
+    sr = encoder.sampling_rate
+    sizes = np.array([min(_num_samples(p, sr), max_samples) for p in wav_paths], dtype=np.int64)
     # Longest first: a batch that does not fit in memory fails at once, not at the end.
     order = np.argsort(-sizes, kind="stable")
     data = _AudioBatches(encoder, wav_paths, _batches(order, batch_size), max_samples)

@@ -19,11 +19,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from data_prep.audio import wav_problem
-from data_prep.labels import canonical_label
+from data_prep.labels import LABELS, NEUTRAL, canonical_label
 
 N_COLUMNS = 37
 N_HEADER_ROWS = 2
@@ -110,11 +111,25 @@ class Fault:
 
 @dataclass
 class CorpusRead:
-    """The usable utterances (sorted by segment_id) and every fault met while reading."""
+    """The usable utterances (sorted by segment_id) and every fault met while reading.
+
+    ``label_names`` is the class order (label_id = position), ``neutral_label`` the class the
+    seed's micro-F1 leaves out (None: that metric is not computed). A manifest corpus
+    (:mod:`data_prep.manifest`) also names the files its contents come from (``files``, for
+    the store key), its reader options (``options``, part of the key) and its session names
+    (``session_names``: the integer session of the table -> the name in the manifest).
+    """
 
     root: Path
     utterances: pd.DataFrame
     faults: list[Fault] = field(default_factory=list)
+    label_names: tuple[str, ...] = LABELS
+    neutral_label: str | None = NEUTRAL
+    kind: str = "kemdy20"  # "kemdy20" | "manifest"
+    source: Path | None = None  # the manifest file (None for a KEMDy20 folder)
+    files: list[Path] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    session_names: dict[int, str] = field(default_factory=dict)
 
 
 class CorpusError(RuntimeError):
@@ -163,7 +178,20 @@ def format_fault_summary(faults: list[Fault], *, examples: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _read_text(path: Path) -> str:
+def strict_message(faults: list[Fault], where: str | os.PathLike[str]) -> str:
+    """The error of a strict read: the first ten faults and what to do."""
+    shown = faults[:10]
+    more = len(faults) - len(shown)
+    return (
+        f"{len(faults)} problem(s) reading {where}:\n"
+        + "\n".join(f"  {f}" for f in shown)
+        + (f"\n  ... and {more} more" if more else "")
+        + "\nFix or remove these utterances, or read without strict mode to skip them."
+    )
+
+
+def read_text_file(path: Path) -> str:
+    """A text file as UTF-8 (with or without BOM), else cp949 (KEMDy20's encoding)."""
     raw = path.read_bytes()
     for enc in ("utf-8-sig", "cp949"):
         try:
@@ -194,7 +222,7 @@ class _Reader:
     def read_csv(self, path: Path) -> None:
         rel = path.relative_to(self.root).as_posix()
         try:
-            text = _read_text(path)
+            text = read_text_file(path)
         except (OSError, UnicodeDecodeError) as exc:
             self.fault(rel, 0, "", "malformed_file", f"cannot read annotation file: {exc}")
             return
@@ -349,14 +377,7 @@ def read_corpus(root: str | os.PathLike[str], *, strict: bool = False) -> Corpus
     for path in csvs:
         reader.read_csv(path)
     if strict and reader.faults:
-        shown = reader.faults[:10]
-        more = len(reader.faults) - len(shown)
-        raise CorpusError(
-            f"{len(reader.faults)} problem(s) reading {base}:\n"
-            + "\n".join(f"  {f}" for f in shown)
-            + (f"\n  ... and {more} more" if more else "")
-            + "\nFix or remove these utterances, or read without strict mode to skip them."
-        )
+        raise CorpusError(strict_message(reader.faults, base))
     table = pd.DataFrame(reader.rows, columns=list(COLUMNS))
     table = table.astype(
         {

@@ -1,6 +1,8 @@
 """Corpus -> feature store: read, split by session, run the frozen encoders once, store.
 
     python -m data_prep.prepare --kemdy20 DIR [--audio-model ID_OR_DIR] [--text-model ID_OR_DIR]
+    python -m data_prep.prepare --manifest FILE [--column ROLE=NAME] [--labels A,B,...]
+                                [--neutral-label NAME] [--audio-model ...] [--text-model ...]
     python -m data_prep.prepare --demo
 
 A store's key hashes everything that decides its contents: the corpus bytes (annotation CSVs,
@@ -9,7 +11,8 @@ length limits, ``keep_ties`` and the split seed. The key is computed before any 
 loaded, so a second ``prepare`` of the same inputs returns the existing store at once, and a
 changed input gets a new store. Stores are written atomically (see :mod:`data_prep.store`).
 
-Corpus fingerprint: every byte of ``annotation/*.csv`` and ``wav/**/*.{wav,txt}`` streamed
+Corpus fingerprint: every byte of ``annotation/*.csv`` and ``wav/**/*.{wav,txt}`` (a
+manifest corpus: the manifest and every audio and transcript file it names) streamed
 through sha256 (about 1.7 GB/s here, so about 1-2 s plus disk reads for KEMDy20's ~2 GB).
 """
 
@@ -49,7 +52,7 @@ from data_prep.encoders import (
 )
 from data_prep.extract import ExtractionError
 from data_prep.kemdy20 import CorpusError, CorpusRead, Fault, format_fault_summary, read_corpus
-from data_prep.labels import LABEL_TO_ID, LABELS
+from data_prep.manifest import parse_columns, parse_labels, read_manifest
 from data_prep.splits import SplitError, session_split
 from data_prep.store import MANIFEST, StoreError, StoreWriter, find_store
 
@@ -108,10 +111,16 @@ def corpus_fingerprint(root: str | os.PathLike[str]) -> dict[str, Any]:
     files = sorted(
         [*base.glob("annotation/*.csv"), *base.glob("wav/**/*.wav"), *base.glob("wav/**/*.txt")]
     )
+    return files_fingerprint(base, files)
+
+
+def files_fingerprint(base: Path, files: list[Path]) -> dict[str, Any]:
+    """sha256 over the paths (relative to ``base`` where inside it), sizes and bytes of
+    ``files``, in the order given."""
     h = hashlib.sha256()
     total = 0
     for f in files:
-        rel = f.relative_to(base).as_posix()
+        rel = f.relative_to(base).as_posix() if f.is_relative_to(base) else f.as_posix()
         size = f.stat().st_size
         total += size
         h.update(f"{rel}\0{size}\0".encode())
@@ -152,10 +161,10 @@ def _faults_frame(faults: list[Fault], stage: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FAULT_COLUMNS)
 
 
-def _counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+def _counts(table: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, dict[str, int]]:
     return {
         split: {
-            lab: int(((table["split"] == split) & (table["label"] == lab)).sum()) for lab in LABELS
+            lab: int(((table["split"] == split) & (table["label"] == lab)).sum()) for lab in labels
         }
         for split in ("train", "val", "test")
     }
@@ -216,25 +225,35 @@ def plan(
             f"max_frames must be >= 1 and max_tokens >= 3 (got {max_frames}, {max_tokens})"
         )
     root = Path(corpus_dir).expanduser().resolve()
-    if not root.is_dir():
+    if (corpus is None or corpus.kind == "kemdy20") and not root.is_dir():
         raise PrepareError(f"corpus folder {root} does not exist")
     read = corpus if corpus is not None else read_corpus(root)
     table = read.utterances.copy()
     n_ties = int(table["multi_label"].sum())
     if not keep_ties:
         table = table[~table["multi_label"]].reset_index(drop=True)
+    where = read.source or root
     try:
         split = session_split(
-            table, test_fraction=TEST_FRACTION, val_fraction=VAL_FRACTION, seed=split_seed
+            table,
+            test_fraction=TEST_FRACTION,
+            val_fraction=VAL_FRACTION,
+            seed=split_seed,
+            neutral=read.neutral_label,
+            label_order=read.label_names,
         )
     except SplitError as exc:
-        raise PrepareError(f"cannot split {root}: {exc}") from exc
+        raise PrepareError(f"cannot split {where}: {exc}") from exc
     table["split"] = split.assign(table).to_numpy()
-    table["label_id"] = table["label"].map(LABEL_TO_ID).astype("int64")
+    label_id = {name: i for i, name in enumerate(read.label_names)}
+    table["label_id"] = table["label"].map(label_id).astype("int64")
 
     audio_id = encoder_identity(audio_model)
     text_id = encoder_identity(text_model)
-    fingerprint = corpus_fingerprint(root)
+    if read.kind == "manifest":
+        fingerprint = files_fingerprint(read.root, read.files)
+    else:
+        fingerprint = corpus_fingerprint(root)
     material = {
         "extract_version": EXTRACT_VERSION,
         "corpus": fingerprint["sha256"],
@@ -247,7 +266,12 @@ def plan(
         "split_seed": split_seed,
         "split_fractions": [TEST_FRACTION, VAL_FRACTION],
     }
-    key = store_key(material, root.name)
+    if read.kind == "manifest":
+        # The classes, their order and the neutral one decide label ids and metrics. (Only
+        # here: KEMDy20's fixed classes are in its reader, and its keys stay as they were.)
+        material["manifest"] = {**read.options, "label_names": list(read.label_names)}
+    name = read.source.stem if read.source is not None else root.name
+    key = store_key(material, name)
     return Plan(root, read, table, split, n_ties, audio_id, text_id, fingerprint, material, key)
 
 
@@ -287,11 +311,12 @@ def prepare_store(
         corpus=corpus,
     )
     root, read, table, key = p.root, p.read, p.table, p.key
-    _say(progress, f"read {len(read.utterances)} utterances from {root}")
+    where = read.source or root
+    _say(progress, f"read {len(read.utterances)} utterances from {where}")
     if read.faults:
         _say(progress, format_fault_summary(read.faults))
         if strict:
-            raise _strict_error(read.faults, root)
+            raise _strict_error(read.faults, where)
     out_root = Path(stores_root).expanduser().resolve() if stores_root else paths.stores_root()
 
     existing = find_store(out_root, key)
@@ -344,7 +369,7 @@ def prepare_store(
             ]
             _say(progress, "while extracting: " + format_fault_summary(lost))
             if strict:
-                raise _strict_error(lost, root)
+                raise _strict_error(lost, where)
             faults = pd.concat([faults, _faults_frame(lost, "extract")], ignore_index=True)
             keep = np.ones(n, dtype=bool)
             keep[[f.row for f in bad]] = False
@@ -375,8 +400,9 @@ def prepare_store(
         manifest = {
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "corpus": {
-                "path": str(root),
-                "name": root.name,
+                "kind": read.kind,
+                "path": str(read.source or root),
+                "name": read.source.stem if read.source is not None else root.name,
                 **{f"fingerprint_{k}": v for k, v in p.fingerprint.items()},
             },
             # as loaded: a hub id's commit is known once it is downloaded (not in the key)
@@ -387,9 +413,13 @@ def prepare_store(
             "text_dim": text_enc.dim,
             "audio_frame_ms": 1000 * audio_enc.frame_stride / audio_enc.sampling_rate,
             "text_pooled": "pooler_output" if text_enc.has_pooler else "cls",
-            "labels": list(LABELS),
+            # label_id = position here; models, metrics and reports follow this list.
+            "labels": list(read.label_names),
+            # The class the seed's micro-F1 leaves out; null: that metric is not computed.
+            "neutral_label": read.neutral_label,
+            "session_names": {str(k): v for k, v in sorted(read.session_names.items())},
             "num_utterances": n,
-            "counts": _counts(table),
+            "counts": _counts(table, read.label_names),
             # Small corpora: classes no session split could put in every split (split.json
             # says how the cut was relaxed).
             "missing_classes": p.split.missing,
@@ -415,6 +445,20 @@ def prepare(corpus_dir: str | os.PathLike[str], **options: Any) -> Path:
     was reused.
     """
     return prepare_store(corpus_dir, **options).path
+
+
+def prepare_manifest_store(
+    manifest: str | os.PathLike[str],
+    *,
+    columns: dict[str, str] | None = None,
+    labels: tuple[str, ...] | list[str] | None = None,
+    neutral_label: str | None = None,
+    **options: Any,
+) -> PrepareResult:
+    """Build (or find) the feature store of a corpus listed in a CSV/JSONL manifest
+    (:mod:`data_prep.manifest`); other options as :func:`prepare_store`."""
+    read = read_manifest(manifest, columns=columns, labels=labels, neutral_label=neutral_label)
+    return prepare_store(read.root, corpus=read, **options)
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -514,15 +558,16 @@ def _summary(result: PrepareResult) -> str:
         f"utterances: {m['num_utterances']}  faults: {m['num_faults']}  "
         f"audio {m['max_frames']} x {m['audio_dim']}, text {m['max_tokens']} x {m['text_dim']} (fp16)",
     ]
-    width = max(len(lab) for lab in LABELS)
+    labels = m["labels"]
+    width = max(5, *(len(lab) for lab in labels))
     lines.append(
         "  "
         + " " * 6
-        + " ".join(f"{lab[:width]:>{width}}" for lab in LABELS)
+        + " ".join(f"{lab[:width]:>{width}}" for lab in labels)
         + f" {'total':>{width}}"
     )
     for split in ("train", "val", "test"):
-        row = [counts[split].get(lab, 0) for lab in LABELS]
+        row = [counts[split].get(lab, 0) for lab in labels]
         lines.append(
             f"  {split:<6}" + " ".join(f"{v:>{width}}" for v in row) + f" {sum(row):>{width}}"
         )
@@ -548,10 +593,16 @@ def _missing_lines(manifest: dict[str, Any]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m data_prep.prepare",
-        description="Turn a KEMDy20 folder (or the demo corpus) into a feature store.",
+        description="Turn a KEMDy20 folder, a CSV/JSONL manifest of any corpus, or the demo "
+        "corpus into a feature store.",
     )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--kemdy20", metavar="DIR", help="KEMDy20 root (holds annotation/ and wav/)")
+    src.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="a .csv or .jsonl manifest, one utterance per row (see data_prep/manifest.py)",
+    )
     src.add_argument(
         "--demo", action="store_true", help="the built-in demo corpus and tiny encoders"
     )
@@ -596,6 +647,26 @@ def build_parser() -> argparse.ArgumentParser:
         "see results/bench.md. If compiling fails, a warning is printed and extraction runs "
         "without it",
     )
+    ap.add_argument(
+        "--column",
+        action="append",
+        metavar="ROLE=NAME",
+        help="manifest only: the column of a role (repeatable). Roles and defaults: "
+        "audio, text, text_path, label, session, speaker, utterance_id, valence, arousal "
+        "(each named as itself)",
+    )
+    ap.add_argument(
+        "--labels",
+        metavar="A,B,...",
+        help="manifest only: the classes, in this order; other labels are faults "
+        "(default: the labels found, sorted)",
+    )
+    ap.add_argument(
+        "--neutral-label",
+        metavar="NAME",
+        help="manifest only: the neutral class, left out of the seed's micro-F1 "
+        "(default: none, and that metric is not computed)",
+    )
     ap.add_argument("--keep-ties", action="store_true", help="keep multi-label (tied vote) rows")
     ap.add_argument("--strict", action="store_true", help="any faulty utterance is an error")
     ap.add_argument("--split-seed", type=int, default=0)
@@ -625,10 +696,27 @@ def _check_counts(args: argparse.Namespace) -> None:
             raise PrepareError(f"{flag} must be >= {low} (got {value})")
 
 
+def _manifest_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The manifest reader's flags, checked; they mean nothing for the other sources."""
+    given = [f for f, v in (("--column", args.column), ("--labels", args.labels),
+                            ("--neutral-label", args.neutral_label)) if v is not None]  # fmt: skip
+    if args.manifest is None:
+        if given:
+            raise PrepareError(f"{', '.join(given)}: only with --manifest (KEMDy20's and the "
+                               "demo's classes are fixed)")  # fmt: skip
+        return {}
+    try:
+        return {"columns": parse_columns(args.column), "labels": parse_labels(args.labels),
+                "neutral_label": args.neutral_label}  # fmt: skip
+    except ValueError as exc:
+        raise PrepareError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_counts(args)
+        reader_options = _manifest_options(args)
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -669,12 +757,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             common["max_frames"] = 512 if args.max_frames is None else args.max_frames
             common["max_tokens"] = 128 if args.max_tokens is None else args.max_tokens
-            result = prepare_store(
-                args.kemdy20,
-                audio_model=args.audio_model or DEFAULT_AUDIO_MODEL,
-                text_model=args.text_model or DEFAULT_TEXT_MODEL,
-                **common,
-            )
+            common["audio_model"] = args.audio_model or DEFAULT_AUDIO_MODEL
+            common["text_model"] = args.text_model or DEFAULT_TEXT_MODEL
+            if args.manifest is not None:
+                result = prepare_manifest_store(args.manifest, **reader_options, **common)
+            else:
+                result = prepare_store(args.kemdy20, **common)
     except PREPARE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -205,18 +205,19 @@ def balanced_carve(
     *,
     require_presence: bool = True,
     max_attempts: int = MAX_ATTEMPTS,
+    neutral: str | None = NEUTRAL,
 ) -> Carve:
     """Shuffle the sorted sessions (rows of ``counts``) until the first ``n_keep`` hold
     ``target +/- tol`` of every class's rows (columns of ``counts``, non-neutral only), with
     every class seen in two or more sessions on both sides. When no cut can do that, return
     the least relaxed cut instead (see the module docstring); this never fails for want of a
-    balanced cut."""
+    balanced cut. ``neutral`` names the unconstrained class (None: every class counts)."""
     sessions = sorted(int(s) for s in counts.index)
     n = len(sessions)
     if not 1 <= n_keep < n:
         raise SplitError(f"cannot keep {n_keep} of {n} sessions")
     target = n_keep / n
-    classes = [c for c in counts.columns if c != NEUTRAL and counts[c].sum() > 0]
+    classes = [c for c in counts.columns if c != neutral and counts[c].sum() > 0]
     matrix = counts.loc[sessions, classes].to_numpy(dtype=np.float64)
     totals = matrix.sum(axis=0)
     # A class seen in two or more sessions can and should appear on both sides.
@@ -261,8 +262,13 @@ def session_split(
     val_fraction: float = 0.125,
     seed: int = 0,
     drop_multi_label: bool = True,
+    neutral: str | None = NEUTRAL,
+    label_order: tuple[str, ...] | list[str] = LABELS,
 ) -> SplitResult:
-    """Split ``table`` (columns session, label; optional multi_label) by sessions."""
+    """Split ``table`` (columns session, label; optional multi_label) by sessions.
+
+    ``neutral`` is the class the seed's rule leaves unconstrained (None: none is);
+    ``label_order`` orders the classes each split lacks."""
     for col in ("session", "label"):
         if col not in table.columns:
             raise SplitError(f"table has no {col!r} column (columns: {list(table.columns)})")
@@ -285,12 +291,15 @@ def session_split(
     )
     n_test = max(1, round(test_fraction * n))
     n_test = min(n_test, n - 2)  # leave room for one train and one val session
-    test_carve = balanced_carve(counts, n - n_test, random.Random(seed))
+    test_carve = balanced_carve(counts, n - n_test, random.Random(seed), neutral=neutral)
 
     pool = test_carve.kept
     n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
     val_carve = balanced_carve(
-        counts.loc[pool], len(pool) - n_val, random.Random(derived_seed(seed, "val"))
+        counts.loc[pool],
+        len(pool) - n_val,
+        random.Random(derived_seed(seed, "val")),
+        neutral=neutral,
     )
     result = SplitResult(
         train=val_carve.kept,
@@ -311,20 +320,24 @@ def session_split(
         **{
             **result.__dict__,
             "counts": counts_by_split,
-            "missing": missing_classes(counts_by_split),
+            "missing": missing_classes(counts_by_split, label_order),
         }
     )
 
 
-def missing_classes(counts: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+def missing_classes(
+    counts: dict[str, dict[str, int]], label_order: tuple[str, ...] | list[str] = LABELS
+) -> dict[str, list[str]]:
     """Split -> the classes with rows somewhere in the corpus but none in that split (in
     label order), so a reader knows which per-class and macro scores cannot be measured."""
     present = {lab for per in counts.values() for lab, k in per.items() if k > 0}
-    order = [lab for lab in LABELS if lab in present] + sorted(present - set(LABELS))
+    order = [lab for lab in label_order if lab in present] + sorted(present - set(label_order))
     return {name: [lab for lab in order if per.get(lab, 0) == 0] for name, per in counts.items()}
 
 
-def session_folds(table: pd.DataFrame, k: int, *, seed: int = 0) -> list[list[int]]:
+def session_folds(
+    table: pd.DataFrame, k: int, *, seed: int = 0, neutral: str | None = NEUTRAL
+) -> list[list[int]]:
     """``k`` session-disjoint folds of the sessions in ``table`` (columns session, label), each
     holding about 1/k of every non-neutral class, by the same balanced-shuffle rule as the
     splits: fold i is carved from the sessions no earlier fold took, keeping that remainder's
@@ -345,7 +358,10 @@ def session_folds(table: pd.DataFrame, k: int, *, seed: int = 0) -> list[list[in
     for i in range(k - 1):
         n_out = round(len(pool) / (k - i))
         carve = balanced_carve(
-            counts.loc[pool], len(pool) - n_out, random.Random(derived_seed(seed, f"fold{i}"))
+            counts.loc[pool],
+            len(pool) - n_out,
+            random.Random(derived_seed(seed, f"fold{i}")),
+            neutral=neutral,
         )
         folds.append(carve.held_out)
         pool = carve.kept

@@ -13,6 +13,11 @@ Layout of one store (a folder named by its key, under a stores root):
     faults.csv           every utterance skipped while preparing, with file, row and reason
     split.json           which sessions are in train / val / test, and how they were chosen
 
+manifest.json names the classes in label_id order (``labels``), the class the seed's
+micro-F1 leaves out (``neutral_label``, null when there is none: that metric is then not
+computed anywhere) and, for a manifest corpus, the session names behind the integer sessions
+(``session_names``).
+
 utterances.parquet columns: segment_id, session, script, speaker, gender, label, label_id,
 labels, multi_label, text, wav_path, valence, arousal, csv_file, csv_row,
 split ("train" | "val" | "test").
@@ -108,6 +113,28 @@ class FeatureStore:
     @property
     def num_classes(self) -> int:
         return len(self.manifest["labels"])
+
+    @property
+    def neutral_label(self) -> str | None:
+        """The class the seed's micro-F1 leaves out, or None (that metric is then omitted).
+        Stores written before manifests recorded it are KEMDy20's or the demo's: "neutral"."""
+        if "neutral_label" in self.manifest:
+            return self.manifest["neutral_label"]
+        return "neutral" if "neutral" in self.manifest["labels"] else None
+
+    @property
+    def neutral_index(self) -> int | None:
+        """The class id of :attr:`neutral_label`, or None."""
+        name = self.neutral_label
+        return None if name is None else self.label_names.index(name)
+
+    def baseline_class(self) -> int:
+        """The class a constant baseline predicts: neutral when the store names one, else
+        the most frequent class of the training split (ties: the lowest id)."""
+        if self.neutral_index is not None:
+            return self.neutral_index
+        counts = np.bincount(self.labels("train"), minlength=self.num_classes)
+        return int(np.argmax(counts))
 
     @property
     def text_dim(self) -> int:

@@ -463,7 +463,7 @@ def fold_rows(store: FeatureStore, k: int, seed: int = 0) -> list[dict[str, np.n
     table = store.table.iloc[pool]
     sessions = table["session"].to_numpy()
     out = []
-    for held in session_folds(table, k, seed=seed):
+    for held in session_folds(table, k, seed=seed, neutral=store.neutral_label):
         held_out = np.isin(sessions, held)
         out.append({"train": pool[~held_out], "val": pool[held_out]})
     return out

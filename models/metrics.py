@@ -16,7 +16,9 @@ A split with no row of some class (small corpora: see data_prep/splits.py) also 
 convention's zeros from what the model did; `absent_classes` names the missing ones.
 
 `{split}_seed_micro_f1` is the seed's "Micro-F1": micro-F1 over the rows whose gold label is
-not neutral, which is the accuracy on emotional rows (NaN when there are none).
+not neutral, which is the accuracy on emotional rows (NaN when there are none). It needs a
+neutral class: with ``neutral_index=None`` (a store without one) the key is left out, never
+computed against some other class. Callers pass the store's ``neutral_index``.
 """
 
 from __future__ import annotations
@@ -65,27 +67,28 @@ def classification_metrics(
     target,
     split: str,
     num_classes: int = 7,
-    neutral_index: int = NEUTRAL_INDEX,
+    neutral_index: int | None = NEUTRAL_INDEX,
     label_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Macro / weighted / micro F1, the seed's micro-F1 and per-class F1 of class ids ``pred``
-    against ``target`` (tensors or arrays of ints), keys prefixed with ``split``."""
+    """Macro / weighted / micro F1, the seed's micro-F1 (only with a ``neutral_index``) and
+    per-class F1 of class ids ``pred`` against ``target`` (tensors or arrays of ints), keys
+    prefixed with ``split``."""
     p, t = _as_tensor(pred), _as_tensor(target)
     if p.shape != t.shape or p.ndim != 1:
         raise ValueError(f"pred {tuple(p.shape)} and target {tuple(t.shape)} must be equal 1-d")
     names = _label_names(num_classes, label_names)
     if len(t) == 0:
         nan = float("nan")
-        out = {
-            f"{split}_{k}": nan for k in ("macro_f1", "weighted_f1", "micro_f1", "seed_micro_f1")
-        }
+        out = {f"{split}_{k}": nan for k in score_names(neutral_index)}
         out.update({f"{split}_f1_{n}": nan for n in names})
         return out
     with _quiet_torcheval():
         per_class = multiclass_f1_score(p, t, num_classes=num_classes, average=None).double()
         micro = float(multiclass_f1_score(p, t, num_classes=num_classes, average="micro"))
-        emotional = t != neutral_index
-        if bool(emotional.any()):
+        emotional = t != (-1 if neutral_index is None else neutral_index)
+        if neutral_index is None:
+            seed_micro = None
+        elif bool(emotional.any()):
             seed_micro = float(multiclass_f1_score(p[emotional], t[emotional],
                                                    num_classes=num_classes, average="micro"))  # fmt: skip
         else:
@@ -95,8 +98,9 @@ def classification_metrics(
         f"{split}_macro_f1": float(per_class.mean()),
         f"{split}_weighted_f1": float((per_class * support).sum() / support.sum()),
         f"{split}_micro_f1": micro,
-        f"{split}_seed_micro_f1": seed_micro,
     }
+    if seed_micro is not None:
+        out[f"{split}_seed_micro_f1"] = seed_micro
     out.update({f"{split}_f1_{name}": float(f) for name, f in zip(names, per_class, strict=True)})
     present = support > 0
     if not bool(present.all()):
@@ -147,19 +151,27 @@ def confusion_matrix(pred, target, num_classes: int = 7) -> np.ndarray:
 
 
 def all_neutral_metrics(
-    target, split: str, num_classes: int = 7, neutral_index: int = NEUTRAL_INDEX,
-    label_names: Sequence[str] | None = None,
+    target, split: str, num_classes: int = 7, neutral_index: int | None = NEUTRAL_INDEX,
+    label_names: Sequence[str] | None = None, predict: int | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """The all-neutral baseline (predict neutral for every row), scored by the same code."""
+    """A constant baseline scored by the same code: every row predicted ``predict``, by
+    default the neutral class (the all-neutral baseline). A store without a neutral class
+    passes its majority class (``FeatureStore.baseline_class``) and ``neutral_index=None``."""
     t = _as_tensor(target)
-    return classification_metrics(torch.full_like(t, neutral_index), t, split, num_classes,
+    const = neutral_index if predict is None else predict
+    if const is None:
+        raise ValueError("no neutral class: say which class the baseline predicts (predict=)")
+    return classification_metrics(torch.full_like(t, const), t, split, num_classes,
                                   neutral_index, label_names)  # fmt: skip
 
 
+def baseline_name(label_names: Sequence[str], predict: int) -> str:
+    """How reports call the constant baseline: "all-neutral", "all-<class>"."""
+    return f"all-{label_names[predict]}"
+
+
 # -- bootstrap ------------------------------------------------------------------------------
-def bootstrap_weights(
-    n_rows: int, groups=None, n_boot: int = 1000, seed: int = 0
-) -> np.ndarray:
+def bootstrap_weights(n_rows: int, groups=None, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """[n_boot, n_rows] multiplicities of a bootstrap: rows resampled with replacement, or,
     with ``groups`` (one id per row, e.g. the session), whole groups resampled, so that the
     interval reflects how the split was sampled (sessions, not independent rows)."""
@@ -175,11 +187,18 @@ def bootstrap_weights(
 SCORES = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
 
 
+def score_names(neutral_index: int | None) -> tuple[str, ...]:
+    """The summary scores a store has: ``SCORES``, less the seed's micro-F1 without a
+    neutral class."""
+    return SCORES if neutral_index is not None else tuple(s for s in SCORES if s != "seed_micro_f1")
+
+
 def weighted_scores(
-    weights: np.ndarray, pred, target, num_classes: int = 7, neutral_index: int = NEUTRAL_INDEX
-) -> dict[str, np.ndarray]:
-    """The four F1 scores (names of ``SCORES``, the conventions above) of ``pred`` against
-    ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> {name: [B]}."""
+    weights: np.ndarray, pred, target, num_classes: int = 7,
+    neutral_index: int | None = NEUTRAL_INDEX,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The F1 scores of ``score_names(neutral_index)`` (the conventions above) of ``pred``
+    against ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> {name: [B]}."""
     p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
     eye = np.eye(num_classes)
     hit = (p == t)[:, None]
@@ -189,26 +208,28 @@ def weighted_scores(
     support = w @ eye[t]
     denom = tp + fp + support
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    emotional = np.arange(num_classes) != neutral_index
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {
+        out = {
             "macro_f1": f1.mean(axis=1),
             "weighted_f1": (f1 * support).sum(axis=1) / support.sum(axis=1),
             "micro_f1": tp.sum(axis=1) / support.sum(axis=1),
-            "seed_micro_f1": tp[:, emotional].sum(axis=1) / support[:, emotional].sum(axis=1),
         }
+        if neutral_index is not None:
+            emotional = np.arange(num_classes) != neutral_index
+            out["seed_micro_f1"] = tp[:, emotional].sum(axis=1) / support[:, emotional].sum(axis=1)
+    return out
 
 
 def bootstrap_scores(
     preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
-    seed: int = 0,
+    seed: int = 0, neutral_index: int | None = NEUTRAL_INDEX,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Bootstrap replicates {score: [n_boot]} of the mean over runs (``preds``: one prediction
     vector per seed) of each score. The same ``seed``, target and groups give the same
     resamples, so two calls are paired (their difference is a paired bootstrap)."""
     w = bootstrap_weights(len(np.asarray(target)), groups, n_boot, seed)
-    per_run = [weighted_scores(w, p, target, num_classes) for p in preds]
-    return {k: np.mean([r[k] for r in per_run], axis=0) for k in SCORES}
+    per_run = [weighted_scores(w, p, target, num_classes, neutral_index) for p in preds]
+    return {k: np.mean([r[k] for r in per_run], axis=0) for k in score_names(neutral_index)}
 
 
 def bootstrap_macro_f1(
@@ -216,8 +237,9 @@ def bootstrap_macro_f1(
     seed: int = 0,
 ) -> np.ndarray:  # fmt: skip
     """:func:`bootstrap_scores`' macro-F1 replicates alone."""
+    # macro-F1 needs no neutral class; None skips the seed's micro-F1 altogether.
     return bootstrap_scores(preds, target, num_classes, groups=groups, n_boot=n_boot,
-                            seed=seed)["macro_f1"]  # fmt: skip
+                            seed=seed, neutral_index=None)["macro_f1"]  # fmt: skip
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -35,6 +35,7 @@ from models.losses import Objective, class_weights
 from models.metrics import (
     absent_note,
     all_neutral_metrics,
+    baseline_name,
     bootstrap_macro_f1,
     classification_metrics,
     macro_auroc,
@@ -323,7 +324,7 @@ class Trainer:
                                      "train_loss": float(step_losses.sum()) / data.n}  # fmt: skip
         metrics.update(classification_metrics(
             torch.cat(preds).cpu(), self.train_labels_cpu[perm.cpu()], "train", n_cls,
-            label_names=names,
+            neutral_index=self.store.neutral_index, label_names=names,
         ))  # fmt: skip
         for split in self.evals:
             metrics.update(self._score(split))
@@ -351,6 +352,7 @@ class Trainer:
                                      self.autocast)  # fmt: skip
         out = {f"{split}_loss": loss}
         out.update(classification_metrics(pred, labels, split, n_cls,
+                                          neutral_index=self.store.neutral_index,
                                           label_names=self.store.label_names))  # fmt: skip
         out[f"{split}_macro_auroc"] = macro_auroc(probs, labels, n_cls)
         if len(labels):
@@ -496,14 +498,23 @@ TABLE_COLUMNS = [("epoch", "epoch", 0), ("train_loss", "train_loss", 4), ("val_l
                  ("epoch_seconds", "sec", 2)]  # fmt: skip
 
 
-def table_header() -> str:
-    return " ".join(head.rjust(max(len(head), 6)) for _k, head, _d in TABLE_COLUMNS)
+def table_columns(store: FeatureStore | None = None) -> list[tuple[str, str, int]]:
+    """TABLE_COLUMNS, less the seed's micro-F1 for a store without a neutral class."""
+    if store is None or store.neutral_index is not None:
+        return list(TABLE_COLUMNS)
+    return [c for c in TABLE_COLUMNS if c[0] != "val_seed_micro_f1"]
 
 
-def table_row(metrics: dict[str, float]) -> str:
+def table_header(columns: Sequence[tuple[str, str, int]] = TABLE_COLUMNS) -> str:
+    return " ".join(head.rjust(max(len(head), 6)) for _k, head, _d in columns)
+
+
+def table_row(
+    metrics: dict[str, float], columns: Sequence[tuple[str, str, int]] = TABLE_COLUMNS
+) -> str:
     return " ".join(
         f"{metrics.get(key, math.nan):.{dec}f}".rjust(max(len(head), 6))
-        for key, head, dec in TABLE_COLUMNS
+        for key, head, dec in columns
     )
 
 
@@ -545,16 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, OSError, ValueError) as exc:  # one line, not a traceback
         print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
         return 2
+    const = store.baseline_class()
     baseline = all_neutral_metrics(store.labels("val"), "val", store.num_classes,
-                                   label_names=store.label_names)  # fmt: skip
+                                   store.neutral_index, store.label_names, predict=const)  # fmt: skip
     print(f"store {store.path} ({len(store.indices('train'))} train / "
           f"{len(store.indices('val'))} val rows), model {config.model}")  # fmt: skip
-    print(f"all-neutral val: macro {baseline['val_macro_f1']:.3f} "
+    print(f"{baseline_name(store.label_names, const)} val: macro {baseline['val_macro_f1']:.3f} "
           f"weighted {baseline['val_weighted_f1']:.3f} micro {baseline['val_micro_f1']:.3f}")  # fmt: skip
-    print(table_header())
+    columns = table_columns(store)
+    print(table_header(columns))
 
     def report(_epoch: int, metrics: dict[str, float]) -> None:
-        print(table_row(metrics), flush=True)
+        print(table_row(metrics, columns), flush=True)
 
     result = train(config, store, on_epoch=report, checkpoint_dir=args.checkpoint_dir,
                    checkpoint_every=args.checkpoint_every, device=args.device,
@@ -564,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     b = result.best_metrics
     print(f"best epoch {result.best_epoch}: val macro {b.get('val_macro_f1', math.nan):.3f} "
           f"weighted {b.get('val_weighted_f1', math.nan):.3f} "
-          f"seed micro {b.get('val_seed_micro_f1', math.nan):.3f} ({result.seconds:.1f} s)")  # fmt: skip
+          + (f"seed micro {b['val_seed_micro_f1']:.3f} " if "val_seed_micro_f1" in b else "")
+          + f"({result.seconds:.1f} s)")  # fmt: skip
     return 0
 
 

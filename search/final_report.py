@@ -4,7 +4,8 @@ Everything here is computed from the finished units' JSON records (one per (conf
 a resumed finalize rebuilds the same files from the same records. Files, under results/<sweep>/:
 
     final.md                 the table in the seed's format (mean ± std over seeds, x100),
-                             the all-neutral baseline, the published numbers when comparable,
+                             the all-neutral baseline (all-<majority class> for a store with
+                             no neutral class), the published numbers when comparable,
                              per-class F1 of the best row, and how every number was chosen
     final.csv                one row per config: means and stds of every test metric, for the
                              epoch chosen by validation and for the seed's fixed epoch 120
@@ -56,6 +57,10 @@ PUBLISHED: dict[str, tuple[str, float, float, float, str]] = {
     "speech-only": ("speech_only", 17.86, 14.40, 83.63, "notebook"),
 }
 SEED_ENCODERS = ("klue/bert-base", "kresnik/wav2vec2-large-xlsr-korean")
+NO_NEUTRAL_NOTE = (
+    "The store names no neutral class, so the seed's micro-F1 over non-neutral rows is not "
+    "computed; the baseline predicts the training split's most frequent class."
+)
 DEMO_NOTE = "demo corpus: not comparable with the published KEMDy20 numbers"
 
 
@@ -63,26 +68,26 @@ DEMO_NOTE = "demo corpus: not comparable with the published KEMDy20 numbers"
 def corpus_kind(manifest: Mapping[str, Any]) -> str:
     """ "demo", "kemdy20" (the seed's corpus and encoders), or "other" (anything else).
 
-    The store manifest names the corpus folder and the encoders; the demo corpus is written
-    as ``demo-*`` and encoded by the locally built ``demo-*`` encoders. An explicit
-    ``corpus.kind`` in the manifest wins if data_prep ever writes one.
+    The store manifest names the corpus and the encoders; the demo corpus is written as
+    ``demo-*`` and encoded by the locally built ``demo-*`` encoders (in its KEMDy20 layout or
+    listed in a manifest). A manifest corpus is never KEMDy20 (it may be anything), and
+    KEMDy20 with other encoders is not the seed's setting either.
     """
     corpus = manifest.get("corpus") or {}
-    if isinstance(corpus, Mapping) and corpus.get("kind") in ("demo", "kemdy20"):
-        kind = str(corpus["kind"])
-    else:
-        name = str(corpus.get("name", "")) if isinstance(corpus, Mapping) else ""
-        encoders = manifest.get("encoders") or {}
-        enc_names = [str((encoders.get(m) or {}).get("name", "")) for m in ("text", "audio")]
-        if name.startswith("demo-") or any(n.startswith("demo-") for n in enc_names):
-            return "demo"
-        kind = "kemdy20"
-    if kind == "kemdy20":
-        encoders = manifest.get("encoders") or {}
-        names = tuple(str((encoders.get(m) or {}).get("name", "")) for m in ("text", "audio"))
-        if names != SEED_ENCODERS:
-            return "other"
-    return kind
+    corpus = corpus if isinstance(corpus, Mapping) else {}
+    encoders = manifest.get("encoders") or {}
+    names = tuple(str((encoders.get(m) or {}).get("name", "")) for m in ("text", "audio"))
+    if corpus.get("kind") == "demo" or (
+        corpus.get("kind") in (None, "kemdy20", "manifest")
+        and (
+            str(corpus.get("name", "")).startswith("demo-")
+            or any(n.startswith("demo-") for n in names)
+        )
+    ):
+        return "demo"
+    if corpus.get("kind") == "manifest":
+        return "other"
+    return "kemdy20" if names == SEED_ENCODERS else "other"
 
 
 # -- aggregation ----------------------------------------------------------------------------
@@ -167,9 +172,16 @@ def build_rows(
 N_BOOT = 2000
 
 
+def metrics_for(neutral_index: int | None) -> tuple[str, ...]:
+    """The columns of a store's tables: METRICS, less the seed's micro-F1 when the store has
+    no neutral class (then it is never computed, see models.metrics)."""
+    return tuple(m for m in METRICS if neutral_index is not None or m != "seed_micro_f1")
+
+
 def attach_intervals(
-    rows: Sequence[Row], gold: Sequence[int], sessions: Sequence[Any], num_classes: int
-) -> None:
+    rows: Sequence[Row], gold: Sequence[int], sessions: Sequence[Any], num_classes: int,
+    neutral_index: int | None = 0,
+) -> None:  # fmt: skip
     """Give every row, for both protocols, a 95 % interval per metric from a bootstrap over
     test *sessions* (the test split's own sampling noise, which seeds do not show). Every row
     uses the same resamples, so differences between rows are paired."""
@@ -180,9 +192,11 @@ def attach_intervals(
             continue
         for proto, epochs in (("chosen", r.chosen_epochs), ("fixed", r.fixed_epochs)):
             preds = [u["test_pred"][str(e)] for u, e in zip(r.units, epochs, strict=True)]
-            reps = bootstrap_scores(preds, gold, num_classes, groups=sessions, n_boot=N_BOOT)
+            reps = bootstrap_scores(preds, gold, num_classes, groups=sessions, n_boot=N_BOOT,
+                                    neutral_index=neutral_index)  # fmt: skip
             r.replicates[proto] = reps
-            r.ci[proto] = {m: percentile_interval(reps[m][np.isfinite(reps[m])]) for m in METRICS}
+            r.ci[proto] = {m: percentile_interval(reps[m][np.isfinite(reps[m])])
+                           for m in metrics_for(neutral_index)}  # fmt: skip
 
 
 def runner_up(rows: Sequence[Row], best: Row | None) -> Row | None:
@@ -224,13 +238,15 @@ def _epochs_text(epochs: Sequence[int]) -> str:
 
 
 # -- files ----------------------------------------------------------------------------------
-def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
+def write_csvs(
+    rows: Sequence[Row], out_dir: Path, metrics: Sequence[str] = METRICS
+) -> tuple[Path, Path]:
     per_config = out_dir / "final.csv"
     per_run = out_dir / "final_runs.csv"
     cols = ["label", "model", "sweep_rank", "trial_id", "seeds", "chosen_epochs",
             "fixed_epochs", "val_macro_f1_mean"]  # fmt: skip
     for proto in ("chosen", "fixed120"):
-        for m in METRICS:
+        for m in metrics:
             cols += [f"{proto}_test_{m}_mean", f"{proto}_test_{m}_std",
                      f"{proto}_test_{m}_ci95_low", f"{proto}_test_{m}_ci95_high"]  # fmt: skip
     with per_config.open("w", newline="", encoding="utf-8") as fh:
@@ -245,7 +261,7 @@ def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
                 "val_macro_f1_mean": mean_std(r.val_chosen)[0],
             }  # fmt: skip
             for proto, src, key in (("chosen", r.chosen, "chosen"), ("fixed120", r.fixed, "fixed")):
-                for m in METRICS:
+                for m in metrics:
                     mean, std = mean_std(src.get(m, []))
                     rec[f"{proto}_test_{m}_mean"], rec[f"{proto}_test_{m}_std"] = mean, std
                     lo, hi = r.ci.get(key, {}).get(m, (math.nan, math.nan))
@@ -254,7 +270,7 @@ def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
     with per_run.open("w", newline="", encoding="utf-8") as fh:
         rcols = ["label", "model", "seed", "unit_id", "mlflow_run_id", "chosen_epoch",
                  "val_macro_f1_at_chosen", "fixed_epoch"]  # fmt: skip
-        rcols += [f"chosen_test_{m}" for m in METRICS] + [f"fixed120_test_{m}" for m in METRICS]
+        rcols += [f"chosen_test_{m}" for m in metrics] + [f"fixed120_test_{m}" for m in metrics]
         w = csv.DictWriter(fh, fieldnames=rcols)
         w.writeheader()
         for r in rows:
@@ -263,7 +279,7 @@ def write_csvs(rows: Sequence[Row], out_dir: Path) -> tuple[Path, Path]:
                        "unit_id": u["unit_id"], "mlflow_run_id": u.get("mlflow_run_id", ""),
                        "chosen_epoch": r.chosen_epochs[i], "val_macro_f1_at_chosen": r.val_chosen[i],
                        "fixed_epoch": r.fixed_epochs[i]}  # fmt: skip
-                for m in METRICS:
+                for m in metrics:
                     rec[f"chosen_test_{m}"] = r.chosen[m][i]
                     rec[f"fixed120_test_{m}"] = r.fixed[m][i]
                 w.writerow(rec)
@@ -279,7 +295,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_macro_f1(rows: Sequence[Row], baseline_macro: float, path: Path) -> Path:
+def plot_macro_f1(
+    rows: Sequence[Row], baseline_macro: float, path: Path, baseline_label: str = "all-neutral"
+) -> Path:
     """Bars = mean test macro-F1 at the validation-chosen epoch; dots = single seeds."""
     import matplotlib
 
@@ -296,7 +314,7 @@ def plot_macro_f1(rows: Sequence[Row], baseline_macro: float, path: Path) -> Pat
         ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
         ax.text(i + 0.08, m, f"{m:.1f}", ha="left", va="bottom", fontsize=8)
     if math.isfinite(baseline_macro):
-        ax.axhline(100 * baseline_macro, color="tab:red", ls="--", lw=1, label="all-neutral")
+        ax.axhline(100 * baseline_macro, color="tab:red", ls="--", lw=1, label=baseline_label)
         ax.legend(fontsize=8)
     ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=20, ha="right",
                   fontsize=8)  # fmt: skip
@@ -333,21 +351,24 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
 
 
 def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
-           published: bool) -> list[str]:  # fmt: skip
+           published: bool, metrics: Sequence[str] = METRICS,
+           baseline_label: str = "all-neutral") -> list[str]:  # fmt: skip
     epoch_head = "Epochs (chosen by val macro-F1)" if proto == "chosen" else "Epoch used"
-    head = ["Model", "Sweep rank", *(HEADINGS[m] for m in METRICS), epoch_head, "Seeds"]
+    head = ["Model", "Sweep rank", *(HEADINGS[m] for m in metrics), epoch_head, "Seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         src = r.chosen if proto == "chosen" else r.fixed
         epochs = r.chosen_epochs if proto == "chosen" else r.fixed_epochs
         ci = r.ci.get(proto, {})
         cells = [r.label, str(r.rank) if r.rank else "—",
-                 *(fmt_cell(src.get(m, []), ci.get(m)) for m in METRICS), _epochs_text(epochs),
+                 *(fmt_cell(src.get(m, []), ci.get(m)) for m in metrics), _epochs_text(epochs),
                  " ".join(map(str, r.seeds)) or "none finished"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    base = [f"{100 * baseline.get(f'test_{m}', math.nan):.2f}" for m in METRICS]
+    base = [f"{100 * baseline.get(f'test_{m}', math.nan):.2f}" for m in metrics]
     base = [b if b != "nan" else "—" for b in base]
-    lines.append(f"| *all-neutral baseline (same test split)* | — | {' | '.join(base)} | — | — |")
+    lines.append(
+        f"| *{baseline_label} baseline (same test split)* | — | {' | '.join(base)} | — | — |"
+    )
     if published:
         for model in dict.fromkeys([r.model for r in rows] + list(PUBLISHED)):
             if model not in PUBLISHED:
@@ -380,6 +401,8 @@ def write_markdown(
     failed: Sequence[str] = (),
     figures: Mapping[str, str] | None = None,
     comparison: str = "",
+    metrics: Sequence[str] = METRICS,
+    baseline_label: str = "all-neutral",
 ) -> Path:
     """The seed-style Markdown report. ``header`` holds command, store_key, date, sweep and
     tracking details; ``kind`` is :func:`corpus_kind` of the store."""
@@ -406,7 +429,7 @@ def write_markdown(
         lines += [f"**{DEMO_NOTE}.** The published rows are therefore not shown.", ""]
     elif kind == "other":
         lines += [
-            "**Not the seed's setting** (a KEMDy20-format corpus with other encoders than "
+            "**Not the seed's setting** (another corpus than KEMDy20, or other encoders than "
             f"{' / '.join(SEED_ENCODERS)}): the published numbers are not shown.",
             "",
         ]
@@ -421,9 +444,16 @@ def write_markdown(
         "it 0). For each seed the reported epoch is where the selection statistic of "
         "validation macro-F1 peaks (ties: earliest); test never chose anything.",
         "",
-        *_table(rows, "chosen", baseline, published=kind == "kemdy20"),
+        *_table(
+            rows,
+            "chosen",
+            baseline,
+            published=kind == "kemdy20",
+            metrics=metrics,
+            baseline_label=baseline_label,
+        ),
         "",
-        SEED_MICRO_DEFINITION,
+        SEED_MICRO_DEFINITION if "seed_micro_f1" in metrics else NO_NEUTRAL_NOTE,
         "",
         f"## The seed's protocol: fixed epoch {h.get('fixed_target', 120)} (for comparison)",
         "",
@@ -431,7 +461,9 @@ def write_markdown(
         "is shorter), as the seed reported — an epoch the seed picked while looking at test "
         "scores. The epoch actually used is in the table.",
         "",
-        *_table(rows, "fixed", baseline, published=False),
+        *_table(
+            rows, "fixed", baseline, published=False, metrics=metrics, baseline_label=baseline_label
+        ),
         "",
     ]
     if kind == "kemdy20":

@@ -434,10 +434,12 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
         "checkpoint_epochs": epochs,
         "history": history,
         "statistic": STATISTIC,
-        "val_at_checkpoint": {str(e): history[e - 1].get("val_macro_f1", math.nan)
-                              for e in epochs},  # fmt: skip
-        "selection_at_checkpoint": {str(e): history[e - 1].get("val_macro_f1_trailing", math.nan)
-                                    for e in epochs},  # fmt: skip
+        "val_at_checkpoint": {
+            str(e): history[e - 1].get("val_macro_f1", math.nan) for e in epochs
+        },  # fmt: skip
+        "selection_at_checkpoint": {
+            str(e): history[e - 1].get("val_macro_f1_trailing", math.nan) for e in epochs
+        },  # fmt: skip
         "test_at_checkpoint": test_metrics,
         "test_pred": test_pred,
         "chosen_epoch": chosen,
@@ -536,7 +538,8 @@ def _score_test(config: Any, store: Any, states: Mapping[int, list[dict[str, Any
         prob = torch.stack(probs).mean(dim=0)
         pred = prob.argmax(dim=-1)
         gold = data.labels.cpu()
-        m = classification_metrics(pred, gold, "test", n_cls, label_names=store.label_names)
+        m = classification_metrics(pred, gold, "test", n_cls, neutral_index=store.neutral_index,
+                                   label_names=store.label_names)  # fmt: skip
         m["test_loss"] = sum(losses) / len(losses)
         m["test_macro_auroc"] = macro_auroc(prob, gold, n_cls)
         metrics[str(e)] = {k: float(v) for k, v in m.items()}
@@ -919,26 +922,31 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
     """final.md, final.csv, final_runs.csv and the figures, from the finished units."""
     import numpy as np
 
-    from models.metrics import all_neutral_metrics, confusion_matrix
+    from models.metrics import all_neutral_metrics, baseline_name, confusion_matrix
     from models.selection import STATISTIC
     from search import final_report as fr
 
     out = settings.sweep_dir
     gold = store.labels("test")
     names = store.label_names
-    baseline = all_neutral_metrics(gold, "test", store.num_classes, label_names=names)
+    # A store without a neutral class: the constant baseline is its training majority class.
+    const, neutral = store.baseline_class(), store.neutral_index
+    baseline = all_neutral_metrics(gold, "test", store.num_classes, neutral, names, predict=const)
+    base_label = baseline_name(names, const)
+    metrics = fr.metrics_for(neutral)
     cands = [asdict(c) for c in candidates]
     rows = fr.build_rows(cands, list(done.values()))
     test_rows = store.indices("test")
     sessions = store.table["session"].to_numpy()[test_rows]
-    fr.attach_intervals(rows, gold, sessions, store.num_classes)
+    fr.attach_intervals(rows, gold, sessions, store.num_classes, neutral)
     best = fr.best_row(rows)
     other = fr.runner_up(rows, best)
     comparison = fr.difference_text(best, other) if best is not None and other else ""
-    files = list(fr.write_csvs(rows, out))
+    files = list(fr.write_csvs(rows, out, metrics))
     figures: dict[str, str] = {}
     if any(r.seeds for r in rows):
-        files.append(fr.plot_macro_f1(rows, baseline["test_macro_f1"], out / "final_macro_f1.png"))
+        files.append(fr.plot_macro_f1(rows, baseline["test_macro_f1"], out / "final_macro_f1.png",
+                                      base_label))  # fmt: skip
         figures["macro"] = files[-1].name
     if best is not None:
         cm = np.zeros((store.num_classes, store.num_classes), dtype=np.int64)
@@ -958,12 +966,13 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
     kind = fr.corpus_kind(store.manifest)
     md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
                            label_names=names, best=best, failed=failed, figures=figures,
-                           comparison=comparison)  # fmt: skip
+                           comparison=comparison, metrics=metrics,
+                           baseline_label=base_label)  # fmt: skip
     files.insert(0, md)
     info = None
     if best is not None:
         info = {"label": best.label, "seeds": best.seeds, "chosen_epochs": best.chosen_epochs,
-                "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in fr.METRICS},
+                "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in metrics},
                 "ci": best.ci.get("chosen", {}).get("macro_f1"),
                 "comparison": comparison.replace("**", "")}  # fmt: skip
     return files, info
@@ -976,8 +985,10 @@ def summary(outcome: FinalizeOutcome) -> str:
     if outcome.best:
         b = outcome.best
         m = b["metrics"]
+        seed_micro = (f"seed micro-F1 {100 * m['test_seed_micro_f1']:.2f}, "
+                      if "test_seed_micro_f1" in m else "")  # fmt: skip
         lines.append(f"Best row (by validation): {b['label']} — test macro-F1 "
-                     f"{100 * m['test_macro_f1']:.2f}, seed micro-F1 {100 * m['test_seed_micro_f1']:.2f}, "
+                     f"{100 * m['test_macro_f1']:.2f}, {seed_micro}"
                      f"weighted-F1 {100 * m['test_weighted_f1']:.2f} (mean of seeds {b['seeds']}, "
                      f"epochs {b['chosen_epochs']})")  # fmt: skip
         if b.get("ci"):

@@ -74,7 +74,9 @@ def score_trial(client: Any, run_id: str, rec: TrialRecord) -> None:
     rec.epochs_run = len(history)
     rec.best_epoch = rec.epochs_run  # the statistic is taken at the last epoch
     for key in VAL_METRICS:
-        rec.best[key] = selection.trial_score(_history(client, run_id, key))
+        values = _history(client, run_id, key)
+        if values:  # val_seed_micro_f1 is not logged for a store without a neutral class
+            rec.best[key] = selection.trial_score(values)
     se = _history(client, run_id, "val_macro_f1_se")
     if se and math.isfinite(se[-1]):
         rec.best["val_macro_f1_se"] = se[-1]
@@ -147,7 +149,9 @@ def write_trials_csv(records: list[TrialRecord], path: Path) -> None:
             "best_epoch": r.best_epoch,
         }
         # the selection statistic of each val metric, its SE and the old maximum over epochs
-        row.update({k: r.best.get(k) for k in (*VAL_METRICS, "val_macro_f1_se", "val_macro_f1_max")})
+        row.update(
+            {k: r.best.get(k) for k in (*_logged(records), "val_macro_f1_se", "val_macro_f1_max")}
+        )
         row.update({k: r.config.get(k) for k in param_keys if k != "model"})
         row["error"] = r.error
         rows.append(row)
@@ -161,7 +165,15 @@ def _fmt_score(best: dict[str, float]) -> str:
     return f"{value:.4f} ± {se:.3f}" if math.isfinite(se) else f"{value:.4f}"
 
 
+def _logged(records: list[TrialRecord]) -> list[str]:
+    """VAL_METRICS the sweep logged (no seed micro-F1 when the store has no neutral class)."""
+    return [k for k in VAL_METRICS if k == "val_macro_f1" or any(k in r.best for r in records)]
+
+
 def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top: int = 20) -> None:
+    shown = [k for k in VAL_METRICS[1:4] if k in _logged(records)]
+    heads = {"val_weighted_f1": "val weighted-F1", "val_micro_f1": "val micro-F1",
+             "val_seed_micro_f1": "val seed micro-F1"}  # fmt: skip
     lines = [
         f"# Sweep `{sweep}` — leaderboard",
         "",
@@ -172,20 +184,26 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
         "distinguishable on this validation data. *max* is the luckiest single epoch, shown "
         "only to see how much a maximum over noisy epochs flatters. Test data was not read.",
         "",
-        "| # | trial | model | key params | val macro-F1 | max | val weighted-F1 "
-        "| val micro-F1 | val seed micro-F1 | epochs run | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| # | trial | model | key params | val macro-F1 | max | "
+        + " | ".join(heads[k] for k in shown)
+        + " | epochs run | status |",
+        "|" + "---|" * (8 + len(shown)),
     ]
     for i, r in enumerate(records[:top], 1):
         params = ", ".join(f"{k}={_fmt(r.config[k])}" for k in KEY_PARAMS if k in r.config)
         extra = [
             f"{k}={_fmt(r.config[k])}"
-            for k in ("focal_gamma", "warmup_ratio", "contrastive_weight", "contrastive_temperature")
+            for k in (
+                "focal_gamma",
+                "warmup_ratio",
+                "contrastive_weight",
+                "contrastive_temperature",
+            )
             if k in r.config
         ]
         if extra:
             params += ", " + ", ".join(extra)
-        m = [f"{r.best[k]:.4f}" if k in r.best else "—" for k in VAL_METRICS[1:4]]
+        m = [f"{r.best[k]:.4f}" if k in r.best else "—" for k in shown]
         score = _fmt_score(r.best)
         top = f"{r.best['val_macro_f1_max']:.4f}" if "val_macro_f1_max" in r.best else "—"
         lines.append(

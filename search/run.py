@@ -51,7 +51,8 @@ class SweepOutcome:
 
 # -- before Ray: data and space ------------------------------------------------------------
 def resolve_store(settings: SweepSettings) -> Path:
-    """The feature store the sweep trains on (preparing the demo or a KEMDy20 corpus first)."""
+    """The feature store the sweep trains on (preparing the demo, a KEMDy20 corpus or a
+    manifest's corpus first)."""
     if settings.data_kind == "demo":
         from data_prep.prepare import prepare_demo
 
@@ -62,6 +63,13 @@ def resolve_store(settings: SweepSettings) -> Path:
         try:
             return Path(prepare(settings.data))
         except PREPARE_ERRORS as exc:  # a corpus that cannot be prepared is a bad --data
+            raise UsageError(f"--data {settings.data}: cannot prepare this corpus: {exc}") from exc
+    if settings.data_kind == "manifest":
+        from data_prep.prepare import PREPARE_ERRORS, prepare_manifest_store
+
+        try:
+            return prepare_manifest_store(settings.data).path
+        except PREPARE_ERRORS as exc:
             raise UsageError(f"--data {settings.data}: cannot prepare this corpus: {exc}") from exc
     return Path(settings.data)
 
@@ -308,9 +316,7 @@ def _segment_trials(path: Path) -> list[Any]:
 
 def _segment_done(path: Path, num_samples: int) -> bool:
     trials = _segment_trials(path)
-    return len(trials) >= num_samples and all(
-        t.status in ("TERMINATED", "ERROR") for t in trials
-    )
+    return len(trials) >= num_samples and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
 def run_sweep(

@@ -64,8 +64,8 @@ def optuna_storage_for(tracking_uri: str, results_dir: Path) -> str:
 class SweepSettings:
     space: str
     name: str
-    data: str  # "demo" or an absolute path (feature store or KEMDy20 folder)
-    data_kind: str  # "demo" | "store" | "kemdy20"
+    data: str  # "demo" or an absolute path (feature store, KEMDy20 folder or manifest file)
+    data_kind: str  # "demo" | "store" | "kemdy20" | "manifest"
     num_samples: int = DEFAULT_NUM_SAMPLES
     max_epochs: int = DEFAULT_MAX_EPOCHS
     horizon: int = DEFAULT_HORIZON
@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--space", help="search space: case | baselines | all")
     p.add_argument(
-        "--data", default=None, help="'demo' (default), a feature store or a KEMDy20 folder"
+        "--data",
+        default=None,
+        help="'demo' (default), a feature store, a KEMDy20 folder, or a .csv/.jsonl manifest "
+        "(default columns, no neutral class; for other columns, --labels or --neutral-label "
+        "prepare it with `python -m data_prep.prepare --manifest` and pass the store)",
     )
     p.add_argument(
         "--num-samples", type=int, default=None, help=f"trials (default {DEFAULT_NUM_SAMPLES})"
@@ -222,10 +226,22 @@ def _data_kind(data: str) -> tuple[str, str]:
         return "demo", "demo"
     path = Path(data).expanduser()
     if not path.exists():
-        _fail(f"--data {data}: no such folder; give a feature store, a KEMDy20 folder or 'demo'")
+        _fail(
+            f"--data {data}: no such file or folder; give a feature store, a KEMDy20 folder, "
+            "a .csv/.jsonl manifest or 'demo'"
+        )
+    if path.is_file():
+        from data_prep.manifest import SUFFIXES  # only for a file: folders need no pandas
+
+        if path.suffix.lower() not in SUFFIXES:
+            _fail(f"--data {data}: a file must be a manifest ({', '.join(SUFFIXES)})")
+        if not os.access(path, os.R_OK):
+            _fail(f"--data {data}: manifest is not readable")
+        return str(path.resolve()), "manifest"
     if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
         _fail(
-            f"--data {data}: not a readable folder; give a feature store, a KEMDy20 folder or 'demo'"
+            f"--data {data}: not a readable folder or a .csv/.jsonl manifest; give a feature "
+            "store, a KEMDy20 folder, a manifest or 'demo'"
         )
     if (path / "manifest.json").is_file():
         return str(path.resolve()), "store"

@@ -45,7 +45,7 @@ def test_bad_space_name_exits_2_before_ray_and_lists_valid_spaces(tmp_path: Path
         (["--space", "case", "--num-samples", "0"], "--num-samples must be a positive integer"),
         (["--space", "case", "--cpus-per-trial", "-0.5"], "--cpus-per-trial must be > 0"),
         (["--space", "case", "--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
-        (["--space", "case", "--data", "/no/such/folder"], "no such folder"),
+        (["--space", "case", "--data", "/no/such/folder"], "no such file or folder"),
         (["--space", "case", "--max-epochs", "ten"], "invalid int value"),
         (["--name", "ghost", "--resume"], "no sweep 'ghost'"),
         (["--resume"], "--resume needs --name"),
