@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import signal
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,7 +23,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from ray.tune import Callback
 
+from search.faults import fault_point
 from search.redact import connect_uri, redact_uri, remember
+from search.trainable import TRACEBACK_KEY, own_error
 
 EXPERIMENT = "case-tune"
 KIND = "case_tune.kind"
@@ -34,6 +35,8 @@ TRIAL_ID = "case_tune.trial_id"
 SWEEP = "case_tune.sweep"
 STATUS = "case_tune.status"
 ERROR = "case_tune.error"
+RESTARTS = "case_tune.restarts"  # times Tune restarted the trial after its process died
+RESTART_CAUSE = "case_tune.restart_cause"  # the last such failure, one line
 SPLITS_READ = "case_tune.splits_read"
 NUMERICS = "case_tune.numerics"  # torch threads, CPU kernel path: what explains a CPU difference
 CONFIG = "case_tune.config"  # the trial's config as JSON (typed; params are strings)
@@ -146,7 +149,11 @@ def trial_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list[An
 
 
 def _error_text(trial: Any) -> str:
-    """The trial's error trace: from the driver's copy if present, else Tune's storage."""
+    """The trial's error trace: what its own code raised (search.trainable), else Tune's
+    error (the driver's copy if present, else Tune's storage)."""
+    result = trial.last_result or {}
+    if own_error(result):
+        return str(result.get(TRACEBACK_KEY) or own_error(result))
     try:
         path = trial.error_file
         if path and Path(path).is_file():
@@ -177,9 +184,12 @@ class MlflowTrialCallback(Callback):
     """Logs every Tune trial as a nested MLflow run, from the driver.
 
     Statuses: FINISHED (ran all epochs), FINISHED + `case_tune.status=stopped_early` (ASHA
-    stopped it), FAILED + `case_tune.error` tag and `error.txt` artifact (it raised).
-    A trial that (re)starts while an older run of the same `case_tune.trial_id` exists (a
-    resumed sweep restarting an unfinished trial from scratch) gets a fresh run and the old
+    stopped it), FAILED + `case_tune.error` tag and `error.txt` artifact (its code raised, or
+    its process died more often than FailureConfig retries).
+    A trial Tune restarts from its checkpoint (a lost node, a dead worker, a resumed sweep)
+    continues its run. A trial that (re)starts with no checkpoint while an older run of the
+    same `case_tune.trial_id` exists (a resumed sweep restarting an unfinished trial from
+    scratch) gets a fresh run and the old
     one is deleted, so each trial has exactly one run with a clean history.
     """
 
@@ -284,9 +294,14 @@ class MlflowTrialCallback(Callback):
         """Tag the run now; mark it FINISHED only after Tune has saved the trial as
         terminated. Tune saves its state after this callback, so a driver killed in between
         would otherwise leave a FINISHED run whose trial a resumed Tune runs again. This way
-        FINISHED in MLflow always means finished in Tune's saved state too."""
+        FINISHED in MLflow always means finished in Tune's saved state too. A trial whose own
+        code raised ends here too (search.trainable): its run is FAILED at once, like one that
+        Tune failed (a resumed Tune that reruns it fails it the same way)."""
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
+            return
+        if own_error(trial.last_result):
+            self._fail(run_id, trial)
             return
         self.client.set_tag(run_id, STATUS, finish_status(trial, self.max_epochs))
         self._pending[trial.trial_id] = run_id
@@ -308,10 +323,21 @@ class MlflowTrialCallback(Callback):
                 del self._pending[trial_id]
                 fault_point("run_finished")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune restarts the trial after its process or node died: say so on its run (which
+        the restart continues, see on_trial_start)."""
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
+        if run_id is not None:
+            self.client.set_tag(run_id, RESTARTS, str(trial.num_failures))
+            self.client.set_tag(run_id, RESTART_CAUSE, error_summary(_error_text(trial))[:_MAX_TAG])
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune gave up on the trial: it died more than FailureConfig's max_failures times."""
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self._fail(run_id, trial)
+
+    def _fail(self, run_id: str, trial: Any) -> None:
         text = _error_text(trial)
         self.client.set_tag(run_id, STATUS, "failed")
         self.client.set_tag(run_id, ERROR, error_summary(text)[:_MAX_TAG])
@@ -346,16 +372,6 @@ def saved_trial_states(experiment_dir: str | Path) -> dict[str, str]:
         return {}
 
 
-FAULT_ENV = "CASE_TUNE_FAULT"
-
-
-def fault_point(name: str) -> None:
-    """Tests only: SIGKILL this process at the named point when $CASE_TUNE_FAULT names it
-    (e.g. ``run_finished``), to place a kill exactly where a window could be."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def reconcile(
     client: MlflowClient,
     exp_id: str,
@@ -377,11 +393,13 @@ def reconcile(
             continue
         if run.info.status != "RUNNING":
             continue
-        if trial.status == "TERMINATED":
+        if trial.status == "TERMINATED" and not own_error(trial.last_result):
             client.set_tag(run.info.run_id, STATUS, finish_status(trial, max_epochs))
             client.set_terminated(run.info.run_id, "FINISHED")
-        elif trial.status == "ERROR":
+        elif trial.status in ("TERMINATED", "ERROR"):
             client.set_tag(run.info.run_id, STATUS, "failed")
+            if error := own_error(trial.last_result):
+                client.set_tag(run.info.run_id, ERROR, error[:_MAX_TAG])
             client.set_terminated(run.info.run_id, "FAILED")
         else:
             client.set_tag(run.info.run_id, STATUS, "killed")
