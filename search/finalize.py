@@ -551,16 +551,15 @@ def clean_stale_runs(
     """Keep one FINISHED run per finished unit; end KILLED and delete every other unit run
     (a dead driver's RUNNING ones, or a finished unit whose logging was cut). Returns unit ->
     run id of the runs kept."""
+    from search import tracking
+
     keep: dict[str, str] = {}
     for run in _unit_runs(client, exp_id, parent):
         uid = run.data.tags.get(UNIT, "")
         if uid in done and run.info.status == "FINISHED" and uid not in keep:
             keep[uid] = run.info.run_id
             continue
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "case_tune.status", "killed")
-            client.set_terminated(run.info.run_id, "KILLED")
-        client.delete_run(run.info.run_id)
+        tracking.discard_run(client, run.info.run_id)  # ended KILLED first if RUNNING
     return keep
 
 

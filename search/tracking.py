@@ -234,7 +234,7 @@ class MlflowTrialCallback(Callback):
             for run in trial_runs(self.client, self.exp_id, self.parent_run_id):
                 tid = run.data.tags.get(TRIAL_ID)
                 if tid in self._runs:  # should not happen; keep the newest
-                    self.client.delete_run(self._runs[tid])
+                    discard_run(self.client, self._runs[tid])
                 self._runs[tid] = run.info.run_id
         return self._runs
 
@@ -250,8 +250,8 @@ class MlflowTrialCallback(Callback):
             reopen_run(self.client, old)
             return
         old = self.runs.pop(trial.trial_id, None)
-        if old is not None:
-            self.client.delete_run(old)
+        if old is not None:  # its history would mix two starts from scratch
+            discard_run(self.client, old)
         config = dict(trial.config)
         run = self.client.create_run(
             self.exp_id,
@@ -389,7 +389,7 @@ def reconcile(
     for run in trial_runs(client, exp_id, parent_run_id):
         trial = by_id.get(run.data.tags.get(TRIAL_ID, ""))
         if trial is None:
-            client.delete_run(run.info.run_id)
+            discard_run(client, run.info.run_id)
             continue
         if run.info.status != "RUNNING":
             continue
@@ -404,6 +404,15 @@ def reconcile(
         else:
             client.set_tag(run.info.run_id, STATUS, "killed")
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def discard_run(client: MlflowClient, run_id: str) -> None:
+    """Delete a trial run that no longer stands for its trial, ended KILLED first if it was
+    RUNNING: a deleted run is still listed under "deleted runs", never as running."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, STATUS, "killed")
+        client.set_terminated(run_id, "KILLED")
+    client.delete_run(run_id)
 
 
 def end_running_trials(client: MlflowClient, exp_id: str, parent_run_id: str, status: str) -> None:
