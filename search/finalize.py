@@ -481,7 +481,7 @@ def _unit_task(unit: dict[str, Any], store_path: str, threads: int, device: str 
     from models.data import use_gpu_share
     from search.faults import fault_point
 
-    fault_point("unit_start", unit["unit_id"])
+    fault_point("unit_start", unit.get("unit_id", ""))
     use_gpu_share(gpus)  # several runs may share one GPU
     # The trials' rule (data_prep.device.run_device): the GPU Ray assigned, or the CPU.
     return run_unit(unit, store_path, threads=threads, device=device or str(run_device(gpus)))

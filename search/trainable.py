@@ -177,8 +177,8 @@ def run_trial(
 
     from search.faults import fault_point
 
-    trial_id = tune.get_context().get_trial_id() or ""
-    fault_point("trial_start", None, trial_id)
+    trial_id = tune.get_context().get_trial_id()  # None when called outside Tune
+    fault_point("trial_start", None, trial_id or "")
     # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:
@@ -186,6 +186,8 @@ def run_trial(
 
         run, store, last = _start(config, store_path, threads, gpus, folds, max_epochs)
     except Exception as exc:  # the trial's own code: not retried (see the module docstring)
+        if trial_id is None:
+            raise  # no Tune to report to: the caller gets the error
         _report_own_error(exc, None)
         return
     while run.epoch < last:
@@ -205,12 +207,14 @@ def run_trial(
                 }
                 checkpoint = _save(run, folder)
             except Exception as exc:  # the trial's own code: not retried
+                if trial_id is None:
+                    raise
                 _report_own_error(exc, epoch)
                 return
             # Outside the try: a failing report or checkpoint upload is Tune's (storage,
             # network), and Tune retries it from the last checkpoint.
             tune.report(result, checkpoint=checkpoint)
-        fault_point("trial_reported", run.epoch, trial_id)
+        fault_point("trial_reported", run.epoch, trial_id or "")
 
 
 def _start(config: dict[str, Any], store_path: str, threads: int | None, gpus: float,

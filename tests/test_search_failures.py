@@ -125,3 +125,32 @@ def test_a_trial_whose_worker_dies_continues_from_its_last_checkpoint(failures) 
     logged = metric_history(settings.tracking_uri, run.info.run_id, "val_macro_f1")
     assert [logged[e] for e in range(1, EPOCHS + 1)] == pytest.approx(expected, abs=1e-12)
     assert all(math.isfinite(v) for v in expected)
+
+
+def test_the_searcher_never_leaves_a_temporary_file_in_the_folder_tune_copies(tmp_path) -> None:
+    """Tune copies its driver folder to storage in the background while the next save may
+    run; a temporary file inside it could vanish mid-copy (a FileNotFoundError traceback).
+    The searcher's state, the slow part of a save, is written beside the folder instead."""
+    from search.trial_search import TrialOptunaSearch
+
+    folder = tmp_path / "driver_artifacts"
+    folder.mkdir()
+    seen: list[tuple[str, list[str]]] = []
+
+    class Watched(TrialOptunaSearch):
+        def save(self, checkpoint_path: str) -> None:
+            super().save(checkpoint_path)
+            seen.append((checkpoint_path, sorted(p.name for p in folder.iterdir())))
+
+    searcher = Watched(metric="val_macro_f1_search", mode="max")
+    searcher.save_to_dir(str(folder), session_str="s1")
+    searcher.save_to_dir(str(folder), session_str="s1")  # overwrites in place
+    assert len(seen) == 2
+    for path, listing in seen:
+        assert Path(path).parent != folder  # written outside the copied folder...
+        assert all("tmp" not in name for name in listing)  # ...which never holds a temp file
+    assert sorted(p.name for p in folder.iterdir()) == ["searcher-state-s1.pkl"]
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]  # nothing left beside it
+    restored = TrialOptunaSearch(metric="val_macro_f1_search", mode="max")
+    restored.restore_from_dir(str(folder))
+    assert restored.metric == "val_macro_f1_search"
