@@ -477,11 +477,14 @@ def _now() -> str:
 
 def _unit_task(unit: dict[str, Any], store_path: str, threads: int, device: str | None,
                gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    import ray
+
     from data_prep.device import run_device
     from models.data import use_gpu_share
     from search.faults import fault_point
 
-    fault_point("unit_start", unit.get("unit_id", ""))
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    fault_point("unit_start", unit.get("unit_id", ""), node)
     use_gpu_share(gpus)  # several runs may share one GPU
     # The trials' rule (data_prep.device.run_device): the GPU Ray assigned, or the CPU.
     return run_unit(unit, store_path, threads=threads, device=device or str(run_device(gpus)))

@@ -91,7 +91,8 @@ def ray_env_defaults() -> None:
     """The environment Ray and Tune must see before they are imported (set unless given)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # How often Tune saves its experiment state (what --resume reads), see README "Resuming".
+    # How often Tune saves its experiment state (what --resume reads); README ("Lost nodes, a
+    # killed driver") says what a killed driver loses.
     # "auto": at most every 10 s, and less often when a save takes longer than 0.5 s (a slow
     # network file system then spends at most 5 % of the driver's time on it). On top, Tune
     # saves whenever a trial has written CheckpointConfig's num_to_keep checkpoints since the

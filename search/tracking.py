@@ -327,9 +327,14 @@ class MlflowTrialCallback(Callback):
         """Tune restarts the trial after its process or node died: say so on its run (which
         the restart continues, see on_trial_start)."""
         run_id = self.runs.get(trial.trial_id)
-        if run_id is not None:
-            self.client.set_tag(run_id, RESTARTS, str(trial.num_failures))
-            self.client.set_tag(run_id, RESTART_CAUSE, error_summary(_error_text(trial))[:_MAX_TAG])
+        if run_id is None:
+            return
+        # Counted here, not from trial.num_failures: Tune does not count a node Ray knows was
+        # preempted (a reclaimed spot instance).
+        before = self.client.get_run(run_id).data.tags.get(RESTARTS, "0")
+        restarts = int(before) + 1 if before.isdigit() else 1
+        self.client.set_tag(run_id, RESTARTS, str(restarts))
+        self.client.set_tag(run_id, RESTART_CAUSE, error_summary(_error_text(trial))[:_MAX_TAG])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune gave up on the trial: it died more than FailureConfig's max_failures times."""

@@ -445,6 +445,7 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
         assert lost is not None, "no trial reported its epochs"
         outcome = ended["outcome"]
         node_of = {a["Pid"]: a["Address"]["NodeID"] for a in actors()}
+        final = _finalize_losing_a_node(cluster, tmp_path, trace)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -483,3 +484,60 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
     # Its run is the one that was running on the lost node (never replaced).
     victims = [r for r in everything if r.data.tags.get("case_tune.trial_id") == victim]
     assert len(victims) == 1
+
+    # Then finalize on the same cluster: the unit whose node goes is run again on another one.
+    outcome_f, unit_starts, removed = final
+    assert not outcome_f.failed and outcome_f.units_run == 1
+    assert len(unit_starts) == 2, unit_starts  # started, lost with its node, run again
+    assert unit_starts[0][0] == removed != unit_starts[1][0]
+    settings_f = outcome_f.out_dir
+    assert len(list((settings_f / "units").glob("*.json"))) == 1
+    finals = [r for r in mlflow_runs(settings.tracking_uri, kind="final", deleted=True)
+              if r.data.tags.get("mlflow.parentRunId") == outcome_f.parent_run_id]  # fmt: skip
+    assert len(finals) == 1 and finals[0].info.status == "FINISHED"
+
+
+def _finalize_losing_a_node(cluster, tmp_path: Path, trace: Path):
+    """Finalize the sweep's best config (one seed) on ``cluster``; once its unit has started,
+    remove that unit's node and kill the unit's process. Returns the outcome, the unit's
+    starts as (node id, pid), and the removed node's id."""
+    import threading
+
+    from search import finalize as fz
+    from search.faults import read_trace
+
+    cluster.add_node(num_cpus=2)  # somewhere to go (Ray adds nodes from this thread only)
+    cluster.wait_for_nodes()
+    settings = fz.parse_settings(["--sweep", "nodeloss", "--results-dir",
+                                  str(tmp_path / "results"), "--top-k", "1", "--seeds", "0",
+                                  "--epochs", "8", "--address", cluster.address])  # fmt: skip
+    ended: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            ended["outcome"] = fz.finalize(settings, quiet=True)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            ended["error"] = exc
+
+    driver = threading.Thread(target=run, daemon=True)
+    driver.start()
+    removed = None
+    deadline = time.monotonic() + 300
+    while removed is None and driver.is_alive() and time.monotonic() < deadline:
+        starts = [(who, pid) for point, _, who, pid in read_trace(trace) if point == "unit_start"]
+        if starts:
+            time.sleep(1.0)  # mid-way through its epochs (it writes nothing until done)
+            node_id, pid = starts[0]
+            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            cluster.remove_node(node, allow_graceful=False)
+            with contextlib.suppress(ProcessLookupError):  # the machine's processes go too
+                os.kill(pid, signal.SIGKILL)
+            removed = node_id
+        time.sleep(0.1)
+    driver.join(timeout=400)
+    assert not driver.is_alive(), "finalize did not end"
+    if "error" in ended:
+        raise ended["error"]
+    assert removed is not None, "the unit never started"
+    starts = [(who, pid) for point, _, who, pid in read_trace(trace) if point == "unit_start"]
+    return ended["outcome"], starts, removed
