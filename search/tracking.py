@@ -209,6 +209,7 @@ class MlflowTrialCallback(Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] | None = None  # trial_id -> run_id
         self._pending: dict[str, str] = {}  # trial_id -> run_id, complete but not yet FINISHED
+        self._unlogged: dict[str, dict] = {}  # trial_id -> its result awaiting its checkpoint
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
@@ -216,10 +217,11 @@ class MlflowTrialCallback(Callback):
         state["_client"] = None
         state["_runs"] = None
         state["_pending"] = {}
+        state["_unlogged"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"experiment_dir": None, "_pending": {}, **state})
+        self.__dict__.update({"experiment_dir": None, "_pending": {}, "_unlogged": {}, **state})
 
     @property
     def client(self) -> MlflowClient:
@@ -245,8 +247,8 @@ class MlflowTrialCallback(Callback):
         old = self.runs.get(trial.trial_id)
         if old is not None and trial.checkpoint is not None:
             # Restarted from its last checkpoint (a resumed sweep, a lost node): the same run
-            # goes on, so its history stays one history; an epoch trained again after the
-            # checkpoint logs the same value at the same step (training is deterministic).
+            # goes on, so its history stays one history. It holds exactly the epochs up to
+            # that checkpoint (see on_trial_result), which the trial continues after.
             reopen_run(self.client, old)
             return
         old = self.runs.pop(trial.trial_id, None)
@@ -271,6 +273,28 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        """Hold an epoch's result until Tune has registered the checkpoint reported with it
+        (on_checkpoint). Tune processes the result first and registers its checkpoint only
+        once a separate save call on the trial's actor returns; a node lost in between
+        restarts the trial from the checkpoint before, which reports this epoch again.
+        Logged at once, the epoch would be in the run's history twice."""
+        self._unlogged[trial.trial_id] = dict(result)
+        fault_point("trial_result", result.get("training_iteration"), trial.trial_id,
+                    victim=result.get("pid"))  # fmt: skip
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:  # fmt: skip
+        result = self._unlogged.pop(trial.trial_id, None)
+        if result is not None:
+            self._log_result(trial, result)
+
+    def _flush_unlogged(self, trial: Any) -> None:
+        """The trial is over: a result that came without a checkpoint is final, log it."""
+        result = self._unlogged.pop(trial.trial_id, None)
+        if result is not None:
+            self._log_result(trial, result)
+
+    def _log_result(self, trial: Any, result: dict) -> None:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
@@ -297,6 +321,7 @@ class MlflowTrialCallback(Callback):
         FINISHED in MLflow always means finished in Tune's saved state too. A trial whose own
         code raised ends here too (search.trainable): its run is FAILED at once, like one that
         Tune failed (a resumed Tune that reruns it fails it the same way)."""
+        self._flush_unlogged(trial)
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
@@ -326,6 +351,9 @@ class MlflowTrialCallback(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune restarts the trial after its process or node died: say so on its run (which
         the restart continues, see on_trial_start)."""
+        # Its last result never got its checkpoint registered: the restarted trial, continuing
+        # from the checkpoint before, reports that epoch again.
+        self._unlogged.pop(trial.trial_id, None)
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
@@ -338,6 +366,7 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune gave up on the trial: it died more than FailureConfig's max_failures times."""
+        self._flush_unlogged(trial)
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
             self._fail(run_id, trial)
