@@ -210,6 +210,7 @@ class MlflowTrialCallback(Callback):
         self._runs: dict[str, str] | None = None  # trial_id -> run_id
         self._pending: dict[str, str] = {}  # trial_id -> run_id, complete but not yet FINISHED
         self._unlogged: dict[str, dict] = {}  # trial_id -> its result awaiting its checkpoint
+        self._logged_upto: dict[str, int] = {}  # run_id -> last epoch a reopened run holds
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
@@ -218,10 +219,12 @@ class MlflowTrialCallback(Callback):
         state["_runs"] = None
         state["_pending"] = {}
         state["_unlogged"] = {}
+        state["_logged_upto"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"experiment_dir": None, "_pending": {}, "_unlogged": {}, **state})
+        fresh = {"experiment_dir": None, "_pending": {}, "_unlogged": {}, "_logged_upto": {}}
+        self.__dict__.update({**fresh, **state})
 
     @property
     def client(self) -> MlflowClient:
@@ -247,9 +250,14 @@ class MlflowTrialCallback(Callback):
         old = self.runs.get(trial.trial_id)
         if old is not None and trial.checkpoint is not None:
             # Restarted from its last checkpoint (a resumed sweep, a lost node): the same run
-            # goes on, so its history stays one history. It holds exactly the epochs up to
-            # that checkpoint (see on_trial_result), which the trial continues after.
+            # goes on, so its history stays one history. After a lost node it holds exactly
+            # the epochs up to that checkpoint (see on_trial_result). A resumed sweep may
+            # restart from a checkpoint older than the run's last epoch (Tune's saved state
+            # can lag its newest checkpoint by one); the epochs trained again are not logged
+            # twice (see _log_result).
             reopen_run(self.client, old)
+            history = self.client.get_metric_history(old, "val_macro_f1")
+            self._logged_upto[old] = max((m.step for m in history), default=0)
             return
         old = self.runs.pop(trial.trial_id, None)
         if old is not None:  # its history would mix two starts from scratch
@@ -299,6 +307,8 @@ class MlflowTrialCallback(Callback):
         if run_id is None:
             return
         step = int(result.get("training_iteration", 0))
+        if step <= self._logged_upto.get(run_id, 0):
+            return  # an epoch a restart trained again: the run has it (same config and seed)
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in trial_metrics(result).items()]
         tags = []
