@@ -16,6 +16,8 @@ Layout under results/<sweep>/:
     final/units/<unit>.json   one finished (config, seed), written atomically when it ends
     final/checkpoints/<unit>/ the chosen (and fixed-epoch) checkpoints (git-ignored)
 
+A unit whose worker process or node dies is run again, from the start, up to MAX_FAILURES
+times (search.settings); a unit whose own code raises is recorded failed and not retried.
 A killed finalize continues with `--resume`: finished units are read back, not retrained, and
 MLflow runs a dead driver left RUNNING are ended KILLED and deleted, so each unit ends with
 exactly one active run. Tracking is done from the driver through `search.tracking`.
@@ -43,6 +45,7 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
 
 from search.redact import is_redacted, redact_text, redact_uri  # noqa: E402
 from search.settings import (  # noqa: E402
+    MAX_FAILURES,
     SWEEP_MANIFEST,
     UsageError,
     check_name,
@@ -558,9 +561,14 @@ def _now() -> str:
 
 def _unit_task(unit: dict[str, Any], store_path: str, threads: int, device: str | None,
                gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    import ray
+
     from data_prep.device import run_device
     from models.data import use_gpu_share
+    from search.faults import fault_point
 
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    fault_point("unit_start", unit.get("unit_id", ""), node)
     use_gpu_share(gpus)  # several runs may share one GPU
     # The trials' rule (data_prep.device.run_device): the GPU Ray assigned, or the CPU.
     return run_unit(unit, store_path, threads=threads, device=device or str(run_device(gpus)))
@@ -631,16 +639,15 @@ def clean_stale_runs(
     """Keep one FINISHED run per finished unit; end KILLED and delete every other unit run
     (a dead driver's RUNNING ones, or a finished unit whose logging was cut). Returns unit ->
     run id of the runs kept."""
+    from search import tracking
+
     keep: dict[str, str] = {}
     for run in _unit_runs(client, exp_id, parent):
         uid = run.data.tags.get(UNIT, "")
         if uid in done and run.info.status == "FINISHED" and uid not in keep:
             keep[uid] = run.info.run_id
             continue
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "case_tune.status", "killed")
-            client.set_terminated(run.info.run_id, "KILLED")
-        client.delete_run(run.info.run_id)
+        tracking.discard_run(client, run.info.run_id)  # ended KILLED first if RUNNING
     return keep
 
 
@@ -703,7 +710,7 @@ def fail_unit_run(client: Any, run_id: str, error: str) -> None:
     from search import tracking
 
     client.set_tag(run_id, "case_tune.status", "failed")
-    client.set_tag(run_id, tracking.ERROR, error.strip().splitlines()[-1][:5000] if error else "")
+    client.set_tag(run_id, tracking.ERROR, tracking.error_summary(error)[:5000] if error else "")
     with contextlib.suppress(Exception):
         client.log_text(run_id, error, "error.txt")
     client.set_terminated(run_id, "FAILED")
@@ -846,9 +853,13 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
             # By module path, not __main__'s copy: workers import it instead of unpickling code.
             from search.finalize import _unit_task as unit_task
 
+            # A unit whose worker process or node dies is run again from the start (it
+            # writes nothing until it returns, so that is safe), up to MAX_FAILURES times;
+            # one whose code raises is not (retry_exceptions=False: Ray retries system
+            # failures only) and is recorded failed below.
             task = ray.remote(unit_task).options(
                 num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
-                max_retries=0,
+                max_retries=MAX_FAILURES, retry_exceptions=False,
             )  # fmt: skip
             threads = max(1, int(settings.cpus_per_trial))
             queue = list(todo)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.trainable import STAT_METRIC
+from search.trainable import STAT_METRIC, own_error
 
 
 class CompactProgress(Callback):
@@ -23,12 +23,14 @@ class CompactProgress(Callback):
     def _line(self, trial: Any, status: str) -> None:
         self.done += 1
         r = trial.last_result or {}
+        # An error result (search.trainable) came after the last epoch trained.
+        epochs = r.get("training_iteration", 0) - (1 if own_error(r) else 0)
         score = r.get(STAT_METRIC, float("nan"))
         if isinstance(score, float) and math.isfinite(score):
             self.best = max(self.best, score)
         print(
             f"[{self.done}/{self.total}] {trial.trial_id} {trial.config.get('model', '?'):<24} "
-            f"{status:<13} epochs {r.get('training_iteration', 0)}/{self._last(trial)}"
+            f"{status:<13} epochs {epochs}/{self._last(trial)}"
             f"  val macro-F1 (last-epochs mean) {score:.4f}  (sweep best {self.best:.4f})",
             flush=True,
         )
@@ -38,8 +40,17 @@ class CompactProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
+        if own_error(r):  # its code raised: ended by the trainable, not failed by Tune
+            self.on_trial_error(iteration, trials, trial, **info)
+            return
         early = r.get("training_iteration", 0) < self._last(trial)
         self._line(trial, "stopped early" if early else "completed")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        from search.tracking import _error_text, error_summary
+
+        print(f"    {trial.trial_id} restarts from its last checkpoint (failure "
+              f"{trial.num_failures}): {error_summary(_error_text(trial))}", flush=True)  # fmt: skip
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from search.tracking import _error_text, error_summary

@@ -99,11 +99,19 @@ def ray_env_defaults() -> None:
     """The environment Ray and Tune must see before they are imported (set unless given)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Save Tune's experiment state on every controller step, so a killed driver loses at most
-    # the step in flight and finished trials are never rerun after --resume.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # Trials checkpoint every epoch (num_to_keep), which forces a state snapshot each time;
-    # that is the saving above, on purpose, so Tune's warning about it is noise here.
+    # How often Tune saves its experiment state (what --resume reads); README ("Lost nodes, a
+    # killed driver") says what a killed driver loses.
+    # "auto": at most every 10 s, and less often when a save takes longer than 0.5 s (a slow
+    # network file system then spends at most 5 % of the driver's time on it). On top, Tune
+    # saves whenever a trial has written CheckpointConfig's num_to_keep checkpoints since the
+    # last save, so the saved state always names a checkpoint that still exists: a killed
+    # driver loses at most one epoch per running trial beyond the one in flight. Saving at
+    # every controller step (0) wrote several times a second, and each save rewrote files in
+    # the folder Tune was still copying from the save before ("FileNotFoundError ...
+    # tmp-searcher-state" tracebacks from ray/train/_internal/storage.py).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
+    # Those num_to_keep saves come once per epoch of the fastest trial, by design (above);
+    # Tune's warning about frequent saves is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -168,12 +176,12 @@ def build_tuner(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from search.spaces import define_by_run
     from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC
+    from search.trial_search import TrialOptunaSearch
 
-    searcher = OptunaSearch(
+    searcher = TrialOptunaSearch(
         space=define_by_run(space),
         metric=SEARCH_METRIC,
         mode=MODE,
@@ -211,7 +219,12 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=settings.experiment_path.name,
             storage_path=settings.storage_path,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # Restarts a trial from its last checkpoint when its worker process or node
+            # dies. Errors of the trial's own code never reach Tune as failures: the
+            # trainable ends such a trial itself (search/trainable.py), so they are not
+            # retried.
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures,
+                                              fail_fast=False),  # fmt: skip
             # The last two epochs' states, a few MB per trial: a killed driver's saved
             # experiment state may still name the one before the newest, so that one must
             # still exist when --resume continues the trial from it.

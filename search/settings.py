@@ -35,6 +35,11 @@ STARTUP_TRIALS = 10
 # the same sweep; its cost in wall time against the asynchronous way is in results/bench.md.
 REPRODUCIBLE = True
 SWEEP_MANIFEST = "sweep.json"
+# How often a trial (search.run) or finalize unit (search.finalize) is started again after
+# its worker process or node died: a spot instance reclaimed three times over is rare, a
+# process that dies every time (killed for memory) should not hold a slot for long. Errors
+# raised by their own code are never retried (search/trainable.py says why).
+MAX_FAILURES = 3
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -92,6 +97,7 @@ class SweepSettings:
     searcher: str = "tpe"  # tpe | random
     scheduler: str = "asha"  # asha | fifo
     reuse_actors: bool = True  # one process per concurrent slot, not per trial
+    max_failures: int = MAX_FAILURES  # restarts of a trial whose process or node died
     fixed: dict[str, Any] = field(default_factory=dict)  # extra fixed TrainConfig values
 
     @property

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import signal
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,7 +23,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from ray.tune import Callback
 
+from search.faults import fault_point
 from search.redact import connect_uri, redact_uri, remember
+from search.trainable import TRACEBACK_KEY, own_error
 
 EXPERIMENT = "case-tune"
 KIND = "case_tune.kind"
@@ -34,6 +35,8 @@ TRIAL_ID = "case_tune.trial_id"
 SWEEP = "case_tune.sweep"
 STATUS = "case_tune.status"
 ERROR = "case_tune.error"
+RESTARTS = "case_tune.restarts"  # times Tune restarted the trial after its process died
+RESTART_CAUSE = "case_tune.restart_cause"  # the last such failure, one line
 SPLITS_READ = "case_tune.splits_read"
 NUMERICS = "case_tune.numerics"  # torch threads, CPU kernel path: what explains a CPU difference
 CONFIG = "case_tune.config"  # the trial's config as JSON (typed; params are strings)
@@ -146,7 +149,11 @@ def trial_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list[An
 
 
 def _error_text(trial: Any) -> str:
-    """The trial's error trace: from the driver's copy if present, else Tune's storage."""
+    """The trial's error trace: what its own code raised (search.trainable), else Tune's
+    error (the driver's copy if present, else Tune's storage)."""
+    result = trial.last_result or {}
+    if own_error(result):
+        return str(result.get(TRACEBACK_KEY) or own_error(result))
     try:
         path = trial.error_file
         if path and Path(path).is_file():
@@ -177,9 +184,12 @@ class MlflowTrialCallback(Callback):
     """Logs every Tune trial as a nested MLflow run, from the driver.
 
     Statuses: FINISHED (ran all epochs), FINISHED + `case_tune.status=stopped_early` (ASHA
-    stopped it), FAILED + `case_tune.error` tag and `error.txt` artifact (it raised).
-    A trial that (re)starts while an older run of the same `case_tune.trial_id` exists (a
-    resumed sweep restarting an unfinished trial from scratch) gets a fresh run and the old
+    stopped it), FAILED + `case_tune.error` tag and `error.txt` artifact (its code raised, or
+    its process died more often than FailureConfig retries).
+    A trial Tune restarts from its checkpoint (a lost node, a dead worker, a resumed sweep)
+    continues its run. A trial that (re)starts with no checkpoint while an older run of the
+    same `case_tune.trial_id` exists (a resumed sweep restarting an unfinished trial from
+    scratch) gets a fresh run and the old
     one is deleted, so each trial has exactly one run with a clean history.
     """
 
@@ -199,6 +209,8 @@ class MlflowTrialCallback(Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] | None = None  # trial_id -> run_id
         self._pending: dict[str, str] = {}  # trial_id -> run_id, complete but not yet FINISHED
+        self._unlogged: dict[str, dict] = {}  # trial_id -> its result awaiting its checkpoint
+        self._logged_upto: dict[str, int] = {}  # run_id -> last epoch a reopened run holds
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
@@ -206,10 +218,13 @@ class MlflowTrialCallback(Callback):
         state["_client"] = None
         state["_runs"] = None
         state["_pending"] = {}
+        state["_unlogged"] = {}
+        state["_logged_upto"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"experiment_dir": None, "_pending": {}, **state})
+        fresh = {"experiment_dir": None, "_pending": {}, "_unlogged": {}, "_logged_upto": {}}
+        self.__dict__.update({**fresh, **state})
 
     @property
     def client(self) -> MlflowClient:
@@ -224,7 +239,7 @@ class MlflowTrialCallback(Callback):
             for run in trial_runs(self.client, self.exp_id, self.parent_run_id):
                 tid = run.data.tags.get(TRIAL_ID)
                 if tid in self._runs:  # should not happen; keep the newest
-                    self.client.delete_run(self._runs[tid])
+                    discard_run(self.client, self._runs[tid])
                 self._runs[tid] = run.info.run_id
         return self._runs
 
@@ -235,13 +250,18 @@ class MlflowTrialCallback(Callback):
         old = self.runs.get(trial.trial_id)
         if old is not None and trial.checkpoint is not None:
             # Restarted from its last checkpoint (a resumed sweep, a lost node): the same run
-            # goes on, so its history stays one history; an epoch trained again after the
-            # checkpoint logs the same value at the same step (training is deterministic).
+            # goes on, so its history stays one history. After a lost node it holds exactly
+            # the epochs up to that checkpoint (see on_trial_result). A resumed sweep may
+            # restart from a checkpoint older than the run's last epoch (Tune's saved state
+            # can lag its newest checkpoint by one); the epochs trained again are not logged
+            # twice (see _log_result).
             reopen_run(self.client, old)
+            history = self.client.get_metric_history(old, "val_macro_f1")
+            self._logged_upto[old] = max((m.step for m in history), default=0)
             return
         old = self.runs.pop(trial.trial_id, None)
-        if old is not None:
-            self.client.delete_run(old)
+        if old is not None:  # its history would mix two starts from scratch
+            discard_run(self.client, old)
         config = dict(trial.config)
         run = self.client.create_run(
             self.exp_id,
@@ -261,10 +281,34 @@ class MlflowTrialCallback(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        """Hold an epoch's result until Tune has registered the checkpoint reported with it
+        (on_checkpoint). Tune processes the result first and registers its checkpoint only
+        once a separate save call on the trial's actor returns; a node lost in between
+        restarts the trial from the checkpoint before, which reports this epoch again.
+        Logged at once, the epoch would be in the run's history twice."""
+        self._unlogged[trial.trial_id] = dict(result)
+        fault_point("trial_result", result.get("training_iteration"), trial.trial_id,
+                    victim=result.get("pid"))  # fmt: skip
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:  # fmt: skip
+        result = self._unlogged.pop(trial.trial_id, None)
+        if result is not None:
+            self._log_result(trial, result)
+
+    def _flush_unlogged(self, trial: Any) -> None:
+        """The trial is over: a result that came without a checkpoint is final, log it."""
+        result = self._unlogged.pop(trial.trial_id, None)
+        if result is not None:
+            self._log_result(trial, result)
+
+    def _log_result(self, trial: Any, result: dict) -> None:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
         step = int(result.get("training_iteration", 0))
+        if step <= self._logged_upto.get(run_id, 0):
+            return  # an epoch a restart trained again: the run has it (same config and seed)
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in trial_metrics(result).items()]
         tags = []
@@ -284,9 +328,15 @@ class MlflowTrialCallback(Callback):
         """Tag the run now; mark it FINISHED only after Tune has saved the trial as
         terminated. Tune saves its state after this callback, so a driver killed in between
         would otherwise leave a FINISHED run whose trial a resumed Tune runs again. This way
-        FINISHED in MLflow always means finished in Tune's saved state too."""
+        FINISHED in MLflow always means finished in Tune's saved state too. A trial whose own
+        code raised ends here too (search.trainable): its run is FAILED at once, like one that
+        Tune failed (a resumed Tune that reruns it fails it the same way)."""
+        self._flush_unlogged(trial)
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
+            return
+        if own_error(trial.last_result):
+            self._fail(run_id, trial)
             return
         self.client.set_tag(run_id, STATUS, finish_status(trial, self.max_epochs))
         self._pending[trial.trial_id] = run_id
@@ -308,10 +358,30 @@ class MlflowTrialCallback(Callback):
                 del self._pending[trial_id]
                 fault_point("run_finished")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune restarts the trial after its process or node died: say so on its run (which
+        the restart continues, see on_trial_start)."""
+        # Its last result never got its checkpoint registered: the restarted trial, continuing
+        # from the checkpoint before, reports that epoch again.
+        self._unlogged.pop(trial.trial_id, None)
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
+        # Counted here, not from trial.num_failures: Tune does not count a node Ray knows was
+        # preempted (a reclaimed spot instance).
+        before = self.client.get_run(run_id).data.tags.get(RESTARTS, "0")
+        restarts = int(before) + 1 if before.isdigit() else 1
+        self.client.set_tag(run_id, RESTARTS, str(restarts))
+        self.client.set_tag(run_id, RESTART_CAUSE, error_summary(_error_text(trial))[:_MAX_TAG])
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune gave up on the trial: it died more than FailureConfig's max_failures times."""
+        self._flush_unlogged(trial)
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self._fail(run_id, trial)
+
+    def _fail(self, run_id: str, trial: Any) -> None:
         text = _error_text(trial)
         self.client.set_tag(run_id, STATUS, "failed")
         self.client.set_tag(run_id, ERROR, error_summary(text)[:_MAX_TAG])
@@ -346,16 +416,6 @@ def saved_trial_states(experiment_dir: str | Path) -> dict[str, str]:
         return {}
 
 
-FAULT_ENV = "CASE_TUNE_FAULT"
-
-
-def fault_point(name: str) -> None:
-    """Tests only: SIGKILL this process at the named point when $CASE_TUNE_FAULT names it
-    (e.g. ``run_finished``), to place a kill exactly where a window could be."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def reconcile(
     client: MlflowClient,
     exp_id: str,
@@ -373,19 +433,30 @@ def reconcile(
     for run in trial_runs(client, exp_id, parent_run_id):
         trial = by_id.get(run.data.tags.get(TRIAL_ID, ""))
         if trial is None:
-            client.delete_run(run.info.run_id)
+            discard_run(client, run.info.run_id)
             continue
         if run.info.status != "RUNNING":
             continue
-        if trial.status == "TERMINATED":
+        if trial.status == "TERMINATED" and not own_error(trial.last_result):
             client.set_tag(run.info.run_id, STATUS, finish_status(trial, max_epochs))
             client.set_terminated(run.info.run_id, "FINISHED")
-        elif trial.status == "ERROR":
+        elif trial.status in ("TERMINATED", "ERROR"):
             client.set_tag(run.info.run_id, STATUS, "failed")
+            if error := own_error(trial.last_result):
+                client.set_tag(run.info.run_id, ERROR, error[:_MAX_TAG])
             client.set_terminated(run.info.run_id, "FAILED")
         else:
             client.set_tag(run.info.run_id, STATUS, "killed")
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def discard_run(client: MlflowClient, run_id: str) -> None:
+    """Delete a trial run that no longer stands for its trial, ended KILLED first if it was
+    RUNNING: a deleted run is still listed under "deleted runs", never as running."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, STATUS, "killed")
+        client.set_terminated(run_id, "KILLED")
+    client.delete_run(run_id)
 
 
 def end_running_trials(client: MlflowClient, exp_id: str, parent_run_id: str, status: str) -> None:

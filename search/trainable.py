@@ -8,6 +8,17 @@ the trial stops after ``max_epochs`` of them, so it is exactly the start of what
 trains. Decisions use the selection statistic of models.selection (the trailing mean of val
 macro-F1; the fold mean with folds), not the luckiest epoch. It knows nothing of MLflow:
 tracking happens on the driver (search/tracking.py).
+
+Failures. Tune's FailureConfig retries a trial that raised as readily as one whose process or
+node died, but only the second kind can succeed on a retry: the same config on the same data
+fails the same way again (training is deterministic). So an exception from the trial's own
+code (config, store, training, its checkpoint file) never reaches Tune: the trial reports
+one last result carrying the error (``ERROR_KEY``, ``TRACEBACK_KEY``; its metrics NaN) and
+returns. Tune records it as ended, the driver records it as failed (`own_error`: MLflow run
+FAILED with the error, Optuna trial FAIL) and it is tried exactly once. What Tune still sees
+as a failure, and retries from the last checkpoint up to ``max_failures`` times, is what kills
+the trial from outside: a dead worker process or node, or Tune's own reporting and checkpoint
+upload failing.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +47,17 @@ RUNG_METRIC = "val_macro_f1_rung"
 SEARCH_METRIC = "val_macro_f1_search"
 MODE = "max"
 CHECKPOINT_FILE = "trial.pt"
+# The last result of a trial whose own code raised (see the module docstring).
+ERROR_KEY = "case_tune_error"  # one line: the exception
+TRACEBACK_KEY = "case_tune_traceback"  # the traceback, for the MLflow run's error.txt
+_MAX_TRACEBACK = 20_000
+
+
+def own_error(result: dict[str, Any] | None) -> str | None:
+    """The error line of a trial that failed in its own code, from its last result (None if
+    it did not)."""
+    error = (result or {}).get(ERROR_KEY)
+    return str(error) if error else None
 
 
 def tie_broken(metrics: dict[str, float], key: str = METRIC) -> float:
@@ -148,29 +171,32 @@ def run_trial(
     folds: int = 0,
 ) -> None:
     """Train one config for at most ``max_epochs`` of its ``epochs``, reporting every epoch
-    (with a checkpoint) to Tune. Exceptions fail the trial."""
+    (with a checkpoint) to Tune. An exception from the trial's own code ends the trial with an
+    error result instead of failing it in Tune (see the module docstring)."""
     from ray import tune
 
-    from data_prep.device import run_device
-    from models.config import TrainConfig
-    from models.data import use_gpu_share
-    from models.repro import describe
+    from search.faults import fault_point
 
-    use_gpu_share(gpus)  # several trials may share one GPU
+    trial_id = tune.get_context().get_trial_id()  # None when called outside Tune
+    fault_point("trial_start", None, trial_id or "")
     # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    store = open_sealed_store(store_path)
-    cfg = TrainConfig.from_dict(config)
-    # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
-    run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus), threads=threads)
-    _restore(run)
-    last = min(cfg.epochs, max_epochs or cfg.epochs)
+    try:
+        from models.repro import describe
+
+        run, store, last = _start(config, store_path, threads, gpus, folds, max_epochs)
+    except Exception as exc:  # the trial's own code: not retried (see the module docstring)
+        if trial_id is None:
+            raise  # no Tune to report to: the caller gets the error
+        _report_own_error(exc, None)
+        return
     while run.epoch < last:
-        metrics = run.run_epoch()
-        value = tie_broken(metrics, STAT_METRIC)
+        epoch = run.epoch + 1
         with tempfile.TemporaryDirectory(prefix="case-tune-trial-") as folder:
-            tune.report(
-                {
+            try:
+                metrics = run.run_epoch()
+                value = tie_broken(metrics, STAT_METRIC)
+                result = {
                     **metrics,
                     "epoch": run.epoch,
                     RUNG_METRIC: value,
@@ -178,9 +204,48 @@ def run_trial(
                     "splits_read": ",".join(sorted(store.accessed)),
                     # what the numerics depend on (threads, kernel path), for explaining a rerun
                     "numerics": describe(run.trainers[0].numerics),
-                },
-                checkpoint=_save(run, folder),
-            )
+                }
+                checkpoint = _save(run, folder)
+            except Exception as exc:  # the trial's own code: not retried
+                if trial_id is None:
+                    raise
+                _report_own_error(exc, epoch)
+                return
+            # Outside the try: a failing report or checkpoint upload is Tune's (storage,
+            # network), and Tune retries it from the last checkpoint.
+            tune.report(result, checkpoint=checkpoint)
+        fault_point("trial_reported", run.epoch, trial_id or "")
+
+
+def _start(config: dict[str, Any], store_path: str, threads: int | None, gpus: float,
+           folds: int, max_epochs: int | None) -> tuple[TrialRun, Any, int]:  # fmt: skip
+    """The trial's heads on its device, continued from Tune's checkpoint if it has one."""
+    from data_prep.device import run_device
+    from models.config import TrainConfig
+    from models.data import use_gpu_share
+
+    use_gpu_share(gpus)  # several trials may share one GPU
+    store = open_sealed_store(store_path)
+    cfg = TrainConfig.from_dict(config)
+    # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
+    run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus), threads=threads)
+    _restore(run)
+    return run, store, min(cfg.epochs, max_epochs or cfg.epochs)
+
+
+def _report_own_error(exc: Exception, epoch: int | None) -> None:
+    """The trial's last result: the error, and NaN where Tune's searcher and scheduler expect
+    their metrics (Tune rejects a result without them; NaN is "no value" to both)."""
+    from ray import tune
+
+    text = "".join(traceback.format_exception(exc))
+    tune.report({
+        ERROR_KEY: traceback.format_exception_only(exc)[-1].strip() or type(exc).__name__,
+        TRACEBACK_KEY: text[-_MAX_TRACEBACK:],
+        "failed_epoch": epoch if epoch is not None else math.nan,  # None: before training
+        RUNG_METRIC: math.nan,
+        SEARCH_METRIC: math.nan,
+    })  # fmt: skip
 
 
 def make_trainable(

@@ -33,9 +33,11 @@ def search_store(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    """One local Ray runtime shared by a test module (ray.init costs 3-4 s)."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    """One local Ray runtime shared by a test module (ray.init costs 3-4 s), with the
+    environment `search.run` gives Ray (how often Tune saves its state, among others)."""
+    from search.run import ray_env_defaults
+
+    ray_env_defaults()
     import ray
 
     started = not ray.is_initialized()

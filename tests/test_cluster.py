@@ -48,10 +48,9 @@ def _free_port() -> int:
 
 
 def _cluster_settings(tmp: Path, store: Path, name: str, **overrides):
-    return tiny_settings(
-        tmp, store, name, num_samples=TRIALS, max_epochs=EPOCHS, max_concurrent=TRIALS,
-        scheduler="fifo", warm_start=False, seed=0, **overrides,
-    )  # fmt: skip
+    overrides = {"num_samples": TRIALS, "max_epochs": EPOCHS, "max_concurrent": TRIALS,
+                 "scheduler": "fifo", "warm_start": False, "seed": 0, **overrides}  # fmt: skip
+    return tiny_settings(tmp, store, name, **overrides)
 
 
 def _assert_nested_runs(tracking_uri: str, name: str, trials: int = TRIALS) -> None:
@@ -357,3 +356,188 @@ def test_sweep_logs_to_a_tracking_server_over_http(mlflow_server, demo_store, tm
     assert server_db.is_file()
     _assert_nested_runs(f"sqlite:///{server_db}", "http-sweep")
     assert not list((tmp_path / "sweep").glob("mlflow.db"))
+
+
+# -- 4. a node lost mid-sweep ----------------------------------------------------------------
+NODE_LOSS_EPOCHS = 6
+NODE_LOSS_AFTER = 2  # a trial's node goes once it has reported this many epochs there
+
+
+@pytest.mark.slow
+def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
+    demo_store, tmp_path, monkeypatch
+) -> None:
+    """Two worker nodes. Once a trial has reported (and checkpointed) two epochs, its node is
+    removed without warning, the node's processes killed with it. Tune restarts that trial
+    from its last checkpoint on the other node (FailureConfig), and the sweep ends with every
+    trial accounted for once: one MLflow run each, one history with every epoch once, nothing
+    left RUNNING."""
+    import threading
+
+    import ray
+    from mlflow import MlflowClient
+    from ray.cluster_utils import Cluster
+    from ray.tune import ExperimentAnalysis
+
+    from search.faults import FAULT_TRACE_ENV, read_trace
+    from search.run import run_sweep
+
+    trace = tmp_path / "trace.txt"
+    # Nodes started from here give their workers this environment: each trial traces its
+    # start and every epoch it reported, with its process id.
+    monkeypatch.setenv(FAULT_TRACE_ENV, str(trace))
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 0,  # trials never run on the head (the driver's node)
+            "include_dashboard": False,
+            # Declare a silent node dead after ~2 s rather than Ray's default ~15 s.
+            "_system_config": {"health_check_period_ms": 500,
+                               "health_check_failure_threshold": 4},
+        },
+    )  # fmt: skip
+    try:
+        workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+        cluster.wait_for_nodes()
+        settings = _cluster_settings(tmp_path, demo_store, "nodeloss", address=cluster.address,
+                                     max_epochs=NODE_LOSS_EPOCHS)  # fmt: skip
+        # The sweep runs in a thread: Ray removes nodes from the main thread only.
+        ended: dict[str, object] = {}
+
+        def sweep() -> None:
+            try:
+                ended["outcome"] = run_sweep(settings, space=SPACE, quiet=True)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+                ended["error"] = exc
+
+        def actors() -> list[dict]:
+            return [a for a in cluster.global_state.actor_table(None).values()
+                    if a["ActorClassName"] == "ImplicitFunc"]  # fmt: skip
+
+        driver = threading.Thread(target=sweep, daemon=True)
+        driver.start()
+        victim, lost = None, None
+        deadline = time.monotonic() + 400
+        while lost is None and driver.is_alive() and time.monotonic() < deadline:
+            mid_way = [(who, pid) for point, at, who, pid in read_trace(trace)
+                       if point == "trial_reported"
+                       and NODE_LOSS_AFTER <= int(at) < NODE_LOSS_EPOCHS]  # fmt: skip
+            if mid_way:
+                victim, pid = mid_way[0]
+                node_id = next(a["Address"]["NodeID"] for a in actors() if a["Pid"] == pid)
+                lost = next(w for w in workers if w.node_id == node_id)
+                doomed = [a["Pid"] for a in actors()
+                          if a["Address"]["NodeID"] == node_id and a["State"] == "ALIVE"]  # fmt: skip
+                cluster.remove_node(lost, allow_graceful=False)
+                # A lost machine takes its processes with it; a killed raylet leaves its
+                # workers running (they talk to the driver directly) until Ray notices.
+                for p in doomed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p, signal.SIGKILL)
+            time.sleep(0.1)
+        driver.join(timeout=600)
+        assert not driver.is_alive(), "the sweep did not end"
+        if "error" in ended:
+            raise ended["error"]
+        assert lost is not None, "no trial reported its epochs"
+        outcome = ended["outcome"]
+        node_of = {a["Pid"]: a["Address"]["NodeID"] for a in actors()}
+        final = _finalize_losing_a_node(cluster, tmp_path, trace)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+    assert outcome.num_trials == TRIALS and outcome.num_failed == 0 and not outcome.interrupted
+    trials = {t.trial_id: t for t in ExperimentAnalysis(str(settings.experiment_path)).trials}
+    assert len(trials) == TRIALS and victim in trials
+    client = MlflowClient(settings.tracking_uri)
+    active = {r.data.tags["case_tune.trial_id"]: r
+              for r in mlflow_runs(settings.tracking_uri, kind="trial")}  # fmt: skip
+    assert set(active) == set(trials)  # one live run per trial
+    for tid, t in trials.items():
+        assert t.status == "TERMINATED" and t.last_result["training_iteration"] == NODE_LOSS_EPOCHS
+        run = active[tid]
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
+        assert sorted(steps) == list(range(1, NODE_LOSS_EPOCHS + 1)), steps  # no gap, no repeat
+    everything = mlflow_runs(settings.tracking_uri, deleted=True)
+    assert not [r for r in everything if r.info.status == "RUNNING"]
+    sweep_runs = [r for r in everything if r.data.tags.get("case_tune.kind") == "sweep"]
+    assert len(sweep_runs) == 1 and sweep_runs[0].info.status == "FINISHED"
+
+    # The victim: restarted once, on the other node, from its last checkpoint on the lost one.
+    t = trials[victim]
+    assert t.num_failures == 1 and active[victim].data.tags["case_tune.restarts"] == "1"
+    epochs = [(int(at), node_of.get(pid)) for point, at, who, pid in read_trace(trace)
+              if point == "trial_reported" and who == victim]  # fmt: skip
+    before = [e for e, node in epochs if node == lost.node_id]
+    after = [e for e, node in epochs if node != lost.node_id]
+    assert len({e for e, _ in epochs}) == len(epochs), epochs  # no epoch trained twice
+    assert before and after and {n for e, n in epochs if e in after} <= {
+        w.node_id for w in workers if w is not lost}, epochs
+    restored_at = NODE_LOSS_EPOCHS - t.last_result["iterations_since_restore"]
+    assert max(before) <= restored_at < min(after) == restored_at + 1, (epochs, restored_at)
+    # Its run is the one that was running on the lost node (never replaced).
+    victims = [r for r in everything if r.data.tags.get("case_tune.trial_id") == victim]
+    assert len(victims) == 1
+
+    # Then finalize on the same cluster: the unit whose node goes is run again on another one.
+    outcome_f, unit_starts, removed = final
+    assert not outcome_f.failed and outcome_f.units_run == 1
+    assert len(unit_starts) == 2, unit_starts  # started, lost with its node, run again
+    assert unit_starts[0][0] == removed != unit_starts[1][0]
+    settings_f = outcome_f.out_dir
+    assert len(list((settings_f / "units").glob("*.json"))) == 1
+    finals = [r for r in mlflow_runs(settings.tracking_uri, kind="final", deleted=True)
+              if r.data.tags.get("mlflow.parentRunId") == outcome_f.parent_run_id]  # fmt: skip
+    assert len(finals) == 1 and finals[0].info.status == "FINISHED"
+
+
+def _finalize_losing_a_node(cluster, tmp_path: Path, trace: Path):
+    """Finalize the sweep's best config (one seed) on ``cluster``; once its unit has started,
+    remove that unit's node and kill the unit's process. Returns the outcome, the unit's
+    starts as (node id, pid), and the removed node's id."""
+    import threading
+
+    from search import finalize as fz
+    from search.faults import read_trace
+
+    cluster.add_node(num_cpus=2)  # somewhere to go (Ray adds nodes from this thread only)
+    cluster.wait_for_nodes()
+    settings = fz.parse_settings(["--sweep", "nodeloss", "--results-dir",
+                                  str(tmp_path / "results"), "--top-k", "1", "--seeds", "0",
+                                  "--epochs", "8", "--address", cluster.address])  # fmt: skip
+    ended: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            ended["outcome"] = fz.finalize(settings, quiet=True)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            ended["error"] = exc
+
+    driver = threading.Thread(target=run, daemon=True)
+    driver.start()
+    removed = None
+    deadline = time.monotonic() + 300
+    while removed is None and driver.is_alive() and time.monotonic() < deadline:
+        starts = [(who, pid) for point, _, who, pid in read_trace(trace) if point == "unit_start"]
+        if starts:
+            time.sleep(1.0)  # mid-way through its epochs (it writes nothing until done)
+            node_id, pid = starts[0]
+            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            cluster.remove_node(node, allow_graceful=False)
+            with contextlib.suppress(ProcessLookupError):  # the machine's processes go too
+                os.kill(pid, signal.SIGKILL)
+            removed = node_id
+        time.sleep(0.1)
+    driver.join(timeout=400)
+    assert not driver.is_alive(), "finalize did not end"
+    if "error" in ended:
+        raise ended["error"]
+    assert removed is not None, "the unit never started"
+    starts = [(who, pid) for point, _, who, pid in read_trace(trace) if point == "unit_start"]
+    return ended["outcome"], starts, removed

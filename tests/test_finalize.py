@@ -416,3 +416,50 @@ def test_top_k_beyond_what_the_sweep_recorded_is_said(finalized: dict, tmp_path:
             f"finalizing those {recorded}")  # fmt: skip
     assert f"note: {note}" in out and f"Note:      {note}" in out
     assert f"Finalize tiny: {recorded} runs" in out
+
+
+def test_a_unit_whose_worker_dies_is_rerun_and_one_that_raises_is_not(
+    finalized: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """The good config's unit loses its worker process once (SIGKILL as it starts, see
+    search.faults): Ray runs it again and it finishes. The other config is made to raise
+    (NonFiniteLossError): it runs once and is recorded failed, with its error."""
+    import ray
+    import yaml
+
+    from search.faults import FAULT_ENV, FAULT_ONCE_ENV, FAULT_TRACE_ENV, read_trace
+
+    results = _copy_sweep(finalized, tmp_path)
+    shutil.rmtree(results / "tiny/final")
+    best = results / "tiny/best_configs.yaml"
+    doc = yaml.safe_load(best.read_text())
+    doc["top"][1]["config"]["lr"] = 1e30  # diverges in its first epoch
+    best.write_text(yaml.safe_dump(doc, sort_keys=False))
+    argv = ["--sweep", "tiny", "--results-dir", str(results), "--top-k", "2", "--seeds", "0",
+            "--epochs", "2"]  # fmt: skip
+    settings = fz.parse_settings(argv)
+    good, bad = (fz.unit_id(c, 0, 2) for c in fz.select_candidates(doc, 2, []))
+    trace = tmp_path / "trace.txt"
+    monkeypatch.setenv(FAULT_ENV, f"unit_start:{good}")
+    monkeypatch.setenv(FAULT_ONCE_ENV, str(tmp_path / "killed"))
+    monkeypatch.setenv(FAULT_TRACE_ENV, str(trace))
+    if ray.is_initialized():  # workers must inherit the variables: a runtime of its own
+        ray.shutdown()
+    outcome = fz.finalize(settings, quiet=True)
+
+    starts = [(at, pid) for point, at, _, pid in read_trace(trace) if point == "unit_start"]
+    good_pids = [pid for at, pid in starts if at == good]
+    assert len(good_pids) == 2 and good_pids[0] != good_pids[1]  # killed, then run again
+    assert [at for at, _ in starts].count(bad) == 1  # raised: not run again
+    assert (tmp_path / "killed").exists()
+    assert [p.stem for p in settings.units_dir.glob("*.json")] == [good]
+    assert len(outcome.failed) == 1 and outcome.failed[0].startswith(bad)
+    assert "NonFiniteLossError" in outcome.failed[0]
+
+    client = MlflowClient(settings.tracking_uri)
+    runs = _final_runs(client, outcome.parent_run_id, view=ViewType.ALL)
+    by_unit = {r.data.tags[fz.UNIT]: r for r in runs}
+    assert len(runs) == len(by_unit) == 2  # one run per unit, the rerun included
+    assert by_unit[good].info.status == "FINISHED"
+    assert by_unit[bad].info.status == "FAILED"
+    assert "NonFiniteLossError" in by_unit[bad].data.tags[tracking.ERROR]
