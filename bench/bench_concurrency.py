@@ -57,23 +57,43 @@ def _timing_callback(log: dict[str, dict[str, Any]]) -> Any:
     return TrialTimes()
 
 
-def run_once(store: Path, tmp: Path, name: str, epochs: int, *, concurrent: int,
-             reuse: bool) -> dict[str, Any]:  # fmt: skip
+def run_once(
+    store: Path, tmp: Path, name: str, epochs: int, *, concurrent: int, reuse: bool
+) -> dict[str, Any]:
     import search.run as run_mod
     from search.settings import parse_settings
 
     keys = sorted({k for c in CONFIGS for k in c})
-    space = {"params": {k: {"choice": sorted({c[k] for c in CONFIGS}, key=str)} for k in keys},
-             "fixed": {}}  # fmt: skip
+    space = {
+        "params": {k: {"choice": sorted({c[k] for c in CONFIGS}, key=str)} for k in keys},
+        "fixed": {},
+    }
     work = tmp / name
     work.mkdir()
     settings = parse_settings(
-        ["--space", "case", "--data", str(store), "--name", name,
-         "--num-samples", str(len(CONFIGS)), "--max-epochs", str(epochs),
-         "--max-concurrent", str(concurrent), "--cpus-per-trial", "1", "--no-warm-start",
-         "--results-dir", str(work / "results"), "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"],
+        [
+            "--space",
+            "case",
+            "--data",
+            str(store),
+            "--name",
+            name,
+            "--num-samples",
+            str(len(CONFIGS)),
+            "--max-epochs",
+            str(epochs),
+            "--max-concurrent",
+            str(concurrent),
+            "--cpus-per-trial",
+            "1",
+            "--no-warm-start",
+            "--results-dir",
+            str(work / "results"),
+            "--tracking-uri",
+            f"sqlite:///{work / 'mlflow.db'}",
+        ],
         cwd=work,
-    )  # fmt: skip
+    )
     settings.storage_path = str(work / "ray_results")
     settings.scheduler = "fifo"  # every trial runs all its epochs
     settings.reuse_actors = reuse
@@ -141,13 +161,22 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for i, (epochs, conc, reuse) in enumerate(plan):
                 load = os.getloadavg()[0]
-                r = run_once(store, Path(tmp), f"e{epochs}-c{conc}-r{int(reuse)}-{i}", epochs,
-                             concurrent=conc, reuse=reuse)  # fmt: skip
+                r = run_once(
+                    store,
+                    Path(tmp),
+                    f"e{epochs}-c{conc}-r{int(reuse)}-{i}",
+                    epochs,
+                    concurrent=conc,
+                    reuse=reuse,
+                )
                 r["load"] = load
                 runs.setdefault((epochs, conc, reuse), []).append(r)
-                print(f"epochs={epochs} concurrent={conc} reuse={reuse} (load {load:.1f}): "
-                      f"span {r['span']:.1f} s, wall {r['wall']:.1f} s, first epoch after "
-                      f"{_fmt(r['to_first'])} s", flush=True)  # fmt: skip
+                print(
+                    f"epochs={epochs} concurrent={conc} reuse={reuse} (load {load:.1f}): "
+                    f"span {r['span']:.1f} s, wall {r['wall']:.1f} s, first epoch after "
+                    f"{_fmt(r['to_first'])} s",
+                    flush=True,
+                )
     finally:
         ray.shutdown()
     load_end = os.getloadavg()

@@ -89,15 +89,17 @@ def build_real_size_encoders(out: Path, transcripts: list[str], seed: int = 0) -
     )
     tok = train_wordpiece(sorted(set(transcripts)), 32_000, 512)
     backend = tok.backend_tokenizer
-    config = BertConfig(vocab_size=backend.get_vocab_size(),
-                        pad_token_id=backend.token_to_id("[PAD]"), **BERT_BASE)  # fmt: skip
+    config = BertConfig(
+        vocab_size=backend.get_vocab_size(), pad_token_id=backend.token_to_id("[PAD]"), **BERT_BASE
+    )
     BertModel(config, add_pooling_layer=True).save_pretrained(text_dir)
     tok.save_pretrained(text_dir)
     return audio_dir, text_dir
 
 
-def time_extraction(audio_dir: Path, text_dir: Path, wavs: list[str], texts: list[str],
-                    batch_size: int) -> dict[str, float]:  # fmt: skip
+def time_extraction(
+    audio_dir: Path, text_dir: Path, wavs: list[str], texts: list[str], batch_size: int
+) -> dict[str, float]:
     """Seconds per utterance of each encoder, as `prepare` runs them (same functions)."""
     from data_prep.encoders import load_audio_encoder, load_text_encoder
     from data_prep.extract import extract_audio, extract_text
@@ -115,16 +117,31 @@ def time_extraction(audio_dir: Path, text_dir: Path, wavs: list[str], texts: lis
     tl = np.zeros(n, np.int32)
     pooled = np.zeros((n, text.dim), np.float16)
     t0 = time.perf_counter()
-    extract_text(text, texts, tout, tl, pooled, max_tokens=128, batch_size=max(32, batch_size),
-                 progress=False)  # fmt: skip
+    extract_text(
+        text,
+        texts,
+        tout,
+        tl,
+        pooled,
+        max_tokens=128,
+        batch_size=max(32, batch_size),
+        progress=False,
+    )
     return {"audio": audio_s / n, "text": (time.perf_counter() - t0) / n}
 
 
 def peak_rss(store: Path, model: str) -> float:
     """Peak RSS (GB) of a fresh process that trains ``model`` for one epoch on ``store``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(store), model], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(store), model],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])["peak_kib"] * 1024 / 1e9
 
 
@@ -158,9 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
         build_s = time.perf_counter() - t0
         per_utt = time_extraction(audio_dir, text_dir, wavs, texts, args.batch_size)
         t0 = time.perf_counter()
-        result = prepare_store(corpus, audio_model=audio_dir, text_model=text_dir,
-                               stores_root=work / "stores", max_frames=512, max_tokens=128,
-                               batch_size=args.batch_size, progress=False, corpus=read)  # fmt: skip
+        result = prepare_store(
+            corpus,
+            audio_model=audio_dir,
+            text_model=text_dir,
+            stores_root=work / "stores",
+            max_frames=512,
+            max_tokens=128,
+            batch_size=args.batch_size,
+            progress=False,
+            corpus=read,
+        )
         prepare_s = time.perf_counter() - t0
         store = FeatureStore.open(result.path)
         n = len(store.table)
@@ -172,9 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.keep:
             tmp_ctx.cleanup()
     figures = {
-        "utterances": n, "audio_seconds": seconds, "per_utt": per_utt, "prepare_s": prepare_s,
-        "bytes_per_utt": on_disk / n, "shapes": shapes, "rss_gb": rss, "build_s": build_s,
-    }  # fmt: skip
+        "utterances": n,
+        "audio_seconds": seconds,
+        "per_utt": per_utt,
+        "prepare_s": prepare_s,
+        "bytes_per_utt": on_disk / n,
+        "shapes": shapes,
+        "rss_gb": rss,
+        "build_s": build_s,
+    }
     print(json.dumps(figures, indent=1))
     mean_dur = seconds / len(wavs)
     total_h = (per_utt["audio"] + per_utt["text"]) * KEMDY20_UTTERANCES / 3600

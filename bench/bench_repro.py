@@ -26,10 +26,24 @@ from bench.report import update_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ("train_loss", "val_loss", "val_macro_f1", "val_macro_auroc")
-CONFIG = {"model": "case-compressing", "hidden": 256, "lr": 1e-3, "batch_size": 32,
-          "dropout": 0.3, "loss": "focal", "class_weights": "inverse", "faithful": False}  # fmt: skip
-OTHER = {"model": "case-concat-attention", "hidden": 64, "lr": 3e-3, "batch_size": 16,
-         "contrastive": "infonce", "faithful": False}  # fmt: skip
+CONFIG = {
+    "model": "case-compressing",
+    "hidden": 256,
+    "lr": 1e-3,
+    "batch_size": 32,
+    "dropout": 0.3,
+    "loss": "focal",
+    "class_weights": "inverse",
+    "faithful": False,
+}
+OTHER = {
+    "model": "case-concat-attention",
+    "hidden": 64,
+    "lr": 3e-3,
+    "batch_size": 16,
+    "contrastive": "infonce",
+    "faithful": False,
+}
 
 CHILD = """
 import json, sys, torch
@@ -47,13 +61,26 @@ print(json.dumps({"history": [[m[k] for k in keys] for m in r.history], "numeric
 
 
 def child(config: dict, threads: int = 1, env: dict | None = None, before=()) -> dict:
-    full = {**os.environ, **(env or {}),
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    full = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(config), str(threads), json.dumps(list(before)),
-         ",".join(KEYS)],
-        env=full, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            json.dumps(config),
+            str(threads),
+            json.dumps(list(before)),
+            ",".join(KEYS),
+        ],
+        env=full,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -31,18 +31,37 @@ RANDOM_IDS = ("trial_id", "mlflow_run_id")  # fresh in every run
 def one_sweep(mode: str, seed: int, tmp: Path, extra: list[str]) -> dict:
     """Run one sweep; its wall seconds, trials (without ids) and epochs trained."""
     name = f"bench-{mode}-{len(list(tmp.iterdir()))}"
-    cmd = [sys.executable, "-m", "search.run", "--space", "case", "--seed", str(seed),
-           f"--{mode}", "--name", name, "--results-dir", str(tmp / "results"),
-           "--tracking-uri", f"sqlite:///{tmp / f'{name}.db'}", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "search.run",
+        "--space",
+        "case",
+        "--seed",
+        str(seed),
+        f"--{mode}",
+        "--name",
+        name,
+        "--results-dir",
+        str(tmp / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp / f'{name}.db'}",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     with open(tmp / "results" / name / "trials.csv", newline="", encoding="utf-8") as f:
         rows = [{k: v for k, v in r.items() if k not in RANDOM_IDS} for r in csv.DictReader(f)]
-    return {"mode": mode, "wall": wall, "rows": rows,
-            "epochs": sum(int(r["epochs_run"] or 0) for r in rows),
-            "best": float(rows[0]["best_val_macro_f1"]), "best_model": rows[0]["model"]}  # fmt: skip
+    return {
+        "mode": mode,
+        "wall": wall,
+        "rows": rows,
+        "epochs": sum(int(r["epochs_run"] or 0) for r in rows),
+        "best": float(rows[0]["best_val_macro_f1"]),
+        "best_model": rows[0]["model"],
+    }
 
 
 def report(runs: list[dict], seed: int, extra: list[str]) -> str:
@@ -59,12 +78,15 @@ def report(runs: list[dict], seed: int, extra: list[str]) -> str:
         "|---|---|---:|---:|---:|---|",
     ]
     for i, r in enumerate(runs, 1):
-        lines.append(f"| {i} | {r['mode']} | {r['wall']:.1f} | {r['epochs']} | "
-                     f"{r['best']:.4f} | {r['best_model']} |")  # fmt: skip
+        lines.append(
+            f"| {i} | {r['mode']} | {r['wall']:.1f} | {r['epochs']} | "
+            f"{r['best']:.4f} | {r['best_model']} |"
+        )
     lines.append("")
     if len(med) == 2:
-        lines.append(f"**Median wall time reproducible / async: "
-                     f"{med['reproducible'] / med['async']:.2f}**.")  # fmt: skip
+        lines.append(
+            f"**Median wall time reproducible / async: {med['reproducible'] / med['async']:.2f}**."
+        )
     if len(med) == 2:
         ep = {m: statistics.median(r["epochs"] for r in rs) for m, rs in by.items()}
         more = ep["reproducible"] / ep["async"]
@@ -77,8 +99,10 @@ def report(runs: list[dict], seed: int, extra: list[str]) -> str:
     repro = by["reproducible"]
     if len(repro) >= 2:
         same = all(r["rows"] == repro[0]["rows"] for r in repro[1:])
-        lines.append(f"The {len(repro)} reproducible runs gave "
-                     f"{'identical' if same else 'DIFFERENT'} trials.csv (ids aside).")  # fmt: skip
+        lines.append(
+            f"The {len(repro)} reproducible runs gave "
+            f"{'identical' if same else 'DIFFERENT'} trials.csv (ids aside)."
+        )
     return "\n".join(lines)
 
 
@@ -90,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
-    extra = [f"--{k}={v}" for k, v in (("num-samples", args.num_samples),
-                                       ("max-epochs", args.max_epochs)) if v]  # fmt: skip
+    extra = [
+        f"--{k}={v}"
+        for k, v in (("num-samples", args.num_samples), ("max-epochs", args.max_epochs))
+        if v
+    ]
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-repro-") as tmp:
         for mode in args.runs.split(","):
@@ -101,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{mode}: failed; running it again", flush=True)
                 runs.append(one_sweep(mode, args.seed, Path(tmp), extra))
             r = runs[-1]
-            print(f"{mode}: {r['wall']:.1f} s, {r['epochs']} epochs, best {r['best']:.4f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{mode}: {r['wall']:.1f} s, {r['epochs']} epochs, best {r['best']:.4f}", flush=True
+            )
     body = report(runs, args.seed, extra)
     print(body)
     if not args.no_write:

@@ -52,18 +52,45 @@ def epochs_to(curve: list[float], target: float, budget: int) -> int | None:
     return None
 
 
-def one_arm(store: Path, tmp: Path, name: str, *, seed: int, searcher: str, scheduler: str,
-            trials: int, epochs: int, concurrent: int) -> tuple[list[float], float]:  # fmt: skip
+def one_arm(
+    store: Path,
+    tmp: Path,
+    name: str,
+    *,
+    seed: int,
+    searcher: str,
+    scheduler: str,
+    trials: int,
+    epochs: int,
+    concurrent: int,
+) -> tuple[list[float], float]:
     from search.run import run_sweep
     from search.settings import parse_settings
 
     settings = parse_settings(
-        ["--space", "case", "--data", str(store), "--name", name, "--seed", str(seed),
-         "--num-samples", str(trials), "--max-epochs", str(epochs),
-         "--max-concurrent", str(concurrent), "--no-warm-start",
-         "--results-dir", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
+        [
+            "--space",
+            "case",
+            "--data",
+            str(store),
+            "--name",
+            name,
+            "--seed",
+            str(seed),
+            "--num-samples",
+            str(trials),
+            "--max-epochs",
+            str(epochs),
+            "--max-concurrent",
+            str(concurrent),
+            "--no-warm-start",
+            "--results-dir",
+            str(tmp / "results"),
+            "--tracking-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+        ],
         cwd=tmp,
-    )  # fmt: skip
+    )
     settings.storage_path = str(tmp / "ray_results")
     settings.searcher, settings.scheduler = searcher, scheduler
     t0 = time.perf_counter()
@@ -88,17 +115,35 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Path(args.data) if args.data else Path(prepare_demo())
     budget = args.random_trials * args.epochs
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING"
+    )
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for seed in args.seeds:
-            rand, t_rand = one_arm(store, tmp, f"random-{seed}", seed=seed, searcher="random",
-                                   scheduler="fifo", trials=args.random_trials,
-                                   epochs=args.epochs, concurrent=args.concurrent)  # fmt: skip
-            tpe, t_tpe = one_arm(store, tmp, f"tpe-asha-{seed}", seed=seed, searcher="tpe",
-                                 scheduler="asha", trials=3 * args.random_trials,
-                                 epochs=args.epochs, concurrent=args.concurrent)  # fmt: skip
+            rand, t_rand = one_arm(
+                store,
+                tmp,
+                f"random-{seed}",
+                seed=seed,
+                searcher="random",
+                scheduler="fifo",
+                trials=args.random_trials,
+                epochs=args.epochs,
+                concurrent=args.concurrent,
+            )
+            tpe, t_tpe = one_arm(
+                store,
+                tmp,
+                f"tpe-asha-{seed}",
+                seed=seed,
+                searcher="tpe",
+                scheduler="asha",
+                trials=3 * args.random_trials,
+                epochs=args.epochs,
+                concurrent=args.concurrent,
+            )
             best_random = rand[min(budget, len(rand)) - 1]
             target = 0.95 * best_random
             k_rand = epochs_to(rand, target, budget)

@@ -40,8 +40,12 @@ def plain_loop(store_path: Path, configs: list[dict], epochs: int) -> float:
     t0 = time.perf_counter()
     store = FeatureStore.open(store_path, sealed=("test",))
     for cfg in configs:
-        train(TrainConfig.from_dict({**cfg, "epochs": epochs, "seed": 0}), store,
-              eval_splits=("val",), on_epoch=lambda e, m: False)  # fmt: skip
+        train(
+            TrainConfig.from_dict({**cfg, "epochs": epochs, "seed": 0}),
+            store,
+            eval_splits=("val",),
+            on_epoch=lambda e, m: False,
+        )
     return time.perf_counter() - t0
 
 
@@ -58,15 +62,33 @@ def through_search(store_path: Path, configs: list[dict], epochs: int, tmp: Path
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     t_init = time.perf_counter() - t0
     keys = sorted({k for c in configs for k in c})
-    space = {"params": {k: {"choice": sorted({c[k] for c in configs}, key=str)} for k in keys},
-             "fixed": {}}  # fmt: skip
+    space = {
+        "params": {k: {"choice": sorted({c[k] for c in configs}, key=str)} for k in keys},
+        "fixed": {},
+    }
     settings = parse_settings(
-        ["--space", "case", "--data", str(store_path), "--name", "overhead",
-         "--num-samples", str(len(configs)), "--max-epochs", str(epochs),
-         "--max-concurrent", "1", "--cpus-per-trial", "1",
-         "--results-dir", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
+        [
+            "--space",
+            "case",
+            "--data",
+            str(store_path),
+            "--name",
+            "overhead",
+            "--num-samples",
+            str(len(configs)),
+            "--max-epochs",
+            str(epochs),
+            "--max-concurrent",
+            "1",
+            "--cpus-per-trial",
+            "1",
+            "--results-dir",
+            str(tmp / "results"),
+            "--tracking-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+        ],
         cwd=tmp,
-    )  # fmt: skip
+    )
     settings.storage_path = str(tmp / "ray_results")
     settings.scheduler = "fifo"  # every trial runs all its epochs, as in the loop
     t1 = time.perf_counter()

@@ -95,32 +95,71 @@ class Oracle:
             frames = cfg.audio_frames or self.store.max_frames
             key = (frozenset(model.uses), frames, frozenset(model.trim))
             if key not in self._data:
-                self._data[key] = load_split(self.store, "train", rows=self.rows,
-                                             uses=model.uses, frames=frames, trim=model.trim,
-                                             device=torch.device("cpu"))  # fmt: skip
+                self._data[key] = load_split(
+                    self.store,
+                    "train",
+                    rows=self.rows,
+                    uses=model.uses,
+                    frames=frames,
+                    trim=model.trim,
+                    device=torch.device("cpu"),
+                )
             data = self._data[key]
             with torch.no_grad():
-                logits = [model(data.batch(i)).logits for i in iterate_in_order(data.n, 256,
-                                                                                data.device)]  # fmt: skip
+                logits = [
+                    model(data.batch(i)).logits for i in iterate_in_order(data.n, 256, data.device)
+                ]
             probs.append(torch.cat(logits).softmax(dim=-1))
         pred = torch.stack(probs).mean(dim=0).argmax(dim=-1)
-        m = classification_metrics(pred, self.gold, "oracle", self.store.num_classes,
-                                   self.store.neutral_index, self.store.label_names)  # fmt: skip
+        m = classification_metrics(
+            pred,
+            self.gold,
+            "oracle",
+            self.store.num_classes,
+            self.store.neutral_index,
+            self.store.label_names,
+        )
         return m["oracle_macro_f1"]
 
 
 # -- one arm --------------------------------------------------------------------------------
-def run_arm(store: Path, tmp: Path, name: str, *, seed: int, searcher: str, scheduler: str,
-            trials: int, warm_start: bool, args: argparse.Namespace,
-            extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
+def run_arm(
+    store: Path,
+    tmp: Path,
+    name: str,
+    *,
+    seed: int,
+    searcher: str,
+    scheduler: str,
+    trials: int,
+    warm_start: bool,
+    args: argparse.Namespace,
+    extra: tuple[str, ...] = (),
+) -> dict:
     from search import finalize as fz
     from search.run import run_sweep
     from search.settings import parse_settings
 
-    argv = ["--space", "case", "--data", str(store), "--name", name, "--seed", str(seed),
-            "--num-samples", str(trials), "--results-dir", str(tmp / "results"),
-            "--max-epochs", str(args.max_epochs), "--final-epochs", str(args.final_epochs),
-            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]  # fmt: skip
+    argv = [
+        "--space",
+        "case",
+        "--data",
+        str(store),
+        "--name",
+        name,
+        "--seed",
+        str(seed),
+        "--num-samples",
+        str(trials),
+        "--results-dir",
+        str(tmp / "results"),
+        "--max-epochs",
+        str(args.max_epochs),
+        "--final-epochs",
+        str(args.final_epochs),
+        "--tracking-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+    ]
     argv += [*extra, *([] if warm_start else ["--no-warm-start"])]
     settings = parse_settings(argv, cwd=tmp)
     settings.storage_path = str(tmp / "ray_results")
@@ -128,14 +167,30 @@ def run_arm(store: Path, tmp: Path, name: str, *, seed: int, searcher: str, sche
     t0 = time.perf_counter()
     outcome = run_sweep(settings, quiet=True)
     t_sweep = time.perf_counter() - t0
-    fz_argv = ["--sweep", name, "--results-dir", str(tmp / "results"), "--top-k",
-               str(args.top_k), "--seeds", *map(str, args.final_seeds)]  # fmt: skip
+    fz_argv = [
+        "--sweep",
+        name,
+        "--results-dir",
+        str(tmp / "results"),
+        "--top-k",
+        str(args.top_k),
+        "--seeds",
+        *map(str, args.final_seeds),
+    ]
     t0 = time.perf_counter()
     final = fz.finalize(fz.parse_settings(fz_argv, cwd=tmp), quiet=True)
-    arm = {"name": name, "workdir": str(tmp), "tracking_uri": settings.tracking_uri, "parent": outcome.parent_run_id,
-           "storage": settings.storage_path, "out_dir": str(final.out_dir),
-           "max_epochs": settings.max_epochs, "folds": settings.folds, "t_sweep": t_sweep,
-           "t_final": time.perf_counter() - t0}  # fmt: skip
+    arm = {
+        "name": name,
+        "workdir": str(tmp),
+        "tracking_uri": settings.tracking_uri,
+        "parent": outcome.parent_run_id,
+        "storage": settings.storage_path,
+        "out_dir": str(final.out_dir),
+        "max_epochs": settings.max_epochs,
+        "folds": settings.folds,
+        "t_sweep": t_sweep,
+        "t_final": time.perf_counter() - t0,
+    }
     # What analysis needs, kept beside the runs: `--analyse DIR` redoes it without training.
     (tmp / f"{name}.json").write_text(json.dumps(arm, indent=1), encoding="utf-8")
     return arm
@@ -153,13 +208,19 @@ def trial_records(arm: dict) -> list[dict]:
         hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
         # Tune's folder is the sweep's name plus a suffix that keeps it the sweep's own
         ckpts = sorted(Path(arm["storage"]).glob(f"{arm['name']}*/*{tid}*/checkpoint_*/trial.pt"))
-        finished = [(m.timestamp, m.step) for m in client.get_metric_history(
-            run.info.run_id, "val_macro_f1")]  # fmt: skip
-        out.append({
-            "trial_id": tid, "config": json.loads(run.data.tags[tracking.CONFIG]),
-            "val": [hist[e] for e in sorted(hist)], "checkpoint": ckpts[-1] if ckpts else None,
-            "ended": max((t for t, _ in finished), default=0),
-        })  # fmt: skip
+        finished = [
+            (m.timestamp, m.step)
+            for m in client.get_metric_history(run.info.run_id, "val_macro_f1")
+        ]
+        out.append(
+            {
+                "trial_id": tid,
+                "config": json.loads(run.data.tags[tracking.CONFIG]),
+                "val": [hist[e] for e in sorted(hist)],
+                "checkpoint": ckpts[-1] if ckpts else None,
+                "ended": max((t for t, _ in finished), default=0),
+            }
+        )
     return out
 
 
@@ -185,8 +246,10 @@ def final_units(arm: dict, oracle: Oracle) -> list[dict]:
     units = []
     for p in sorted(Path(arm["out_dir"]).glob("units/*.json")):
         u = json.loads(p.read_text())
-        ckpts = [torch.load(path, map_location="cpu", weights_only=True)
-                 for path in chosen_checkpoints(u)]  # fmt: skip
+        ckpts = [
+            torch.load(path, map_location="cpu", weights_only=True)
+            for path in chosen_checkpoints(u)
+        ]
         u["oracle"] = oracle.score(ckpts[0]["config"], *(c["state_dict"] for c in ckpts))
         units.append(u)
     return units
@@ -214,16 +277,22 @@ def extra_final_runs(arm: dict, oracle: Oracle, args: argparse.Namespace, store:
     records = trial_records(arm)
     score_trials(records, oracle)
     done = {u["trial_id"] for u in final_units(arm, oracle)}
-    ranked = sorted((r for r in records if math.isfinite(r["oracle"])),
-                    key=lambda r: (-r["oracle"], r["trial_id"]))  # fmt: skip
+    ranked = sorted(
+        (r for r in records if math.isfinite(r["oracle"])),
+        key=lambda r: (-r["oracle"], r["trial_id"]),
+    )
     todo = [r for r in ranked[: args.extra] if r["trial_id"] not in done]
     task = ray.remote(run_unit).options(num_cpus=1, max_retries=0)
     refs = {}
     for r in todo:
         for seed in args.final_seeds:
             cfg = TrainConfig.from_dict({**r["config"], "epochs": args.final_epochs, "seed": seed})
-            unit = {"unit_id": f"extra-{r['trial_id']}-s{seed}", "trial_id": r["trial_id"],
-                    "seed": seed, "config": cfg.to_dict()}  # fmt: skip
+            unit = {
+                "unit_id": f"extra-{r['trial_id']}-s{seed}",
+                "trial_id": r["trial_id"],
+                "seed": seed,
+                "config": cfg.to_dict(),
+            }
             refs[(r["trial_id"], seed)] = task.remote(unit, str(store), threads=1)
     out: dict[str, dict[str, float]] = {}
     for (tid, seed), ref in refs.items():
@@ -259,8 +328,9 @@ def rank_by(records: list[dict], stat: str) -> list[dict]:
     return sorted(records, key=lambda r: (-value(r), r["trial_id"]))
 
 
-def finalize_pick(units: list[dict], candidates: list[str] | None = None,
-                  seeds: list[int] | None = None) -> tuple[str, float]:  # fmt: skip
+def finalize_pick(
+    units: list[dict], candidates: list[str] | None = None, seeds: list[int] | None = None
+) -> tuple[str, float]:
     """(trial id, mean oracle of its final runs) of the config finalize names best (by the mean
     over seeds of the val statistic at the chosen epochs), among ``candidates`` and ``seeds``."""
     by_trial: dict[str, list[dict]] = {}
@@ -298,8 +368,9 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic) if len(a) > 2 else math.nan
 
 
-def analyse(seed: int, product: dict, random: dict | None, folds: dict | None,
-            oracle: Oracle) -> dict:  # fmt: skip
+def analyse(
+    seed: int, product: dict, random: dict | None, folds: dict | None, oracle: Oracle
+) -> dict:
     """Oracle figures of one sweep seed; ``random`` may be missing (a seed whose random arm
     did not run): its columns are then left empty and it counts in no random comparison."""
     from models.selection import trial_score
@@ -324,17 +395,24 @@ def analyse(seed: int, product: dict, random: dict | None, folds: dict | None,
         extra = extra_scores(arm)
         best_final = max([best_finalized, *(statistics.mean(v) for v in extra.values())])
         out[name] = {
-            "trials": len(recs), "epochs": sum(r["cost"] for r in recs),
+            "trials": len(recs),
+            "epochs": sum(r["cost"] for r in recs),
             "final_epochs": sum(len(u["history"]) for u in units),
-            "best_oracle": best, "pick": pick, "pick_oracle": by_id[pick]["oracle"],
-            "pick_final_oracle": pick_final, "trial_regret": best - by_id[pick]["oracle"],
+            "best_oracle": best,
+            "pick": pick,
+            "pick_oracle": by_id[pick]["oracle"],
+            "pick_final_oracle": pick_final,
+            "trial_regret": best - by_id[pick]["oracle"],
             "finalized_regret": best_finalized - pick_final,
-            "best_final_oracle": best_final, "extra_configs": len(extra),
+            "best_final_oracle": best_final,
+            "extra_configs": len(extra),
             "regret": best_final - pick_final if extra else math.nan,
             "sweep_top1_oracle": rank_by(recs, "trailing")[0]["oracle"],
-            "t_sweep": arm["t_sweep"], "t_final": arm["t_final"], "records": recs,
+            "t_sweep": arm["t_sweep"],
+            "t_final": arm["t_final"],
+            "records": recs,
             "units": units,
-        }  # fmt: skip
+        }
         if name == "product":
             top_max = rank_by(recs, "max")[0]
             out[name]["old_rule_regret"] = best - top_max["oracle"]  # trial protocol
@@ -381,8 +459,10 @@ def _f(x: float) -> str:
 def _arm_cells(q: dict | None) -> str:
     if q is None:
         return "not run | — | — | — | —"
-    return (f"{q['trials']} / {q['epochs']} | {_f(q['best_final_oracle'])} | "
-            f"{_f(q['pick_final_oracle'])} | {_f(q['regret'])} | {_f(q['trial_regret'])}")  # fmt: skip
+    return (
+        f"{q['trials']} / {q['epochs']} | {_f(q['best_final_oracle'])} | "
+        f"{_f(q['pick_final_oracle'])} | {_f(q['regret'])} | {_f(q['trial_regret'])}"
+    )
 
 
 def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> str:
@@ -401,11 +481,13 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
     def col(arm: str, key: str, rs: list[dict] = results) -> str:
         return _mean([r[arm][key] for r in rs if r[arm]])
 
-    ahead = [r["product"]["pick_final_oracle"] - r["random"]["pick_final_oracle"]
-             for r in with_random]  # fmt: skip
+    ahead = [
+        r["product"]["pick_final_oracle"] - r["random"]["pick_final_oracle"] for r in with_random
+    ]
     ahead_trial = [r["product"]["pick_oracle"] - r["random"]["pick_oracle"] for r in with_random]
-    folds_ahead = [r["folds"]["pick_final_oracle"] - r["product"]["pick_final_oracle"]
-                   for r in with_folds]  # fmt: skip
+    folds_ahead = [
+        r["folds"]["pick_final_oracle"] - r["product"]["pick_final_oracle"] for r in with_folds
+    ]
     eff = [r["efficiency"] for r in with_random] or [math.nan]
     names = list(results[0]["product"]["variants"])
     var_rows = [
@@ -443,7 +525,8 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
         "random pick | random regret | random trial regret | TPE+ASHA epochs to random's pick "
         "| efficiency | folds trials / epochs | folds pick |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n\n"
+        + "\n".join(rows)
+        + "\n\n"
         f"- **Mean regret of the product (final protocol): {col('product', 'regret')}** "
         f"(target <= 0.02); random search + finalize: {col('random', 'regret', with_random)}. "
         f"Among the configs finalize trained only: {col('product', 'finalized_regret')}.\n"
@@ -486,25 +569,55 @@ def _kept(folders: list[str], name: str) -> Path | None:
 
 
 def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle: Oracle) -> dict:
-    product = run_arm(store, tmp, f"product-{seed}", seed=seed, searcher="tpe", scheduler="asha",
-                      trials=args.trials, warm_start=True, args=args)  # fmt: skip
+    product = run_arm(
+        store,
+        tmp,
+        f"product-{seed}",
+        seed=seed,
+        searcher="tpe",
+        scheduler="asha",
+        trials=args.trials,
+        warm_start=True,
+        args=args,
+    )
     epochs = sum(len(r["val"]) for r in trial_records(product))
     n_random = max(1, round(epochs / product["max_epochs"]))
-    random = run_arm(store, tmp, f"random-{seed}", seed=seed, searcher="random",
-                     scheduler="fifo", trials=n_random, warm_start=False, args=args)  # fmt: skip
+    random = run_arm(
+        store,
+        tmp,
+        f"random-{seed}",
+        seed=seed,
+        searcher="random",
+        scheduler="fifo",
+        trials=n_random,
+        warm_start=False,
+        args=args,
+    )
     for arm in (product, random):
         extra_final_runs(arm, oracle, args, store)
     folds = None
     if args.folds:
-        folds = run_arm(store, tmp, f"folds-{seed}", seed=seed, searcher="tpe", scheduler="asha",
-                        trials=max(1, args.trials // args.folds), warm_start=True, args=args,
-                        extra=("--folds", str(args.folds)))  # fmt: skip
+        folds = run_arm(
+            store,
+            tmp,
+            f"folds-{seed}",
+            seed=seed,
+            searcher="tpe",
+            scheduler="asha",
+            trials=max(1, args.trials // args.folds),
+            warm_start=True,
+            args=args,
+            extra=("--folds", str(args.folds)),
+        )
     r = analyse(seed, product, random, folds, oracle)
     p, q = r["product"], r["random"]
-    print(f"seed {seed}: regret {_f(p['regret'])} (random {_f(q['regret'])}), pick "
-          f"{_f(p['pick_final_oracle'])} vs random {_f(q['pick_final_oracle'])}"
-          + (f" vs folds {_f(r['folds']['pick_final_oracle'])}" if folds else "")
-          + f", efficiency {_f(r['efficiency'])}x", flush=True)  # fmt: skip
+    print(
+        f"seed {seed}: regret {_f(p['regret'])} (random {_f(q['regret'])}), pick "
+        f"{_f(p['pick_final_oracle'])} vs random {_f(q['pick_final_oracle'])}"
+        + (f" vs folds {_f(r['folds']['pick_final_oracle'])}" if folds else "")
+        + f", efficiency {_f(r['efficiency'])}x",
+        flush=True,
+    )
     return r
 
 
@@ -513,8 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--final-seeds", type=int, nargs="+", default=[0, 42])
     p.add_argument("--top-k", type=int, default=2, help="as search.finalize's default")
-    p.add_argument("--extra", type=int, default=3,
-                   help="configs outside finalize's pick trained under the final protocol")
+    p.add_argument(
+        "--extra",
+        type=int,
+        default=3,
+        help="configs outside finalize's pick trained under the final protocol",
+    )
     p.add_argument("--folds", type=int, default=3, help="the folds arm's K (0: no folds arm)")
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--max-epochs", type=int, default=20, help="as search.run (smoke runs: less)")

@@ -100,8 +100,11 @@ def _run(kind: str, path: Path, n: int, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         out = subprocess.run(
             [sys.executable, "-c", READER, kind, str(path), str(n)],
-            cwd=root, capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         if not best or r["seconds"] < best["seconds"]:
             best = r

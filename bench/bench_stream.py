@@ -43,8 +43,13 @@ BEFORE_REV = "7547260"  # the last commit before streamed batches were prefetche
 
 
 def old_data_module(tmp: Path) -> ModuleType:
-    src = subprocess.run(["git", "show", f"{BEFORE_REV}:models/data.py"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    src = subprocess.run(
+        ["git", "show", f"{BEFORE_REV}:models/data.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path = tmp / "data_before.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("data_before", path)
@@ -58,8 +63,9 @@ def make_store(root: Path, n: int) -> FeatureStore:
     sys.path.insert(0, str(ROOT / "tests"))
     from model_helpers import make_synthetic_store
 
-    path = make_synthetic_store(root, n=n, sessions=10, val_sessions=(), test_sessions=(),
-                                **SEED_STORE)  # fmt: skip
+    path = make_synthetic_store(
+        root, n=n, sessions=10, val_sessions=(), test_sessions=(), **SEED_STORE
+    )
     store = FeatureStore.open(path, sealed=("test",))
     for name in ("audio", "text", "text_pooled"):  # warm the page cache
         _ = float(getattr(store, name)[:].astype("float32", copy=False).sum())
@@ -70,8 +76,15 @@ def loop(config: TrainConfig, store: FeatureStore, data_mod: ModuleType, epochs:
     """Train ``epochs`` epochs on the streamed split; seconds waiting in batch() and total."""
     torch.manual_seed(config.seed)
     model = create_model(config.model, config=config, **model_sizes(store))
-    data = data_mod.load_split(store, "train", uses=model.uses, frames=store.max_frames,
-                               trim=model.trim, device=torch.device("cpu"), budget=0)  # fmt: skip
+    data = data_mod.load_split(
+        store,
+        "train",
+        uses=model.uses,
+        frames=store.max_frames,
+        trim=model.trim,
+        device=torch.device("cpu"),
+        budget=0,
+    )
     assert not data.resident
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     objective = Objective(config)
@@ -94,13 +107,21 @@ def loop(config: TrainConfig, store: FeatureStore, data_mod: ModuleType, epochs:
     return {"wait": wait, "total": time.perf_counter() - t0, "steps": steps}
 
 
-def assembly_and_step(config: TrainConfig, store: FeatureStore, data_mod: ModuleType,
-                      reps: int = 5) -> tuple[float, float]:  # fmt: skip
+def assembly_and_step(
+    config: TrainConfig, store: FeatureStore, data_mod: ModuleType, reps: int = 5
+) -> tuple[float, float]:
     """Median seconds to assemble one streamed batch alone, and one training step on it."""
     torch.manual_seed(config.seed)
     model = create_model(config.model, config=config, **model_sizes(store))
-    data = data_mod.load_split(store, "train", uses=model.uses, frames=store.max_frames,
-                               trim=model.trim, device=torch.device("cpu"), budget=0)  # fmt: skip
+    data = data_mod.load_split(
+        store,
+        "train",
+        uses=model.uses,
+        frames=store.max_frames,
+        trim=model.trim,
+        device=torch.device("cpu"),
+        budget=0,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     objective = Objective(config)
     gather, step = [], []
@@ -148,9 +169,13 @@ def main(argv: list[str] | None = None) -> None:
                     runs[label] = r
             row = (name, g_before, g_after, step, runs["before"], runs["after"])
             rows.append(row)
-            print(name, f"assembly {g_before * 1e3:.0f}/{g_after * 1e3:.0f} ms, step "
-                  f"{step * 1e3:.0f} ms, wait share {runs['before']['wait'] / runs['before']['total']:.1%}"
-                  f" -> {runs['after']['wait'] / runs['after']['total']:.1%}", flush=True)  # fmt: skip
+            print(
+                name,
+                f"assembly {g_before * 1e3:.0f}/{g_after * 1e3:.0f} ms, step "
+                f"{step * 1e3:.0f} ms, wait share {runs['before']['wait'] / runs['before']['total']:.1%}"
+                f" -> {runs['after']['wait'] / runs['after']['total']:.1%}",
+                flush=True,
+            )
     lines = [
         "## Streamed batches at the seed's sizes: assembled ahead vs on demand",
         "",

@@ -39,8 +39,9 @@ def make_store(root: Path, n: int) -> FeatureStore:
     from model_helpers import make_synthetic_store  # the tests' synthetic store writer
 
     # every session in train: the benchmark times training epochs only
-    path = make_synthetic_store(root, n=n, sessions=10, val_sessions=(), test_sessions=(),
-                                **SEED_STORE)  # fmt: skip
+    path = make_synthetic_store(
+        root, n=n, sessions=10, val_sessions=(), test_sessions=(), **SEED_STORE
+    )
     return FeatureStore.open(path, sealed=("test",))
 
 
@@ -49,13 +50,24 @@ def bare_epoch(config: TrainConfig, store: FeatureStore) -> tuple[float, float, 
     step; and the wall seconds it took to gather those batches (what `train` does per step)."""
     torch.manual_seed(config.seed)
     model = create_model(config.model, config=config, **model_sizes(store))
-    data = load_split(store, "train", uses=model.uses, frames=store.max_frames, trim=model.trim,
-                      device=torch.device("cpu"))  # fmt: skip
+    data = load_split(
+        store,
+        "train",
+        uses=model.uses,
+        frames=store.max_frames,
+        trim=model.trim,
+        device=torch.device("cpu"),
+    )
     perm = torch.randperm(data.n, generator=torch.Generator().manual_seed(config.seed))
     bs = config.batch_size
     g0 = time.perf_counter()
-    batches = [({k: v.clone() for k, v in data.batch(perm[i : i + bs]).items()},
-                data.labels[perm[i : i + bs]]) for i in range(0, data.n, bs)]  # fmt: skip
+    batches = [
+        (
+            {k: v.clone() for k, v in data.batch(perm[i : i + bs]).items()},
+            data.labels[perm[i : i + bs]],
+        )
+        for i in range(0, data.n, bs)
+    ]
     gather = time.perf_counter() - g0
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     objective = Objective(config)
@@ -83,8 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--models", default="all", help="comma-separated names or 'all'")
     parser.add_argument("--overhead-model", default="case-compressing")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1 = what a 1-CPU Ray trial gets)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1 = what a 1-CPU Ray trial gets)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -101,9 +117,12 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.reps):  # interleaved, so drifts of the shared machine cancel
             bare.append(bare_epoch(cfg, store))
             ours.append(train_epoch(cfg, store))
-            print(f"rep {rep}: bare {bare[-1][0]:.2f} s wall / {bare[-1][1]:.2f} s CPU "
-                  f"(+ gather {bare[-1][2]:.2f} s), train epoch {ours[-1][0]:.2f} s wall / "
-                  f"{ours[-1][1]:.2f} s CPU, whole call {ours[-1][2]:.2f} s", flush=True)  # fmt: skip
+            print(
+                f"rep {rep}: bare {bare[-1][0]:.2f} s wall / {bare[-1][1]:.2f} s CPU "
+                f"(+ gather {bare[-1][2]:.2f} s), train epoch {ours[-1][0]:.2f} s wall / "
+                f"{ours[-1][1]:.2f} s CPU, whole call {ours[-1][2]:.2f} s",
+                flush=True,
+            )
         wall = [o[0] / b[0] for o, b in zip(ours, bare, strict=True)]
         cpu = [o[1] / b[1] for o, b in zip(ours, bare, strict=True)]
         gather = statistics.median(b[2] / b[0] for b in bare)
@@ -114,8 +133,11 @@ def main(argv: list[str] | None = None) -> None:
             c = TrainConfig.from_dict({**base, "model": name})
             wall_s, cpu_s, _ = train_epoch(c, store)
             rows.append((name, wall_s, cpu_s, cpu_s * KEMDY20_TRAIN / args.n))
-            print(f"{name}: {wall_s:.2f} s/epoch wall, {cpu_s:.2f} s CPU -> "
-                  f"{rows[-1][3] / 60:.1f} min per KEMDy20 epoch", flush=True)  # fmt: skip
+            print(
+                f"{name}: {wall_s:.2f} s/epoch wall, {cpu_s:.2f} s CPU -> "
+                f"{rows[-1][3] / 60:.1f} min per KEMDy20 epoch",
+                flush=True,
+            )
 
     body = [
         "## bench_train — the training loop",

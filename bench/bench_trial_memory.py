@@ -103,14 +103,20 @@ def main(argv: list[str] | None = None) -> dict:
     from search.trainable import make_trainable
 
     with tempfile.TemporaryDirectory(prefix="bench-trial-mem-") as tmp:
-        path = make_synthetic_store(Path(tmp), n=args.n, sessions=10, val_sessions=(9,),
-                                    test_sessions=(10,), **SEED_STORE)  # fmt: skip
+        path = make_synthetic_store(
+            Path(tmp), n=args.n, sessions=10, val_sessions=(9,), test_sessions=(10,), **SEED_STORE
+        )
         store = FeatureStore.open(path)
         gb = sum(getattr(store, k).nbytes for k in ("audio", "text", "text_pooled")) / 1e9
         train_rows = int((store.table["split"] == "train").sum())
         available = _available()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
         sampler = Sampler()
         sampler.start()
         t0 = time.perf_counter()
@@ -132,11 +138,15 @@ def main(argv: list[str] | None = None) -> dict:
     if errors:
         raise RuntimeError(errors[0])
     fig = {
-        "store_gb": gb, "train_rows": train_rows, "available_gb": available / 1e9,
+        "store_gb": gb,
+        "train_rows": train_rows,
+        "available_gb": available / 1e9,
         "rss_gb": [v / 1e9 for v in sampler.rss.values()],
         "uss_gb": [v / 1e9 for v in sampler.uss.values()],
-        "sum_rss_gb": sampler.sum_rss / 1e9, "sum_uss_gb": sampler.sum_uss / 1e9, "wall": wall,
-    }  # fmt: skip
+        "sum_rss_gb": sampler.sum_rss / 1e9,
+        "sum_uss_gb": sampler.sum_uss / 1e9,
+        "wall": wall,
+    }
     train_fp16 = train_rows * 2 * (512 * 1024 + 128 * 768 + 768) / 1e9
     budget = available / 2 / 2
     kind = "fp32" if 2 * train_fp16 <= budget else "fp16" if train_fp16 <= budget else "streamed"

@@ -468,11 +468,18 @@ def write_demo_corpus(
                 row += [CSV_SPELLING.get(e, e), str(v), str(a)]
             rows.append(row)
             if ";" not in row[4]:
-                listed.append({
-                    "utterance_id": seg, "audio": wav_path.relative_to(root).as_posix(),
-                    "text": clean_transcript(sentence), "label": canonical_label(row[4]) or "",
-                    "session": str(s), "speaker": spk.user, "valence": row[5], "arousal": row[6],
-                })  # fmt: skip
+                listed.append(
+                    {
+                        "utterance_id": seg,
+                        "audio": wav_path.relative_to(root).as_posix(),
+                        "text": clean_transcript(sentence),
+                        "label": canonical_label(row[4]) or "",
+                        "session": str(s),
+                        "speaker": spk.user,
+                        "valence": row[5],
+                        "arousal": row[6],
+                    }
+                )
         rows_by_session[s] = rows
 
     # A few wavs hold no audio, as in the real corpus: zero frames, or only zeros.
@@ -525,9 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     n = sum(1 for _ in (root / "wav").rglob("*.wav"))
     print(f"wrote demo corpus with {n} utterances in {args.sessions} sessions to {root}")
     if args.manifest:
-        print(f"manifest: {root / MANIFEST_NAME}  (prepare it with: python -m data_prep.prepare "
-              f"--manifest {root / MANIFEST_NAME} --labels {','.join(LABELS)} "
-              f"--neutral-label {NEUTRAL} [--audio-model ID_OR_DIR --text-model ID_OR_DIR])")  # fmt: skip
+        print(
+            f"manifest: {root / MANIFEST_NAME}  (prepare it with: python -m data_prep.prepare "
+            f"--manifest {root / MANIFEST_NAME} --labels {','.join(LABELS)} "
+            f"--neutral-label {NEUTRAL} [--audio-model ID_OR_DIR --text-model ID_OR_DIR])"
+        )
     return 0
 
 

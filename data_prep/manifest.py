@@ -121,8 +121,15 @@ def _rows(path: Path, fmt: str, rel: str, faults: list[Fault]) -> tuple[list[str
                 continue
             line = reader.line_num
             if len(cells) > len(header):
-                faults.append(Fault(rel, line, "", "malformed_row",
-                                    f"{len(cells)} cells, the header has {len(header)}"))  # fmt: skip
+                faults.append(
+                    Fault(
+                        rel,
+                        line,
+                        "",
+                        "malformed_row",
+                        f"{len(cells)} cells, the header has {len(header)}",
+                    )
+                )
                 continue
             rows.append((line, dict(zip(header, cells, strict=False))))
         if header is None:
@@ -138,8 +145,15 @@ def _rows(path: Path, fmt: str, rel: str, faults: list[Fault]) -> tuple[list[str
             faults.append(Fault(rel, line, "", "malformed_row", f"not JSON: {exc}"))
             continue
         if not isinstance(obj, dict):
-            faults.append(Fault(rel, line, "", "malformed_row",
-                                f"expected a JSON object, got {type(obj).__name__}"))  # fmt: skip
+            faults.append(
+                Fault(
+                    rel,
+                    line,
+                    "",
+                    "malformed_row",
+                    f"expected a JSON object, got {type(obj).__name__}",
+                )
+            )
             continue
         seen.update(dict.fromkeys(obj))
         rows.append((line, obj))
@@ -257,22 +271,41 @@ def read_manifest(
             ok = False
         if not ok:
             continue
-        kept.append({
-            "segment_id": seg, "session_name": cell["session"], "script": 0,
-            "speaker": cell["speaker"], "gender": "", "label": label, "labels": label,
-            "multi_label": False, "text": text, "raw_text": raw_text,
-            "wav_path": str(audio.resolve()), "valence": ratings["valence"],
-            "arousal": ratings["arousal"], "csv_file": rel, "csv_row": line,
-        })  # fmt: skip
+        kept.append(
+            {
+                "segment_id": seg,
+                "session_name": cell["session"],
+                "script": 0,
+                "speaker": cell["speaker"],
+                "gender": "",
+                "label": label,
+                "labels": label,
+                "multi_label": False,
+                "text": text,
+                "raw_text": raw_text,
+                "wav_path": str(audio.resolve()),
+                "valence": ratings["valence"],
+                "arousal": ratings["arousal"],
+                "csv_file": rel,
+                "csv_row": line,
+            }
+        )
 
     # A session of one utterance is most often a wrong session column (an utterance id).
     sizes = Counter(r["session_name"] for r in kept)
     usable = []
     for r in kept:
         if sizes[r["session_name"]] == 1:
-            faults.append(Fault(rel, r["csv_row"], r["segment_id"], "single_utterance_session",
-                                f"session {r['session_name']!r} has no other usable utterance; "
-                                "a session needs two or more (check the session column)"))  # fmt: skip
+            faults.append(
+                Fault(
+                    rel,
+                    r["csv_row"],
+                    r["segment_id"],
+                    "single_utterance_session",
+                    f"session {r['session_name']!r} has no other usable utterance; "
+                    "a session needs two or more (check the session column)",
+                )
+            )
         else:
             usable.append(r)
     faults.sort(key=lambda f: f.row)
@@ -295,8 +328,16 @@ def read_manifest(
             f"(classes: {', '.join(label_names) or 'none'})"
         )
     table = pd.DataFrame(usable, columns=list(COLUMNS))
-    table = table.astype({"session": "int64", "script": "int64", "multi_label": "bool",
-                          "valence": "float64", "arousal": "float64", "csv_row": "int64"})  # fmt: skip
+    table = table.astype(
+        {
+            "session": "int64",
+            "script": "int64",
+            "multi_label": "bool",
+            "valence": "float64",
+            "arousal": "float64",
+            "csv_row": "int64",
+        }
+    )
     table = table.sort_values("segment_id", kind="stable").reset_index(drop=True)
     return CorpusRead(
         root=base,
@@ -311,6 +352,6 @@ def read_manifest(
             "columns": cols,
             "labels": list(label_set) if label_set else None,
             "neutral_label": neutral_label,
-        },  # fmt: skip
+        },
         session_names={i: n for n, i in number.items()},
     )

@@ -687,8 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_counts(args: argparse.Namespace) -> None:
     """Lengths, batch sizes and counts must be positive: 0 is an error, not 'the default'."""
-    minimum = {"max_frames": 1, "max_tokens": 3, "batch_size": 1, "sessions": 3,
-               "utterances_per_script": 1, "threads": 1}  # fmt: skip
+    minimum = {
+        "max_frames": 1,
+        "max_tokens": 3,
+        "batch_size": 1,
+        "sessions": 3,
+        "utterances_per_script": 1,
+        "threads": 1,
+    }
     for name, low in minimum.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -698,16 +704,28 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def _manifest_options(args: argparse.Namespace) -> dict[str, Any]:
     """The manifest reader's flags, checked; they mean nothing for the other sources."""
-    given = [f for f, v in (("--column", args.column), ("--labels", args.labels),
-                            ("--neutral-label", args.neutral_label)) if v is not None]  # fmt: skip
+    given = [
+        f
+        for f, v in (
+            ("--column", args.column),
+            ("--labels", args.labels),
+            ("--neutral-label", args.neutral_label),
+        )
+        if v is not None
+    ]
     if args.manifest is None:
         if given:
-            raise PrepareError(f"{', '.join(given)}: only with --manifest (KEMDy20's and the "
-                               "demo's classes are fixed)")  # fmt: skip
+            raise PrepareError(
+                f"{', '.join(given)}: only with --manifest (KEMDy20's and the "
+                "demo's classes are fixed)"
+            )
         return {}
     try:
-        return {"columns": parse_columns(args.column), "labels": parse_labels(args.labels),
-                "neutral_label": args.neutral_label}  # fmt: skip
+        return {
+            "columns": parse_columns(args.column),
+            "labels": parse_labels(args.labels),
+            "neutral_label": args.neutral_label,
+        }
     except ValueError as exc:
         raise PrepareError(str(exc)) from exc
 

@@ -194,8 +194,17 @@ def _least_relaxed(
     held = set(cuts[best].tolist())
     kept_idx = [i for i in range(len(sessions)) if i not in held]
     tol = math.ceil(float(dev[best]) * 1e6) / 1e6
-    return _carve(sessions, classes, matrix, kept_idx, target, tol, attempts, must_show,
-                  relaxed=bool(one_sided[best] > 0))  # fmt: skip
+    return _carve(
+        sessions,
+        classes,
+        matrix,
+        kept_idx,
+        target,
+        tol,
+        attempts,
+        must_show,
+        relaxed=bool(one_sided[best] > 0),
+    )
 
 
 def balanced_carve(
@@ -251,8 +260,9 @@ def balanced_carve(
             rng.shuffle(order)
             sample.append([row_of[s] for s in order[n_keep:]])
         cuts = np.array(sample, dtype=np.int64)
-    return _least_relaxed(sessions, classes, matrix, n_keep, target, must_show, cuts,
-                          attempts + len(cuts))  # fmt: skip
+    return _least_relaxed(
+        sessions, classes, matrix, n_keep, target, must_show, cuts, attempts + len(cuts)
+    )
 
 
 def session_split(

@@ -30,8 +30,19 @@ class Concat(nn.Module):
 
     uses = frozenset({"text", "audio"})
 
-    def __init__(self, *, text_dim, audio_dim, max_tokens, max_frames, num_classes, hidden,
-                 dropout, pooling, faithful) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        text_dim,
+        audio_dim,
+        max_tokens,
+        max_frames,
+        num_classes,
+        hidden,
+        dropout,
+        pooling,
+        faithful,
+    ) -> None:
         super().__init__()
         self.pooling, self.faithful = "mean" if faithful else pooling, faithful
         self.text_proj = nn.Linear(text_dim, hidden)
@@ -49,8 +60,9 @@ class Concat(nn.Module):
         x = self.norm(self.mix(torch.cat([t, a], dim=1)))
         mask = None if self.faithful else torch.cat([tmask, amask], dim=1)
         fused = pool(x, mask, self.pooling)
-        return ModelOutput(self.classifier(fused), fused, masked_mean_vec(t, tmask),
-                           masked_mean_vec(a, amask))  # fmt: skip
+        return ModelOutput(
+            self.classifier(fused), fused, masked_mean_vec(t, tmask), masked_mean_vec(a, amask)
+        )
 
 
 class _MLP(nn.Sequential):
@@ -81,8 +93,19 @@ class MMM(nn.Module):
 
     uses = frozenset({"text", "audio"})
 
-    def __init__(self, *, text_dim, audio_dim, max_tokens, max_frames, num_classes, hidden,
-                 dropout, pooling, faithful) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        text_dim,
+        audio_dim,
+        max_tokens,
+        max_frames,
+        num_classes,
+        hidden,
+        dropout,
+        pooling,
+        faithful,
+    ) -> None:
         super().__init__()
         self.pooling, self.faithful = "mean" if faithful else pooling, faithful
         self.text_proj = nn.Linear(text_dim, hidden)
@@ -92,9 +115,12 @@ class MMM(nn.Module):
         self.channel_mlp = _MLP(hidden, dropout)
         self.out_norm = nn.LayerNorm(hidden)
         self.head = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 2 * hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(2 * hidden, num_classes),
-        )  # fmt: skip
+        )
         self.trim = frozenset()  # token mixing needs every absolute position
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
@@ -109,8 +135,9 @@ class MMM(nn.Module):
         x = x + y
         y = self.channel_mlp(self.norm(y))
         fused = pool(self.out_norm(y + x), mask, self.pooling)
-        return ModelOutput(self.head(fused), fused, masked_mean_vec(t, tmask),
-                           masked_mean_vec(a, amask))  # fmt: skip
+        return ModelOutput(
+            self.head(fused), fused, masked_mean_vec(t, tmask), masked_mean_vec(a, amask)
+        )
 
 
 class TextOnly(nn.Module):
@@ -128,8 +155,19 @@ class TextOnly(nn.Module):
     trainable weights under it).
     """
 
-    def __init__(self, *, text_dim, audio_dim, max_tokens, max_frames, num_classes, hidden,
-                 dropout, pooling, faithful) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        text_dim,
+        audio_dim,
+        max_tokens,
+        max_frames,
+        num_classes,
+        hidden,
+        dropout,
+        pooling,
+        faithful,
+    ) -> None:
         super().__init__()
         self.faithful = faithful
         self.uses = frozenset({"text_pooled"}) if faithful else frozenset({"text"})
@@ -159,8 +197,19 @@ class SpeechOnly(nn.Module):
 
     uses = frozenset({"audio"})
 
-    def __init__(self, *, text_dim, audio_dim, max_tokens, max_frames, num_classes, hidden,
-                 dropout, pooling, faithful) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        text_dim,
+        audio_dim,
+        max_tokens,
+        max_frames,
+        num_classes,
+        hidden,
+        dropout,
+        pooling,
+        faithful,
+    ) -> None:
         super().__init__()
         self.pooling, self.faithful = "mean" if faithful else pooling, faithful
         self.dropout = nn.Dropout(dropout)

@@ -373,9 +373,14 @@ class SplitData:
 
 
 def _load_resident(
-    mm: np.ndarray, rows: np.ndarray, *, frames: int | None, dtype: torch.dtype,
-    device: torch.device, chunk_rows: int,
-) -> torch.Tensor:  # fmt: skip
+    mm: np.ndarray,
+    rows: np.ndarray,
+    *,
+    frames: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    chunk_rows: int,
+) -> torch.Tensor:
     """``mm[rows]`` (audio fitted to ``frames``) as one ``dtype`` tensor on ``device``, read
     ``chunk_rows`` rows at a time: the peak is the result plus one fp16 chunk."""
     shape = (len(rows), frames, *mm.shape[2:]) if frames else (len(rows), *mm.shape[1:])
@@ -409,8 +414,15 @@ def load_split(
     text_len = np.asarray(store.text_len[rows], dtype=np.int64)
     audio_len = np.minimum(np.asarray(store.audio_len[rows], dtype=np.int64), frames)
     names = [n for n in ("text", "text_pooled", "audio") if n in uses]
-    data = SplitData(split=split, rows=rows, labels=labels, device=device, frames=frames,
-                     trim=frozenset(trim) & uses, store=store)  # fmt: skip
+    data = SplitData(
+        split=split,
+        rows=rows,
+        labels=labels,
+        device=device,
+        frames=frames,
+        trim=frozenset(trim) & uses,
+        store=store,
+    )
     data.row_numel = {n: int(np.prod(getattr(store, n).shape[1:])) for n in names}
     if "audio" in data.row_numel:
         data.row_numel["audio"] = data.row_numel["audio"] // store.max_frames * frames
@@ -433,15 +445,24 @@ def load_split(
             log.warning(
                 "%s split (%d rows, %.2f GB fp16) is over the resident budget of %.2f GB on %s "
                 "(%s): its batches stream from the memory maps",
-                split, len(rows), fp16_bytes / 1e9, budget / 1e9, device, why,
-            )  # fmt: skip
+                split,
+                len(rows),
+                fp16_bytes / 1e9,
+                budget / 1e9,
+                device,
+                why,
+            )
         return data
     dtype = torch.float32 if 2 * fp16_bytes + chunk <= budget else torch.float16
     for name in names:
         data.arrays[name] = _load_resident(
-            getattr(store, name), rows, frames=frames if name == "audio" else None, dtype=dtype,
-            device=device, chunk_rows=chunk_rows,
-        )  # fmt: skip
+            getattr(store, name),
+            rows,
+            frames=frames if name == "audio" else None,
+            dtype=dtype,
+            device=device,
+            chunk_rows=chunk_rows,
+        )
     return data
 
 

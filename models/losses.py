@@ -50,8 +50,9 @@ def focal_loss(
     logits = logits.float()
     # Per-row weighted CE exactly as F.cross_entropy computes it (with smoothing, the smoothed
     # part is weighted per class), then the focal factor, then F.cross_entropy's weighted mean.
-    ce = F.cross_entropy(logits, target, weight=weight, reduction="none",
-                         label_smoothing=label_smoothing)  # fmt: skip
+    ce = F.cross_entropy(
+        logits, target, weight=weight, reduction="none", label_smoothing=label_smoothing
+    )
     p_t = F.log_softmax(logits, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1).exp()
     loss = (1.0 - p_t).clamp_min(0.0).pow(gamma) * ce
     if weight is None:
@@ -101,10 +102,16 @@ class Objective:
     def classification(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         c = self.config
         if c.loss == "focal":
-            return focal_loss(logits, target, gamma=c.focal_gamma, weight=self.weight,
-                              label_smoothing=c.label_smoothing)  # fmt: skip
-        return F.cross_entropy(logits.float(), target, weight=self.weight,
-                               label_smoothing=c.label_smoothing)  # fmt: skip
+            return focal_loss(
+                logits,
+                target,
+                gamma=c.focal_gamma,
+                weight=self.weight,
+                label_smoothing=c.label_smoothing,
+            )
+        return F.cross_entropy(
+            logits.float(), target, weight=self.weight, label_smoothing=c.label_smoothing
+        )
 
     def contrastive(self, out: ModelOutput, target: torch.Tensor) -> torch.Tensor | None:
         c = self.config

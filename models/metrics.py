@@ -89,8 +89,11 @@ def classification_metrics(
         if neutral_index is None:
             seed_micro = None
         elif bool(emotional.any()):
-            seed_micro = float(multiclass_f1_score(p[emotional], t[emotional],
-                                                   num_classes=num_classes, average="micro"))  # fmt: skip
+            seed_micro = float(
+                multiclass_f1_score(
+                    p[emotional], t[emotional], num_classes=num_classes, average="micro"
+                )
+            )
         else:
             seed_micro = float("nan")
     support = torch.bincount(t, minlength=num_classes).double()
@@ -118,15 +121,18 @@ def absent_classes(
     return [names[i] for i in range(num_classes) if int(support[i]) == 0]
 
 
-def absent_note(target, split: str, num_classes: int = 7,
-                label_names: Sequence[str] | None = None) -> str | None:  # fmt: skip
+def absent_note(
+    target, split: str, num_classes: int = 7, label_names: Sequence[str] | None = None
+) -> str | None:
     """One line saying which classes ``split`` lacks and what that does to macro-F1."""
     absent = absent_classes(target, num_classes, label_names)
     if not absent or len(absent) == num_classes:
         return None
-    return (f"{split} split has no rows of {', '.join(absent)}: {split}_macro_f1 counts them "
-            f"as 0 over all {num_classes} classes; {split}_macro_f1_present averages the "
-            f"{num_classes - len(absent)} classes present")  # fmt: skip
+    return (
+        f"{split} split has no rows of {', '.join(absent)}: {split}_macro_f1 counts them "
+        f"as 0 over all {num_classes} classes; {split}_macro_f1_present averages the "
+        f"{num_classes - len(absent)} classes present"
+    )
 
 
 def macro_auroc(scores, target, num_classes: int = 7) -> float:
@@ -151,9 +157,13 @@ def confusion_matrix(pred, target, num_classes: int = 7) -> np.ndarray:
 
 
 def all_neutral_metrics(
-    target, split: str, num_classes: int = 7, neutral_index: int | None = NEUTRAL_INDEX,
-    label_names: Sequence[str] | None = None, predict: int | None = None,
-) -> dict[str, float]:  # fmt: skip
+    target,
+    split: str,
+    num_classes: int = 7,
+    neutral_index: int | None = NEUTRAL_INDEX,
+    label_names: Sequence[str] | None = None,
+    predict: int | None = None,
+) -> dict[str, float]:
     """A constant baseline scored by the same code: every row predicted ``predict``, by
     default the neutral class (the all-neutral baseline). A store without a neutral class
     passes its majority class (``FeatureStore.baseline_class``) and ``neutral_index=None``."""
@@ -161,8 +171,9 @@ def all_neutral_metrics(
     const = neutral_index if predict is None else predict
     if const is None:
         raise ValueError("no neutral class: say which class the baseline predicts (predict=)")
-    return classification_metrics(torch.full_like(t, const), t, split, num_classes,
-                                  neutral_index, label_names)  # fmt: skip
+    return classification_metrics(
+        torch.full_like(t, const), t, split, num_classes, neutral_index, label_names
+    )
 
 
 def baseline_name(label_names: Sequence[str], predict: int) -> str:
@@ -194,9 +205,12 @@ def score_names(neutral_index: int | None) -> tuple[str, ...]:
 
 
 def weighted_scores(
-    weights: np.ndarray, pred, target, num_classes: int = 7,
+    weights: np.ndarray,
+    pred,
+    target,
+    num_classes: int = 7,
     neutral_index: int | None = NEUTRAL_INDEX,
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """The F1 scores of ``score_names(neutral_index)`` (the conventions above) of ``pred``
     against ``target`` for each row of ``weights`` ([B, N] row multiplicities) -> {name: [B]}."""
     p, t = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
@@ -221,9 +235,15 @@ def weighted_scores(
 
 
 def bootstrap_scores(
-    preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
-    seed: int = 0, neutral_index: int | None = NEUTRAL_INDEX,
-) -> dict[str, np.ndarray]:  # fmt: skip
+    preds: Sequence,
+    target,
+    num_classes: int = 7,
+    *,
+    groups=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    neutral_index: int | None = NEUTRAL_INDEX,
+) -> dict[str, np.ndarray]:
     """Bootstrap replicates {score: [n_boot]} of the mean over runs (``preds``: one prediction
     vector per seed) of each score. The same ``seed``, target and groups give the same
     resamples, so two calls are paired (their difference is a paired bootstrap)."""
@@ -233,13 +253,19 @@ def bootstrap_scores(
 
 
 def bootstrap_macro_f1(
-    preds: Sequence, target, num_classes: int = 7, *, groups=None, n_boot: int = 1000,
+    preds: Sequence,
+    target,
+    num_classes: int = 7,
+    *,
+    groups=None,
+    n_boot: int = 1000,
     seed: int = 0,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """:func:`bootstrap_scores`' macro-F1 replicates alone."""
     # macro-F1 needs no neutral class; None skips the seed's micro-F1 altogether.
-    return bootstrap_scores(preds, target, num_classes, groups=groups, n_boot=n_boot,
-                            seed=seed, neutral_index=None)["macro_f1"]  # fmt: skip
+    return bootstrap_scores(
+        preds, target, num_classes, groups=groups, n_boot=n_boot, seed=seed, neutral_index=None
+    )["macro_f1"]
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -134,9 +134,13 @@ def evaluate(
 
 
 def checkpoint_payload(
-    state_dict: Mapping[str, torch.Tensor], config: TrainConfig, epoch: int,
-    metrics: Mapping[str, float], sizes: Mapping[str, int], store_key: str,
-) -> dict[str, Any]:  # fmt: skip
+    state_dict: Mapping[str, torch.Tensor],
+    config: TrainConfig,
+    epoch: int,
+    metrics: Mapping[str, float],
+    sizes: Mapping[str, int],
+    store_key: str,
+) -> dict[str, Any]:
     """Plain tensors and plain data only, so `torch.load(weights_only=True)` reads it."""
     return {
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
@@ -149,9 +153,14 @@ def checkpoint_payload(
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, config: TrainConfig, epoch: int, metrics: dict[str, float],
-    sizes: dict[str, int], store_key: str,
-) -> None:  # fmt: skip
+    path: Path,
+    model: nn.Module,
+    config: TrainConfig,
+    epoch: int,
+    metrics: dict[str, float],
+    sizes: dict[str, int],
+    store_key: str,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = checkpoint_payload(model.state_dict(), config, epoch, metrics, sizes, store_key)
     tmp = path.with_suffix(".tmp")
@@ -267,11 +276,13 @@ class Trainer:
         for s, labels in self.eval_labels_cpu.items():  # small corpora: what macro-F1 means
             if note := absent_note(labels, s, store.num_classes, store.label_names):
                 self._note(note)
-        weight = class_weights(self.train_labels_cpu.numpy(), store.num_classes,
-                               config.class_weights)  # fmt: skip
+        weight = class_weights(
+            self.train_labels_cpu.numpy(), store.num_classes, config.class_weights
+        )
         self.objective = Objective(config, weight).to(dev)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)  # fmt: skip
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.steps_per_epoch = math.ceil(self.train_data.n / config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config, self.steps_per_epoch * config.epochs)
@@ -320,12 +331,20 @@ class Trainer:
             bad = int((~torch.isfinite(step_losses)).nonzero()[0])
             raise NonFiniteLossError(epoch, bad + 1, float(step_losses[bad]))
         n_cls, names = self.store.num_classes, self.store.label_names
-        metrics: dict[str, float] = {"epoch": epoch,
-                                     "train_loss": float(step_losses.sum()) / data.n}  # fmt: skip
-        metrics.update(classification_metrics(
-            torch.cat(preds).cpu(), self.train_labels_cpu[perm.cpu()], "train", n_cls,
-            neutral_index=self.store.neutral_index, label_names=names,
-        ))  # fmt: skip
+        metrics: dict[str, float] = {
+            "epoch": epoch,
+            "train_loss": float(step_losses.sum()) / data.n,
+        }
+        metrics.update(
+            classification_metrics(
+                torch.cat(preds).cpu(),
+                self.train_labels_cpu[perm.cpu()],
+                "train",
+                n_cls,
+                neutral_index=self.store.neutral_index,
+                label_names=names,
+            )
+        )
         for split in self.evals:
             metrics.update(self._score(split))
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -348,12 +367,20 @@ class Trainer:
     def _score(self, split: str) -> dict[str, float]:
         data, labels = self.evals[split], self.eval_labels_cpu[split]
         n_cls = self.store.num_classes
-        loss, pred, probs = evaluate(self.model, data, self.objective, self.config.batch_size,
-                                     self.autocast)  # fmt: skip
+        loss, pred, probs = evaluate(
+            self.model, data, self.objective, self.config.batch_size, self.autocast
+        )
         out = {f"{split}_loss": loss}
-        out.update(classification_metrics(pred, labels, split, n_cls,
-                                          neutral_index=self.store.neutral_index,
-                                          label_names=self.store.label_names))  # fmt: skip
+        out.update(
+            classification_metrics(
+                pred,
+                labels,
+                split,
+                n_cls,
+                neutral_index=self.store.neutral_index,
+                label_names=self.store.label_names,
+            )
+        )
         out[f"{split}_macro_auroc"] = macro_auroc(probs, labels, n_cls)
         if len(labels):
             reps = bootstrap_macro_f1([pred.numpy()], labels.numpy(), n_cls, n_boot=200)
@@ -445,16 +472,30 @@ def train(
         if epoch in keep:
             kept[epoch] = trainer.weights()
         if checkpoint_dir and checkpoint_every > 0 and epoch % checkpoint_every == 0:
-            save_checkpoint(Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt", trainer.model,
-                            config, epoch, metrics, trainer.sizes, store.key)  # fmt: skip
+            save_checkpoint(
+                Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt",
+                trainer.model,
+                config,
+                epoch,
+                metrics,
+                trainer.sizes,
+                store.key,
+            )
         if on_epoch is not None and on_epoch(epoch, dict(metrics)) is True:
             stopped_early = epoch < last
             break
-    return TrainResult(history=trainer.history, best_epoch=tracker.best_epoch,
-                       best_metrics=best_metrics, state_dict=trainer.weights(),
-                       seconds=time.perf_counter() - started, stopped_early=stopped_early,
-                       notes=trainer.notes, best_state_dict=best_state,
-                       kept_states=kept, numerics=trainer.numerics)  # fmt: skip
+    return TrainResult(
+        history=trainer.history,
+        best_epoch=tracker.best_epoch,
+        best_metrics=best_metrics,
+        state_dict=trainer.weights(),
+        seconds=time.perf_counter() - started,
+        stopped_early=stopped_early,
+        notes=trainer.notes,
+        best_state_dict=best_state,
+        kept_states=kept,
+        numerics=trainer.numerics,
+    )
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -492,10 +533,16 @@ def open_store(data: str) -> FeatureStore:
 
 
 # (metric key, column heading, decimals)
-TABLE_COLUMNS = [("epoch", "epoch", 0), ("train_loss", "train_loss", 4), ("val_loss", "val_loss", 4),
-                 ("val_macro_f1", "macro", 3), ("val_weighted_f1", "weighted", 3),
-                 ("val_micro_f1", "micro", 3), ("val_seed_micro_f1", "seed_micro", 3),
-                 ("epoch_seconds", "sec", 2)]  # fmt: skip
+TABLE_COLUMNS = [
+    ("epoch", "epoch", 0),
+    ("train_loss", "train_loss", 4),
+    ("val_loss", "val_loss", 4),
+    ("val_macro_f1", "macro", 3),
+    ("val_weighted_f1", "weighted", 3),
+    ("val_micro_f1", "micro", 3),
+    ("val_seed_micro_f1", "seed_micro", 3),
+    ("epoch_seconds", "sec", 2),
+]
 
 
 def table_columns(store: FeatureStore | None = None) -> list[tuple[str, str, int]]:
@@ -529,8 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--config", help="a JSON or YAML file of config keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     parser.add_argument("--threads", type=int, help="torch threads (default 1, as a search trial)")
     parser.add_argument("--checkpoint-dir")
@@ -538,8 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw: dict[str, Any] = _read_config_file(args.config) if args.config else {}
-    for key, value in (("model", args.model), ("epochs", args.epochs), ("lr", args.lr),
-                       ("batch_size", args.batch_size), ("seed", args.seed)):  # fmt: skip
+    for key, value in (
+        ("model", args.model),
+        ("epochs", args.epochs),
+        ("lr", args.lr),
+        ("batch_size", args.batch_size),
+        ("seed", args.seed),
+    ):
         if value is not None:
             raw[key] = value
     for item in args.set:
@@ -557,28 +614,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
         return 2
     const = store.baseline_class()
-    baseline = all_neutral_metrics(store.labels("val"), "val", store.num_classes,
-                                   store.neutral_index, store.label_names, predict=const)  # fmt: skip
-    print(f"store {store.path} ({len(store.indices('train'))} train / "
-          f"{len(store.indices('val'))} val rows), model {config.model}")  # fmt: skip
-    print(f"{baseline_name(store.label_names, const)} val: macro {baseline['val_macro_f1']:.3f} "
-          f"weighted {baseline['val_weighted_f1']:.3f} micro {baseline['val_micro_f1']:.3f}")  # fmt: skip
+    baseline = all_neutral_metrics(
+        store.labels("val"),
+        "val",
+        store.num_classes,
+        store.neutral_index,
+        store.label_names,
+        predict=const,
+    )
+    print(
+        f"store {store.path} ({len(store.indices('train'))} train / "
+        f"{len(store.indices('val'))} val rows), model {config.model}"
+    )
+    print(
+        f"{baseline_name(store.label_names, const)} val: macro {baseline['val_macro_f1']:.3f} "
+        f"weighted {baseline['val_weighted_f1']:.3f} micro {baseline['val_micro_f1']:.3f}"
+    )
     columns = table_columns(store)
     print(table_header(columns))
 
     def report(_epoch: int, metrics: dict[str, float]) -> None:
         print(table_row(metrics, columns), flush=True)
 
-    result = train(config, store, on_epoch=report, checkpoint_dir=args.checkpoint_dir,
-                   checkpoint_every=args.checkpoint_every, device=args.device,
-                   threads=args.threads)  # fmt: skip
+    result = train(
+        config,
+        store,
+        on_epoch=report,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        threads=args.threads,
+    )
     for note in result.notes:
         print(f"note: {note}")
     b = result.best_metrics
-    print(f"best epoch {result.best_epoch}: val macro {b.get('val_macro_f1', math.nan):.3f} "
-          f"weighted {b.get('val_weighted_f1', math.nan):.3f} "
-          + (f"seed micro {b['val_seed_micro_f1']:.3f} " if "val_seed_micro_f1" in b else "")
-          + f"({result.seconds:.1f} s)")  # fmt: skip
+    print(
+        f"best epoch {result.best_epoch}: val macro {b.get('val_macro_f1', math.nan):.3f} "
+        f"weighted {b.get('val_weighted_f1', math.nan):.3f} "
+        + (f"seed micro {b['val_seed_micro_f1']:.3f} " if "val_seed_micro_f1" in b else "")
+        + f"({result.seconds:.1f} s)"
+    )
     return 0
 
 

@@ -148,8 +148,13 @@ def build_rows(
     """Rows in candidate order; each collects the finished units of its config, by seed."""
     rows = []
     for c in candidates:
-        row = Row(key=c["key"], label=c["label"], model=c["model"], rank=c.get("rank"),
-                  trial_id=c.get("trial_id", ""))  # fmt: skip
+        row = Row(
+            key=c["key"],
+            label=c["label"],
+            model=c["model"],
+            rank=c.get("rank"),
+            trial_id=c.get("trial_id", ""),
+        )
         mine = sorted((u for u in units if u["candidate"] == c["key"]), key=lambda u: u["seed"])
         for u in mine:
             row.units.append(dict(u))
@@ -179,9 +184,12 @@ def metrics_for(neutral_index: int | None) -> tuple[str, ...]:
 
 
 def attach_intervals(
-    rows: Sequence[Row], gold: Sequence[int], sessions: Sequence[Any], num_classes: int,
+    rows: Sequence[Row],
+    gold: Sequence[int],
+    sessions: Sequence[Any],
+    num_classes: int,
     neutral_index: int | None = 0,
-) -> None:  # fmt: skip
+) -> None:
     """Give every row, for both protocols, a 95 % interval per metric from a bootstrap over
     test *sessions* (the test split's own sampling noise, which seeds do not show). Every row
     uses the same resamples, so differences between rows are paired."""
@@ -192,11 +200,19 @@ def attach_intervals(
             continue
         for proto, epochs in (("chosen", r.chosen_epochs), ("fixed", r.fixed_epochs)):
             preds = [u["test_pred"][str(e)] for u, e in zip(r.units, epochs, strict=True)]
-            reps = bootstrap_scores(preds, gold, num_classes, groups=sessions, n_boot=N_BOOT,
-                                    neutral_index=neutral_index)  # fmt: skip
+            reps = bootstrap_scores(
+                preds,
+                gold,
+                num_classes,
+                groups=sessions,
+                n_boot=N_BOOT,
+                neutral_index=neutral_index,
+            )
             r.replicates[proto] = reps
-            r.ci[proto] = {m: percentile_interval(reps[m][np.isfinite(reps[m])])
-                           for m in metrics_for(neutral_index)}  # fmt: skip
+            r.ci[proto] = {
+                m: percentile_interval(reps[m][np.isfinite(reps[m])])
+                for m in metrics_for(neutral_index)
+            }
 
 
 def runner_up(rows: Sequence[Row], best: Row | None) -> Row | None:
@@ -243,23 +259,38 @@ def write_csvs(
 ) -> tuple[Path, Path]:
     per_config = out_dir / "final.csv"
     per_run = out_dir / "final_runs.csv"
-    cols = ["label", "model", "sweep_rank", "trial_id", "seeds", "chosen_epochs",
-            "fixed_epochs", "val_macro_f1_mean"]  # fmt: skip
+    cols = [
+        "label",
+        "model",
+        "sweep_rank",
+        "trial_id",
+        "seeds",
+        "chosen_epochs",
+        "fixed_epochs",
+        "val_macro_f1_mean",
+    ]
     for proto in ("chosen", "fixed120"):
         for m in metrics:
-            cols += [f"{proto}_test_{m}_mean", f"{proto}_test_{m}_std",
-                     f"{proto}_test_{m}_ci95_low", f"{proto}_test_{m}_ci95_high"]  # fmt: skip
+            cols += [
+                f"{proto}_test_{m}_mean",
+                f"{proto}_test_{m}_std",
+                f"{proto}_test_{m}_ci95_low",
+                f"{proto}_test_{m}_ci95_high",
+            ]
     with per_config.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for r in rows:
             rec: dict[str, Any] = {
-                "label": r.label, "model": r.model, "sweep_rank": r.rank, "trial_id": r.trial_id,
+                "label": r.label,
+                "model": r.model,
+                "sweep_rank": r.rank,
+                "trial_id": r.trial_id,
                 "seeds": " ".join(map(str, r.seeds)),
                 "chosen_epochs": " ".join(map(str, r.chosen_epochs)),
                 "fixed_epochs": " ".join(map(str, r.fixed_epochs)),
                 "val_macro_f1_mean": mean_std(r.val_chosen)[0],
-            }  # fmt: skip
+            }
             for proto, src, key in (("chosen", r.chosen, "chosen"), ("fixed120", r.fixed, "fixed")):
                 for m in metrics:
                     mean, std = mean_std(src.get(m, []))
@@ -268,17 +299,31 @@ def write_csvs(
                     rec[f"{proto}_test_{m}_ci95_low"], rec[f"{proto}_test_{m}_ci95_high"] = lo, hi
             w.writerow(rec)
     with per_run.open("w", newline="", encoding="utf-8") as fh:
-        rcols = ["label", "model", "seed", "unit_id", "mlflow_run_id", "chosen_epoch",
-                 "val_macro_f1_at_chosen", "fixed_epoch"]  # fmt: skip
+        rcols = [
+            "label",
+            "model",
+            "seed",
+            "unit_id",
+            "mlflow_run_id",
+            "chosen_epoch",
+            "val_macro_f1_at_chosen",
+            "fixed_epoch",
+        ]
         rcols += [f"chosen_test_{m}" for m in metrics] + [f"fixed120_test_{m}" for m in metrics]
         w = csv.DictWriter(fh, fieldnames=rcols)
         w.writeheader()
         for r in rows:
             for i, u in enumerate(r.units):
-                rec = {"label": r.label, "model": r.model, "seed": r.seeds[i],
-                       "unit_id": u["unit_id"], "mlflow_run_id": u.get("mlflow_run_id", ""),
-                       "chosen_epoch": r.chosen_epochs[i], "val_macro_f1_at_chosen": r.val_chosen[i],
-                       "fixed_epoch": r.fixed_epochs[i]}  # fmt: skip
+                rec = {
+                    "label": r.label,
+                    "model": r.model,
+                    "seed": r.seeds[i],
+                    "unit_id": u["unit_id"],
+                    "mlflow_run_id": u.get("mlflow_run_id", ""),
+                    "chosen_epoch": r.chosen_epochs[i],
+                    "val_macro_f1_at_chosen": r.val_chosen[i],
+                    "fixed_epoch": r.fixed_epochs[i],
+                }
                 for m in metrics:
                     rec[f"chosen_test_{m}"] = r.chosen[m][i]
                     rec[f"fixed120_test_{m}"] = r.fixed[m][i]
@@ -309,15 +354,13 @@ def plot_macro_f1(
     for i, r in enumerate(shown):
         vals = [100 * v for v in r.chosen["macro_f1"]]
         m, s = mean_std(vals)
-        ax.bar(i, m, yerr=s if math.isfinite(s) else None, color="tab:blue", alpha=0.75,
-               capsize=4)  # fmt: skip
+        ax.bar(i, m, yerr=s if math.isfinite(s) else None, color="tab:blue", alpha=0.75, capsize=4)
         ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
         ax.text(i + 0.08, m, f"{m:.1f}", ha="left", va="bottom", fontsize=8)
     if math.isfinite(baseline_macro):
         ax.axhline(100 * baseline_macro, color="tab:red", ls="--", lw=1, label=baseline_label)
         ax.legend(fontsize=8)
-    ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=20, ha="right",
-                  fontsize=8)  # fmt: skip
+    ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test macro-F1 (x100)")
     ax.set_title(
         "Test macro-F1 per config at the epoch chosen by validation\n"
@@ -339,8 +382,15 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
-                    color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -350,9 +400,14 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
     return _save(fig, path)
 
 
-def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
-           published: bool, metrics: Sequence[str] = METRICS,
-           baseline_label: str = "all-neutral") -> list[str]:  # fmt: skip
+def _table(
+    rows: Sequence[Row],
+    proto: str,
+    baseline: Mapping[str, float],
+    published: bool,
+    metrics: Sequence[str] = METRICS,
+    baseline_label: str = "all-neutral",
+) -> list[str]:
     epoch_head = "Epochs (chosen by val macro-F1)" if proto == "chosen" else "Epoch used"
     head = ["Model", "Sweep rank", *(HEADINGS[m] for m in metrics), epoch_head, "Seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -360,9 +415,13 @@ def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
         src = r.chosen if proto == "chosen" else r.fixed
         epochs = r.chosen_epochs if proto == "chosen" else r.fixed_epochs
         ci = r.ci.get(proto, {})
-        cells = [r.label, str(r.rank) if r.rank else "—",
-                 *(fmt_cell(src.get(m, []), ci.get(m)) for m in metrics), _epochs_text(epochs),
-                 " ".join(map(str, r.seeds)) or "none finished"]  # fmt: skip
+        cells = [
+            r.label,
+            str(r.rank) if r.rank else "—",
+            *(fmt_cell(src.get(m, []), ci.get(m)) for m in metrics),
+            _epochs_text(epochs),
+            " ".join(map(str, r.seeds)) or "none finished",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     base = [f"{100 * baseline.get(f'test_{m}', math.nan):.2f}" for m in metrics]
     base = [b if b != "nan" else "—" for b in base]
@@ -384,9 +443,11 @@ def _table(rows: Sequence[Row], proto: str, baseline: Mapping[str, float],
 def _folds_text(folds: int) -> str:
     if folds < 2:
         return ""
-    return (f" With {folds} session folds: each run is {folds} heads, each trained on all "
-            "non-test sessions but one fold's and validated on that fold; the epoch is chosen "
-            "by the fold mean, and test scores the heads' ensemble (mean class probabilities).")  # fmt: skip
+    return (
+        f" With {folds} session folds: each run is {folds} heads, each trained on all "
+        "non-test sessions but one fold's and validated on that fold; the epoch is chosen "
+        "by the fold mean, and test scores the heads' ensemble (mean class probabilities)."
+    )
 
 
 def write_markdown(

@@ -129,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k", type=int, help=f"best configs by val macro-F1 (default {DEFAULT_TOP_K})"
     )
-    p.add_argument("--models", nargs="+", metavar="MODEL",
-                   help="also the best config of each of these model families ('all' = every "
-                   "family the sweep tried)")  # fmt: skip
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="also the best config of each of these model families ('all' = every "
+        "family the sweep tried)",
+    )
     p.add_argument(
         "--epochs",
         type=int,
@@ -139,14 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
         f"scheduled for; {DEFAULT_EPOCHS} unless changed). Another value makes the final runs "
         "differ from what the trials scored",
     )
-    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 42; the seed's paper used 0 42 2023)")
     p.add_argument(
-        "--folds", type=int, metavar="K",
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="training seeds (default 0 42; the seed's paper used 0 42 2023)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
         help="train each run as K heads, one per session fold of the non-test sessions (the "
         "folds of `search.run --folds K`), choose the epoch by the fold mean and score test "
         "with the heads' ensemble; 0: train on the store's train split, choose on val "
         "(default: what the sweep did)",
-    )  # fmt: skip
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's)")
     p.add_argument("--results-dir", help="folder holding results/<sweep>/ (default ./results)")
     p.add_argument(
@@ -222,8 +233,14 @@ def parse_settings(
     state_path = s.state_path
     if s.resume and state_path.is_file():
         saved = json.loads(state_path.read_text(encoding="utf-8"))["settings"]
-        given = {"top_k": a.top_k, "epochs": a.epochs, "seeds": a.seeds, "models": a.models,
-                 "folds": a.folds, "tracking_uri": a.tracking_uri and s.tracking_uri}  # fmt: skip
+        given = {
+            "top_k": a.top_k,
+            "epochs": a.epochs,
+            "seeds": a.seeds,
+            "models": a.models,
+            "folds": a.folds,
+            "tracking_uri": a.tracking_uri and s.tracking_uri,
+        }
         for key in PLAN_KEYS:
             mine = redact_uri(s.tracking_uri) if key == "tracking_uri" else getattr(s, key)
             if given[key] is not None and mine != saved[key]:
@@ -346,13 +363,19 @@ def select_candidates(doc: Mapping[str, Any], top_k: int, models: Sequence[str])
     out = []
     for e, why in picked:
         rank = e.get("rank")
-        out.append(Candidate(
-            key=candidate_key(str(e["trial_id"]), e["config"]),
-            label=f"{e['model']} (#{rank} {e['trial_id']})",
-            model=e["model"], rank=rank, trial_id=str(e["trial_id"]),
-            sweep_run_id=str(e.get("mlflow_run_id", "")),
-            config=dict(e["config"]), val_metrics=dict(e.get("val_metrics") or {}), why=why,
-        ))  # fmt: skip
+        out.append(
+            Candidate(
+                key=candidate_key(str(e["trial_id"]), e["config"]),
+                label=f"{e['model']} (#{rank} {e['trial_id']})",
+                model=e["model"],
+                rank=rank,
+                trial_id=str(e["trial_id"]),
+                sweep_run_id=str(e.get("mlflow_run_id", "")),
+                config=dict(e["config"]),
+                val_metrics=dict(e.get("val_metrics") or {}),
+                why=why,
+            )
+        )
     return out
 
 
@@ -381,8 +404,10 @@ def top_k_note(doc: Mapping[str, Any], top_k: int) -> str | None:
         return None
     scored = doc.get("num_scored", recorded)
     of = f" (of {scored} scored trials)" if scored != recorded else ""
-    return (f"--top-k {top_k}: sweep {doc.get('sweep', '?')} recorded {recorded} scored "
-            f"config(s){of} in {BEST_CONFIGS}; finalizing those {recorded}")  # fmt: skip
+    return (
+        f"--top-k {top_k}: sweep {doc.get('sweep', '?')} recorded {recorded} scored "
+        f"config(s){of} in {BEST_CONFIGS}; finalizing those {recorded}"
+    )
 
 
 def unit_config(candidate: Candidate, seed: int, epochs: int) -> dict[str, Any]:
@@ -401,8 +426,13 @@ def fixed_epoch(epochs: int, target: int = FIXED_EPOCH) -> int:
 
 
 # -- one unit (runs in a Ray worker) --------------------------------------------------------
-def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = None,
-             device: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run_unit(
+    unit: Mapping[str, Any],
+    store_path: str,
+    *,
+    threads: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Train one (config, seed) with test sealed, then score its chosen and fixed-epoch
     weights on test, once.
 
@@ -424,25 +454,25 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
     train_store = FeatureStore.open(store_path, sealed=("test",))
     fixed = fixed_epoch(config.epochs)
     folds = int(unit.get("folds") or 0)
-    trained = (_train_folds if folds > 1 else _train_one)(config, train_store, folds, fixed, dev,
-                                                           threads)  # fmt: skip
+    trained = (_train_folds if folds > 1 else _train_one)(
+        config, train_store, folds, fixed, dev, threads
+    )
     history, chosen, states, notes, numerics = trained
     # Training is over: from here on the test split is read, once per kept set of weights.
     score_store = FeatureStore.open(store_path, sealed=())
-    test_metrics, test_pred, blobs = _score_test(config, score_store, states, history, dev,
-                                                 train_store.key)  # fmt: skip
+    test_metrics, test_pred, blobs = _score_test(
+        config, score_store, states, history, dev, train_store.key
+    )
     epochs = sorted(states)
     return {
         **dict(unit),
         "checkpoint_epochs": epochs,
         "history": history,
         "statistic": STATISTIC,
-        "val_at_checkpoint": {
-            str(e): history[e - 1].get("val_macro_f1", math.nan) for e in epochs
-        },  # fmt: skip
+        "val_at_checkpoint": {str(e): history[e - 1].get("val_macro_f1", math.nan) for e in epochs},
         "selection_at_checkpoint": {
             str(e): history[e - 1].get("val_macro_f1_trailing", math.nan) for e in epochs
-        },  # fmt: skip
+        },
         "test_at_checkpoint": test_metrics,
         "test_pred": test_pred,
         "chosen_epoch": chosen,
@@ -461,24 +491,28 @@ def run_unit(unit: Mapping[str, Any], store_path: str, *, threads: int | None = 
 
 
 # (history, chosen epoch, {epoch: [weights per head]}, notes, numerics)
-Trained = tuple[list[dict[str, float]], int, dict[int, list[dict[str, Any]]], list[str],
-                dict[str, Any]]  # fmt: skip
+Trained = tuple[
+    list[dict[str, float]], int, dict[int, list[dict[str, Any]]], list[str], dict[str, Any]
+]
 
 
-def _train_one(config: Any, store: Any, _folds: int, fixed: int, dev: Any,
-               threads: int | None) -> Trained:  # fmt: skip
+def _train_one(
+    config: Any, store: Any, _folds: int, fixed: int, dev: Any, threads: int | None
+) -> Trained:
     """One head on the train split, validated on val."""
     from models.train import train
 
-    result = train(config, store, eval_splits=("val",), device=dev, keep_epochs=(fixed,),
-                   threads=threads)  # fmt: skip
+    result = train(
+        config, store, eval_splits=("val",), device=dev, keep_epochs=(fixed,), threads=threads
+    )
     history = [{k: float(v) for k, v in h.items()} for h in result.history]
     states = {fixed: [result.kept_states[fixed]], result.best_epoch: [result.best_state_dict]}
     return history, result.best_epoch, states, result.notes, result.numerics
 
 
-def _train_folds(config: Any, store: Any, folds: int, fixed: int, dev: Any,
-                 threads: int | None) -> Trained:  # fmt: skip
+def _train_folds(
+    config: Any, store: Any, folds: int, fixed: int, dev: Any, threads: int | None
+) -> Trained:
     """K heads stepped together, one per session fold (the sweep's own TrialRun, so a fold
     trial is the start of this run too); the epoch is chosen by the fold mean's statistic."""
     from search.trainable import TrialRun
@@ -500,9 +534,14 @@ def _train_folds(config: Any, store: Any, folds: int, fixed: int, dev: Any,
     return history, run.tracker.best_epoch, states, first.notes, first.numerics
 
 
-def _score_test(config: Any, store: Any, states: Mapping[int, list[dict[str, Any]]],
-                history: list[dict[str, float]], dev: Any,
-                train_key: str) -> tuple[dict, dict, dict[str, bytes]]:  # fmt: skip
+def _score_test(
+    config: Any,
+    store: Any,
+    states: Mapping[int, list[dict[str, Any]]],
+    history: list[dict[str, float]],
+    dev: Any,
+    train_key: str,
+) -> tuple[dict, dict, dict[str, bytes]]:
     """Test metrics, predictions and checkpoint bytes of each kept epoch's heads (one head, or
     the ensemble of the fold heads: mean class probabilities, mean of their test losses)."""
     import io
@@ -528,11 +567,17 @@ def _score_test(config: Any, store: Any, states: Mapping[int, list[dict[str, Any
             if data is None:
                 from models.data import load_split
 
-                data = load_split(store, "test", uses=model.uses,
-                                  frames=config.audio_frames or store.max_frames,
-                                  trim=model.trim, device=dev)  # fmt: skip
-            loss, _pred, p = evaluate(model, data, objective, config.batch_size,
-                                      contextlib.nullcontext)  # fmt: skip
+                data = load_split(
+                    store,
+                    "test",
+                    uses=model.uses,
+                    frames=config.audio_frames or store.max_frames,
+                    trim=model.trim,
+                    device=dev,
+                )
+            loss, _pred, p = evaluate(
+                model, data, objective, config.batch_size, contextlib.nullcontext
+            )
             losses.append(loss)
             probs.append(p)
             buf = io.BytesIO()
@@ -541,8 +586,14 @@ def _score_test(config: Any, store: Any, states: Mapping[int, list[dict[str, Any
         prob = torch.stack(probs).mean(dim=0)
         pred = prob.argmax(dim=-1)
         gold = data.labels.cpu()
-        m = classification_metrics(pred, gold, "test", n_cls, neutral_index=store.neutral_index,
-                                   label_names=store.label_names)  # fmt: skip
+        m = classification_metrics(
+            pred,
+            gold,
+            "test",
+            n_cls,
+            neutral_index=store.neutral_index,
+            label_names=store.label_names,
+        )
         m["test_loss"] = sum(losses) / len(losses)
         m["test_macro_auroc"] = macro_auroc(prob, gold, n_cls)
         metrics[str(e)] = {k: float(v) for k, v in m.items()}
@@ -559,8 +610,9 @@ def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _unit_task(unit: dict[str, Any], store_path: str, threads: int, device: str | None,
-               gpus: float = 0.0) -> dict[str, Any]:  # fmt: skip
+def _unit_task(
+    unit: dict[str, Any], store_path: str, threads: int, device: str | None, gpus: float = 0.0
+) -> dict[str, Any]:
     import ray
 
     from data_prep.device import run_device
@@ -625,8 +677,10 @@ def _unit_runs(client: Any, exp_id: str, parent: str) -> list[Any]:
         page = client.search_runs(
             [exp_id],
             filter_string=f"tags.`{tracking.PARENT}` = '{parent}' and tags.`{tracking.KIND}` = 'final'",
-            run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token,
-        )  # fmt: skip
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -651,18 +705,32 @@ def clean_stale_runs(
     return keep
 
 
-def start_unit_run(client: Any, exp_id: str, parent: str, space: str, sweep: str,
-                   cand: Candidate, unit: Mapping[str, Any]) -> str:  # fmt: skip
+def start_unit_run(
+    client: Any,
+    exp_id: str,
+    parent: str,
+    space: str,
+    sweep: str,
+    cand: Candidate,
+    unit: Mapping[str, Any],
+) -> str:
     from search import tracking
 
     run = client.create_run(
         exp_id,
         run_name=f"final {cand.model} seed {unit['seed']}",
-        tags={tracking.PARENT: parent, tracking.KIND: "final", tracking.SPACE: space,
-              tracking.MODEL: cand.model, tracking.SWEEP: sweep, UNIT: unit["unit_id"],
-              SEED: str(unit["seed"]), SOURCE_TRIAL: cand.trial_id,
-              tracking.CONFIG: json.dumps(unit["config"], default=str)[:5000]},
-    )  # fmt: skip
+        tags={
+            tracking.PARENT: parent,
+            tracking.KIND: "final",
+            tracking.SPACE: space,
+            tracking.MODEL: cand.model,
+            tracking.SWEEP: sweep,
+            UNIT: unit["unit_id"],
+            SEED: str(unit["seed"]),
+            SOURCE_TRIAL: cand.trial_id,
+            tracking.CONFIG: json.dumps(unit["config"], default=str)[:5000],
+        },
+    )
     tracking.log_params(client, run.info.run_id, unit["config"])
     return run.info.run_id
 
@@ -681,18 +749,26 @@ def log_unit(client: Any, run_id: str, record: Mapping[str, Any]) -> None:
         ms += [Metric(k, v, now, step) for k, v in tracking.trial_metrics(h).items()]
     for e, m in record["test_at_checkpoint"].items():
         ms += [Metric(k, float(v), now, int(e)) for k, v in m.items() if math.isfinite(v)]
-    ms += [Metric("chosen_epoch", float(record["chosen_epoch"]), now, 0),
-           Metric("fixed_epoch", float(record["fixed_epoch"]), now, 0)]  # fmt: skip
+    ms += [
+        Metric("chosen_epoch", float(record["chosen_epoch"]), now, 0),
+        Metric("fixed_epoch", float(record["fixed_epoch"]), now, 0),
+    ]
     chosen = record["test_at_checkpoint"][str(record["chosen_epoch"])]
     ms += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen.items() if math.isfinite(v)]
-    tags = [RunTag(tracking.SPLITS_READ, ",".join(record["train_splits_read"])),
-            RunTag(TEST_READ, "after training, once per checkpoint"),
-            RunTag("case_tune.status", "completed")]  # fmt: skip
+    tags = [
+        RunTag(tracking.SPLITS_READ, ",".join(record["train_splits_read"])),
+        RunTag(TEST_READ, "after training, once per checkpoint"),
+        RunTag("case_tune.status", "completed"),
+    ]
     for i in range(0, len(ms), 900):
-        client.log_batch(run_id, metrics=ms[i : i + 900], tags=tags if i == 0 else [],
-                         synchronous=True)  # fmt: skip
-    tracking.log_params(client, run_id, {"chosen_epoch": record["chosen_epoch"],
-                                         "fixed_epoch": record["fixed_epoch"]})  # fmt: skip
+        client.log_batch(
+            run_id, metrics=ms[i : i + 900], tags=tags if i == 0 else [], synchronous=True
+        )
+    tracking.log_params(
+        client,
+        run_id,
+        {"chosen_epoch": record["chosen_epoch"], "fixed_epoch": record["fixed_epoch"]},
+    )
     with contextlib.suppress(Exception):  # an unreachable artifact store must not lose a unit
         for path in chosen_checkpoints(record):
             client.log_artifact(run_id, path, "checkpoint")
@@ -741,8 +817,10 @@ def _store_path(doc: Mapping[str, Any], settings: FinalizeSettings) -> Path:
         if manifest.is_file():
             path = json.loads(manifest.read_text(encoding="utf-8")).get("store_path")
     if not path:
-        raise UsageError(f"{settings.sweep_dir}: neither {BEST_CONFIGS} nor {SWEEP_MANIFEST} "
-                         "names the sweep's feature store")  # fmt: skip
+        raise UsageError(
+            f"{settings.sweep_dir}: neither {BEST_CONFIGS} nor {SWEEP_MANIFEST} "
+            "names the sweep's feature store"
+        )
     return Path(path)
 
 
@@ -757,8 +835,9 @@ def _space_name(doc: Mapping[str, Any], settings: FinalizeSettings) -> str:
     return space if isinstance(space, str) else ""
 
 
-def finalize(settings: FinalizeSettings, *, quiet: bool = False,
-             stop_after: int | None = None) -> FinalizeOutcome:  # fmt: skip
+def finalize(
+    settings: FinalizeSettings, *, quiet: bool = False, stop_after: int | None = None
+) -> FinalizeOutcome:
     """Run (or resume) the finalize of one sweep; see the module docstring.
 
     ``stop_after`` (tests): return after that many units finished in this call, without
@@ -779,16 +858,25 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     except (StoreError, OSError, ValueError) as exc:
         raise UsageError(f"cannot open the sweep's feature store {store_path}: {exc}") from exc
     if doc.get("store_key") and doc["store_key"] != store.key:
-        raise UsageError(f"store {store_path} has key {store.key}, the sweep used "
-                         f"{doc['store_key']}; the store was replaced")  # fmt: skip
+        raise UsageError(
+            f"store {store_path} has key {store.key}, the sweep used "
+            f"{doc['store_key']}; the store was replaced"
+        )
     units: list[dict[str, Any]] = []
     by_key = {c.key: c for c in candidates}
     for c in candidates:
         for seed in settings.seeds:
-            units.append({"unit_id": unit_id(c, seed, settings.epochs, settings.folds),
-                          "candidate": c.key, "trial_id": c.trial_id, "model": c.model,
-                          "seed": seed, "folds": settings.folds,
-                          "config": unit_config(c, seed, settings.epochs)})  # fmt: skip
+            units.append(
+                {
+                    "unit_id": unit_id(c, seed, settings.epochs, settings.folds),
+                    "candidate": c.key,
+                    "trial_id": c.trial_id,
+                    "model": c.model,
+                    "seed": seed,
+                    "folds": settings.folds,
+                    "config": unit_config(c, seed, settings.epochs),
+                }
+            )
     space = _space_name(doc, settings)
 
     from search import tracking
@@ -804,23 +892,42 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
         state.setdefault("resumed_commands", []).append(settings.command)
     else:
         parent = client.create_run(
-            exp_id, run_name=f"final {settings.sweep}",
-            tags={tracking.KIND: "final", tracking.SPACE: space, tracking.SWEEP: settings.sweep,
-                  "case_tune.role": "finalize"},
-        ).info.run_id  # fmt: skip
-        tracking.log_params(client, parent, {
-            "sweep": settings.sweep, "top_k": settings.top_k, "models": ",".join(settings.models),
-            "epochs": settings.epochs,
-            "seeds": ",".join(map(str, settings.seeds)), "folds": settings.folds,
+            exp_id,
+            run_name=f"final {settings.sweep}",
+            tags={
+                tracking.KIND: "final",
+                tracking.SPACE: space,
+                tracking.SWEEP: settings.sweep,
+                "case_tune.role": "finalize",
+            },
+        ).info.run_id
+        tracking.log_params(
+            client,
+            parent,
+            {
+                "sweep": settings.sweep,
+                "top_k": settings.top_k,
+                "models": ",".join(settings.models),
+                "epochs": settings.epochs,
+                "seeds": ",".join(map(str, settings.seeds)),
+                "folds": settings.folds,
+                "store_key": store.key,
+                "store_path": str(store_path),
+                "num_units": len(units),
+                "cpus_per_trial": settings.cpus_per_trial,
+                "gpus_per_trial": settings.gpus_per_trial,
+            },
+        )
+        state = {
+            "sweep": settings.sweep,
+            "parent_run_id": parent,
+            "experiment_id": exp_id,
             "store_key": store.key,
-            "store_path": str(store_path), "num_units": len(units),
-            "cpus_per_trial": settings.cpus_per_trial, "gpus_per_trial": settings.gpus_per_trial,
-        })  # fmt: skip
-        state = {"sweep": settings.sweep, "parent_run_id": parent, "experiment_id": exp_id,
-                 "store_key": store.key, "store_path": str(store_path), "created": _now(),
-                 "settings": {**settings.to_dict(),
-                              "tracking_uri": redact_uri(settings.tracking_uri)},
-                 "resumed_commands": []}  # fmt: skip
+            "store_path": str(store_path),
+            "created": _now(),
+            "settings": {**settings.to_dict(), "tracking_uri": redact_uri(settings.tracking_uri)},
+            "resumed_commands": [],
+        }
     state["candidates"] = [asdict(c) for c in candidates]
     _write_json_atomic(settings.state_path, state)
 
@@ -828,18 +935,27 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     kept = clean_stale_runs(client, exp_id, parent, done)
     for uid, rec in done.items():  # finished, but its MLflow run was lost with the driver
         if uid not in kept:
-            run_id = start_unit_run(client, exp_id, parent, space, settings.sweep,
-                                    by_key[rec["candidate"]], rec)  # fmt: skip
+            run_id = start_unit_run(
+                client, exp_id, parent, space, settings.sweep, by_key[rec["candidate"]], rec
+            )
             rec["mlflow_run_id"] = run_id
             _write_json_atomic(settings.units_dir / f"{uid}.json", rec)
             log_unit(client, run_id, rec)
     todo = [u for u in units if u["unit_id"] not in done]
-    outcome = FinalizeOutcome(sweep=settings.sweep, out_dir=settings.out_dir, report=None,
-                              parent_run_id=parent, tracking_uri=settings.tracking_uri,
-                              units_total=len(units), units_reused=len(done),
-                              notes=notes)  # fmt: skip
-    say(f"finalize {settings.sweep}: {len(candidates)} config(s) x {len(settings.seeds)} seed(s) "
-        f"= {len(units)} runs of {settings.epochs} epochs; {len(done)} already finished")  # fmt: skip
+    outcome = FinalizeOutcome(
+        sweep=settings.sweep,
+        out_dir=settings.out_dir,
+        report=None,
+        parent_run_id=parent,
+        tracking_uri=settings.tracking_uri,
+        units_total=len(units),
+        units_reused=len(done),
+        notes=notes,
+    )
+    say(
+        f"finalize {settings.sweep}: {len(candidates)} config(s) x {len(settings.seeds)} seed(s) "
+        f"= {len(units)} runs of {settings.epochs} epochs; {len(done)} already finished"
+    )
 
     status = "FAILED"
     started_ray = False
@@ -858,19 +974,27 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
             # one whose code raises is not (retry_exceptions=False: Ray retries system
             # failures only) and is recorded failed below.
             task = ray.remote(unit_task).options(
-                num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial,
-                max_retries=MAX_FAILURES, retry_exceptions=False,
-            )  # fmt: skip
+                num_cpus=settings.cpus_per_trial,
+                num_gpus=settings.gpus_per_trial,
+                max_retries=MAX_FAILURES,
+                retry_exceptions=False,
+            )
             threads = max(1, int(settings.cpus_per_trial))
             queue = list(todo)
             finished_now = 0
             while queue or running:
                 while queue and len(running) < settings.max_concurrent:
                     u = queue.pop(0)
-                    run_id = start_unit_run(client, exp_id, parent, space, settings.sweep,
-                                            by_key[u["candidate"]], u)  # fmt: skip
-                    ref = task.remote({**u, "mlflow_run_id": run_id}, str(store_path),
-                                      threads, device, settings.gpus_per_trial)  # fmt: skip
+                    run_id = start_unit_run(
+                        client, exp_id, parent, space, settings.sweep, by_key[u["candidate"]], u
+                    )
+                    ref = task.remote(
+                        {**u, "mlflow_run_id": run_id},
+                        str(store_path),
+                        threads,
+                        device,
+                        settings.gpus_per_trial,
+                    )
                     running[ref] = (u, run_id)
                 ready, _ = ray.wait(list(running), num_returns=1)
                 u, run_id = running.pop(ready[0])
@@ -886,11 +1010,13 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
                 done[rec["unit_id"]] = rec
                 outcome.units_run += 1
                 finished_now += 1
-                say(f"  [{len(done)}/{len(units)}] {rec['unit_id']}: chosen epoch "
+                say(
+                    f"  [{len(done)}/{len(units)}] {rec['unit_id']}: chosen epoch "
                     f"{rec['chosen_epoch']} (val macro-F1 "
                     f"{rec['val_at_checkpoint'][str(rec['chosen_epoch'])]:.4f}), test macro-F1 "
                     f"{rec['test_at_checkpoint'][str(rec['chosen_epoch'])]['test_macro_f1']:.4f}"
-                    f"  ({rec['seconds']:.0f} s)")  # fmt: skip
+                    f"  ({rec['seconds']:.0f} s)"
+                )
                 if stop_after is not None and finished_now >= stop_after:
                     status = "INTERRUPTED"
                     for ref in running:
@@ -911,8 +1037,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
 
             ray.shutdown()
 
-    outcome.files, outcome.best = write_report(settings, store, candidates, done, state,
-                                               outcome.failed)  # fmt: skip
+    outcome.files, outcome.best = write_report(
+        settings, store, candidates, done, state, outcome.failed
+    )
     outcome.report = settings.sweep_dir / "final.md"
     for f in outcome.files:
         with contextlib.suppress(Exception):
@@ -920,16 +1047,25 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False,
     metrics = {"units_finished": float(len(done)), "units_failed": float(len(outcome.failed))}
     if outcome.best:
         metrics.update({f"best_{k}": v for k, v in outcome.best["metrics"].items()})
-    tracking.finish_sweep_run(client, parent, status="FINISHED" if not outcome.failed else "FAILED",
-                              metrics=metrics,
-                              tags={"case_tune.best_label": (outcome.best or {}).get("label", "")})  # fmt: skip
+    tracking.finish_sweep_run(
+        client,
+        parent,
+        status="FINISHED" if not outcome.failed else "FAILED",
+        metrics=metrics,
+        tags={"case_tune.best_label": (outcome.best or {}).get("label", "")},
+    )
     outcome.wall_seconds = time.time() - t0
     return outcome
 
 
-def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Candidate],
-                 done: Mapping[str, Mapping[str, Any]], state: Mapping[str, Any],
-                 failed: Sequence[str]) -> tuple[list[Path], dict[str, Any] | None]:  # fmt: skip
+def write_report(
+    settings: FinalizeSettings,
+    store: Any,
+    candidates: Sequence[Candidate],
+    done: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Any],
+    failed: Sequence[str],
+) -> tuple[list[Path], dict[str, Any] | None]:
     """final.md, final.csv, final_runs.csv and the figures, from the finished units."""
     import numpy as np
 
@@ -956,8 +1092,11 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
     files = list(fr.write_csvs(rows, out, metrics))
     figures: dict[str, str] = {}
     if any(r.seeds for r in rows):
-        files.append(fr.plot_macro_f1(rows, baseline["test_macro_f1"], out / "final_macro_f1.png",
-                                      base_label))  # fmt: skip
+        files.append(
+            fr.plot_macro_f1(
+                rows, baseline["test_macro_f1"], out / "final_macro_f1.png", base_label
+            )
+        )
         figures["macro"] = files[-1].name
     if best is not None:
         cm = np.zeros((store.num_classes, store.num_classes), dtype=np.int64)
@@ -967,53 +1106,85 @@ def write_report(settings: FinalizeSettings, store: Any, candidates: Sequence[Ca
         files.append(fr.plot_confusion(cm, names, title, out / "final_confusion.png"))
         figures["confusion"] = files[-1].name
     header = {
-        "sweep": settings.sweep, "command": state["settings"].get("command") or settings.command,
-        "resumed_commands": state.get("resumed_commands", []), "store_key": store.key,
-        "date": _dt.date.today().isoformat(), "epochs": settings.epochs, "statistic": STATISTIC,
-        "seeds": settings.seeds, "parent_run_id": state["parent_run_id"],
-        "tracking_uri": redact_uri(settings.tracking_uri), "fixed_target": FIXED_EPOCH,
-        "test_sessions": len(set(sessions.tolist())), "folds": settings.folds,
-    }  # fmt: skip
+        "sweep": settings.sweep,
+        "command": state["settings"].get("command") or settings.command,
+        "resumed_commands": state.get("resumed_commands", []),
+        "store_key": store.key,
+        "date": _dt.date.today().isoformat(),
+        "epochs": settings.epochs,
+        "statistic": STATISTIC,
+        "seeds": settings.seeds,
+        "parent_run_id": state["parent_run_id"],
+        "tracking_uri": redact_uri(settings.tracking_uri),
+        "fixed_target": FIXED_EPOCH,
+        "test_sessions": len(set(sessions.tolist())),
+        "folds": settings.folds,
+    }
     kind = fr.corpus_kind(store.manifest)
-    md = fr.write_markdown(out / "final.md", rows, baseline=baseline, kind=kind, header=header,
-                           label_names=names, best=best, failed=failed, figures=figures,
-                           comparison=comparison, metrics=metrics,
-                           baseline_label=base_label)  # fmt: skip
+    md = fr.write_markdown(
+        out / "final.md",
+        rows,
+        baseline=baseline,
+        kind=kind,
+        header=header,
+        label_names=names,
+        best=best,
+        failed=failed,
+        figures=figures,
+        comparison=comparison,
+        metrics=metrics,
+        baseline_label=base_label,
+    )
     files.insert(0, md)
     info = None
     if best is not None:
-        info = {"label": best.label, "seeds": best.seeds, "chosen_epochs": best.chosen_epochs,
-                "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in metrics},
-                "ci": best.ci.get("chosen", {}).get("macro_f1"),
-                "comparison": comparison.replace("**", "")}  # fmt: skip
+        info = {
+            "label": best.label,
+            "seeds": best.seeds,
+            "chosen_epochs": best.chosen_epochs,
+            "metrics": {f"test_{m}": fr.mean_std(best.chosen[m])[0] for m in metrics},
+            "ci": best.ci.get("chosen", {}).get("macro_f1"),
+            "comparison": comparison.replace("**", ""),
+        }
     return files, info
 
 
 def summary(outcome: FinalizeOutcome) -> str:
-    lines = [f"Finalize {outcome.sweep}: {outcome.units_total} runs ({outcome.units_run} trained "
-             f"now, {outcome.units_reused} reused), {len(outcome.failed)} failed, "
-             f"{outcome.wall_seconds / 60:.1f} min."]  # fmt: skip
+    lines = [
+        f"Finalize {outcome.sweep}: {outcome.units_total} runs ({outcome.units_run} trained "
+        f"now, {outcome.units_reused} reused), {len(outcome.failed)} failed, "
+        f"{outcome.wall_seconds / 60:.1f} min."
+    ]
     if outcome.best:
         b = outcome.best
         m = b["metrics"]
-        seed_micro = (f"seed micro-F1 {100 * m['test_seed_micro_f1']:.2f}, "
-                      if "test_seed_micro_f1" in m else "")  # fmt: skip
-        lines.append(f"Best row (by validation): {b['label']} — test macro-F1 "
-                     f"{100 * m['test_macro_f1']:.2f}, {seed_micro}"
-                     f"weighted-F1 {100 * m['test_weighted_f1']:.2f} (mean of seeds {b['seeds']}, "
-                     f"epochs {b['chosen_epochs']})")  # fmt: skip
+        seed_micro = (
+            f"seed micro-F1 {100 * m['test_seed_micro_f1']:.2f}, "
+            if "test_seed_micro_f1" in m
+            else ""
+        )
+        lines.append(
+            f"Best row (by validation): {b['label']} — test macro-F1 "
+            f"{100 * m['test_macro_f1']:.2f}, {seed_micro}"
+            f"weighted-F1 {100 * m['test_weighted_f1']:.2f} (mean of seeds {b['seeds']}, "
+            f"epochs {b['chosen_epochs']})"
+        )
         if b.get("ci"):
             lo, hi = b["ci"]
-            lines.append(f"           test macro-F1 95 % interval over test sessions "
-                         f"[{100 * lo:.1f}, {100 * hi:.1f}]")  # fmt: skip
+            lines.append(
+                f"           test macro-F1 95 % interval over test sessions "
+                f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+            )
         if b.get("comparison"):
             lines.append(f"           {b['comparison']}")
     for f in outcome.failed:
         lines.append(f"Failed:    {f}")
     lines += [f"Note:      {n}" for n in outcome.notes]
     if outcome.report:
-        lines.append(f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
-                     f"records in {outcome.out_dir}/units/)")  # fmt: skip
+        lines.append(
+            f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
+            f"records in {outcome.out_dir}/units/)"
+        )
     lines.append(f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}")
     return "\n".join(lines)
 

@@ -55,8 +55,9 @@ class OrderedSearcher(Searcher):
         self.finished: dict[int, tuple[dict | None, bool]] = {}  # done, not yet told
         self.told = 0  # trials 0..told-1 have been told to the wrapped searcher
 
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
-                              **spec: Any) -> bool:  # fmt: skip
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
         ok = self.searcher.set_search_properties(metric, mode, config, **spec)
         self._metric, self._mode = self.searcher.metric, self.searcher.mode
         return ok
@@ -90,8 +91,9 @@ class OrderedSearcher(Searcher):
         # running trial has reported when another trial is suggested depends on timing.
         pass
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:  # fmt: skip
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         k = self.order.get(trial_id)
         if k is None:  # not suggested through this wrapper
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
@@ -142,9 +144,18 @@ class OrderedASHA(FIFOScheduler):
 
     _supports_buffered_results = False  # decide at every epoch a result arrives for
 
-    def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float, lag: int, time_attr: str = "training_iteration",
-                 state_path: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        lag: int,
+        time_attr: str = "training_iteration",
+        state_path: str | None = None,
+    ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if not (0 < grace_period <= max_t) or reduction_factor <= 1 or lag < 1:

@@ -49,8 +49,11 @@ class CompactProgress(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         from search.tracking import _error_text, error_summary
 
-        print(f"    {trial.trial_id} restarts from its last checkpoint (failure "
-              f"{trial.num_failures}): {error_summary(_error_text(trial))}", flush=True)  # fmt: skip
+        print(
+            f"    {trial.trial_id} restarts from its last checkpoint (failure "
+            f"{trial.num_failures}): {error_summary(_error_text(trial))}",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from search.tracking import _error_text, error_summary

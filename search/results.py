@@ -107,8 +107,9 @@ def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRe
         records.append(rec)
     # Ties by config, not by Tune's random trial id, so a rerun of the sweep lists its trials
     # (and picks its best) in the same order.
-    records.sort(key=lambda r: (-r.score, json.dumps(r.config, sort_keys=True, default=str),
-                                r.trial_id))  # fmt: skip
+    records.sort(
+        key=lambda r: (-r.score, json.dumps(r.config, sort_keys=True, default=str), r.trial_id)
+    )
     return records
 
 
@@ -172,8 +173,11 @@ def _logged(records: list[TrialRecord]) -> list[str]:
 
 def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top: int = 20) -> None:
     shown = [k for k in VAL_METRICS[1:4] if k in _logged(records)]
-    heads = {"val_weighted_f1": "val weighted-F1", "val_micro_f1": "val micro-F1",
-             "val_seed_micro_f1": "val seed micro-F1"}  # fmt: skip
+    heads = {
+        "val_weighted_f1": "val weighted-F1",
+        "val_micro_f1": "val micro-F1",
+        "val_seed_micro_f1": "val seed micro-F1",
+    }
     lines = [
         f"# Sweep `{sweep}` — leaderboard",
         "",

@@ -223,8 +223,7 @@ def build_tuner(
             # dies. Errors of the trial's own code never reach Tune as failures: the
             # trainable ends such a trial itself (search/trainable.py), so they are not
             # retried.
-            failure_config=tune.FailureConfig(max_failures=settings.max_failures,
-                                              fail_fast=False),  # fmt: skip
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures, fail_fast=False),
             # The last two epochs' states, a few MB per trial: a killed driver's saved
             # experiment state may still name the one before the newest, so that one must
             # still exist when --resume continues the trial from it.
@@ -248,10 +247,14 @@ def _ordered(settings: SweepSettings, searcher: Any, scheduler: Any) -> tuple[An
     state = settings.experiment_path / "ordered_asha.json"
     state.unlink(missing_ok=True)  # a new Tune experiment: a stale record would misnumber
     return ordered, OrderedASHA(
-        metric=RUNG_METRIC, mode=MODE, max_t=settings.max_epochs,
+        metric=RUNG_METRIC,
+        mode=MODE,
+        max_t=settings.max_epochs,
         grace_period=min(settings.grace_period, settings.max_epochs),
-        reduction_factor=settings.reduction_factor, lag=window, state_path=str(state),
-    )  # fmt: skip
+        reduction_factor=settings.reduction_factor,
+        lag=window,
+        state_path=str(state),
+    )
 
 
 # -- Optuna study bookkeeping ------------------------------------------------------------
@@ -279,8 +282,15 @@ def fail_stale_optuna_trials(storage: str, name: str) -> int:
 
 
 # -- the sweep -----------------------------------------------------------------------------
-SWEEP_INFO_KEYS = ("sweep", "store_path", "store_key", "tracking_uri", "experiment_id",
-                   "parent_run_id", "optuna_storage")  # fmt: skip
+SWEEP_INFO_KEYS = (
+    "sweep",
+    "store_path",
+    "store_key",
+    "tracking_uri",
+    "experiment_id",
+    "parent_run_id",
+    "optuna_storage",
+)
 
 
 def _write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
@@ -305,8 +315,9 @@ def tune_segments(settings: SweepSettings, manifest: dict[str, Any]) -> list[dic
     total = sum(int(seg["num_samples"]) for seg in segments)
     if settings.num_samples > total:
         base = segments[0]["name"]
-        segments.append({"name": f"{base}-x{len(segments)}",
-                         "num_samples": settings.num_samples - total})  # fmt: skip
+        segments.append(
+            {"name": f"{base}-x{len(segments)}", "num_samples": settings.num_samples - total}
+        )
     return segments
 
 
@@ -437,8 +448,9 @@ def run_sweep(
         from ray import tune
 
         for seg in segments:
-            seg_settings = replace(settings, tune_name=seg["name"],
-                                   num_samples=int(seg["num_samples"]))  # fmt: skip
+            seg_settings = replace(
+                settings, tune_name=seg["name"], num_samples=int(seg["num_samples"])
+            )
             exp_path = seg_settings.experiment_path
             restorable = tune.Tuner.can_restore(str(exp_path))
             if restorable and _segment_done(exp_path, seg_settings.num_samples):
@@ -459,17 +471,23 @@ def run_sweep(
                 if points is None and settings.warm_start:
                     points = seed_points(space)
                 callbacks = [
-                    tracking.MlflowTrialCallback(settings.tracking_uri, exp_id, parent,
-                                                 settings.space, experiment_dir=exp_path,
-                                                 max_epochs=settings.max_epochs)
-                ]  # fmt: skip
+                    tracking.MlflowTrialCallback(
+                        settings.tracking_uri,
+                        exp_id,
+                        parent,
+                        settings.space,
+                        experiment_dir=exp_path,
+                        max_epochs=settings.max_epochs,
+                    )
+                ]
                 if not quiet:
                     from search.progress import CompactProgress, quiet_tune_logs
 
                     quiet_tune_logs()
                     callbacks.append(CompactProgress(seg_settings.num_samples, settings.max_epochs))
-                tuner = build_tuner(seg_settings, space, store_path, callbacks,
-                                    points=points if fresh else None)  # fmt: skip
+                tuner = build_tuner(
+                    seg_settings, space, store_path, callbacks, points=points if fresh else None
+                )
             tuner.fit()
             if not _segment_done(exp_path, seg_settings.num_samples):
                 break  # interrupted (Tune saved its state on Ctrl-C): the next --resume

@@ -188,12 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the sweep --name after a crash; with a larger --num-samples, add trials",
     )
     order = p.add_mutually_exclusive_group()
-    order.add_argument("--reproducible", dest="reproducible", action="store_true", default=None,
-                       help="suggest and stop trials by trial order: a rerun with the same seed "
-                       f"gives the same sweep{' (default)' if REPRODUCIBLE else ''}")  # fmt: skip
-    order.add_argument("--async", dest="reproducible", action="store_false",
-                       help="suggest and stop trials as results arrive: no idle slots, but "
-                       f"a rerun may differ{'' if REPRODUCIBLE else ' (default)'}")  # fmt: skip
+    order.add_argument(
+        "--reproducible",
+        dest="reproducible",
+        action="store_true",
+        default=None,
+        help="suggest and stop trials by trial order: a rerun with the same seed "
+        f"gives the same sweep{' (default)' if REPRODUCIBLE else ''}",
+    )
+    order.add_argument(
+        "--async",
+        dest="reproducible",
+        action="store_false",
+        help="suggest and stop trials as results arrive: no idle slots, but "
+        f"a rerun may differ{'' if REPRODUCIBLE else ' (default)'}",
+    )
     return p
 
 
@@ -281,10 +290,17 @@ def _tracking_uri(given: str | None, cwd: Path) -> str:
 def _given_flags(args: argparse.Namespace, cwd: Path) -> dict[str, tuple[str, Any]]:
     """Settings field -> (flag, value as the settings hold it) for every flag typed."""
     given: dict[str, tuple[str, Any]] = {}
-    plain = {"space": "--space", "num_samples": "--num-samples", "max_epochs": "--max-epochs",
-             "max_concurrent": "--max-concurrent", "cpus_per_trial": "--cpus-per-trial",
-             "gpus_per_trial": "--gpus-per-trial", "seed": "--seed",
-             "horizon": "--final-epochs", "folds": "--folds"}  # fmt: skip
+    plain = {
+        "space": "--space",
+        "num_samples": "--num-samples",
+        "max_epochs": "--max-epochs",
+        "max_concurrent": "--max-concurrent",
+        "cpus_per_trial": "--cpus-per-trial",
+        "gpus_per_trial": "--gpus-per-trial",
+        "seed": "--seed",
+        "horizon": "--final-epochs",
+        "folds": "--folds",
+    }
     attr = {"horizon": "final_epochs"}  # settings field -> argparse dest, where they differ
     for field_name, flag in plain.items():
         value = getattr(args, attr.get(field_name, field_name))

@@ -193,9 +193,15 @@ class MlflowTrialCallback(Callback):
     one is deleted, so each trial has exactly one run with a clean history.
     """
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, space: str,
-                 experiment_dir: str | Path | None = None,
-                 max_epochs: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tracking_uri: str,
+        exp_id: str,
+        parent_run_id: str,
+        space: str,
+        experiment_dir: str | Path | None = None,
+        max_epochs: int | None = None,
+    ) -> None:
         # Tune pickles this callback into its experiment state: only the redacted URI goes
         # there; the driver remembers the real one (search.redact).
         self.tracking_uri = remember(tracking_uri)
@@ -287,11 +293,16 @@ class MlflowTrialCallback(Callback):
         restarts the trial from the checkpoint before, which reports this epoch again.
         Logged at once, the epoch would be in the run's history twice."""
         self._unlogged[trial.trial_id] = dict(result)
-        fault_point("trial_result", result.get("training_iteration"), trial.trial_id,
-                    victim=result.get("pid"))  # fmt: skip
+        fault_point(
+            "trial_result",
+            result.get("training_iteration"),
+            trial.trial_id,
+            victim=result.get("pid"),
+        )
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
-                      **info: Any) -> None:  # fmt: skip
+    def on_checkpoint(
+        self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
+    ) -> None:
         result = self._unlogged.pop(trial.trial_id, None)
         if result is not None:
             self._log_result(trial, result)

@@ -103,16 +103,24 @@ def fold_metrics(per_fold: Sequence[dict[str, float]]) -> dict[str, float]:
 class TrialRun:
     """The heads of one trial (one, or one per fold), stepped together an epoch at a time."""
 
-    def __init__(self, config: dict[str, Any], store: Any, folds: int, fold_seed: int = 0,
-                 device: Any = None, threads: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: dict[str, Any],
+        store: Any,
+        folds: int,
+        fold_seed: int = 0,
+        device: Any = None,
+        threads: int | None = None,
+    ):
         from models.data import fold_rows
         from models.selection import Tracker
         from models.train import Trainer
 
         if folds > 1:
             rows = fold_rows(store, folds, fold_seed)
-            self.trainers = [Trainer(config, store, rows=r, device=device, threads=threads)
-                             for r in rows]  # fmt: skip
+            self.trainers = [
+                Trainer(config, store, rows=r, device=device, threads=threads) for r in rows
+            ]
         else:
             self.trainers = [Trainer(config, store, device=device, threads=threads)]
         self.tracker = Tracker()
@@ -217,8 +225,14 @@ def run_trial(
         fault_point("trial_reported", run.epoch, trial_id or "")
 
 
-def _start(config: dict[str, Any], store_path: str, threads: int | None, gpus: float,
-           folds: int, max_epochs: int | None) -> tuple[TrialRun, Any, int]:  # fmt: skip
+def _start(
+    config: dict[str, Any],
+    store_path: str,
+    threads: int | None,
+    gpus: float,
+    folds: int,
+    max_epochs: int | None,
+) -> tuple[TrialRun, Any, int]:
     """The trial's heads on its device, continued from Tune's checkpoint if it has one."""
     from data_prep.device import run_device
     from models.config import TrainConfig
@@ -239,13 +253,15 @@ def _report_own_error(exc: Exception, epoch: int | None) -> None:
     from ray import tune
 
     text = "".join(traceback.format_exception(exc))
-    tune.report({
-        ERROR_KEY: traceback.format_exception_only(exc)[-1].strip() or type(exc).__name__,
-        TRACEBACK_KEY: text[-_MAX_TRACEBACK:],
-        "failed_epoch": epoch if epoch is not None else math.nan,  # None: before training
-        RUNG_METRIC: math.nan,
-        SEARCH_METRIC: math.nan,
-    })  # fmt: skip
+    tune.report(
+        {
+            ERROR_KEY: traceback.format_exception_only(exc)[-1].strip() or type(exc).__name__,
+            TRACEBACK_KEY: text[-_MAX_TRACEBACK:],
+            "failed_epoch": epoch if epoch is not None else math.nan,  # None: before training
+            RUNG_METRIC: math.nan,
+            SEARCH_METRIC: math.nan,
+        }
+    )
 
 
 def make_trainable(

@@ -33,8 +33,9 @@ class TrialOptunaSearch(OptunaSearch):
             return
         super().on_trial_result(trial_id, result)
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
-                          error: bool = False) -> None:  # fmt: skip
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
         if own_error(result):
             result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)

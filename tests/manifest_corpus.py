@@ -42,8 +42,17 @@ def write_manifest_corpus(root: Path, seed: int = 0) -> tuple[Path, dict[str, in
     rng = np.random.default_rng(seed)
     (root / "audio").mkdir(parents=True)
     (root / "texts").mkdir()
-    header = ["utterance_id", "audio", "text", "text_path", "label", "session", "speaker",
-              "valence", "arousal"]  # fmt: skip
+    header = [
+        "utterance_id",
+        "audio",
+        "text",
+        "text_path",
+        "label",
+        "session",
+        "speaker",
+        "valence",
+        "arousal",
+    ]
     rows: list[list[str]] = []
     k = 0
     for s, session in enumerate(SESSIONS):
@@ -59,8 +68,19 @@ def write_manifest_corpus(root: Path, seed: int = 0) -> tuple[Path, dict[str, in
                 (root / text_path).write_text(text + "\n", encoding="utf-8")
                 text = ""
             speaker = f"{session}-spk{i % 2}"
-            rows.append([uid, audio.relative_to(root).as_posix(), text, text_path, label,
-                         session, speaker, f"{2.5 + 0.1 * i:.1f}", "3.0"])  # fmt: skip
+            rows.append(
+                [
+                    uid,
+                    audio.relative_to(root).as_posix(),
+                    text,
+                    text_path,
+                    label,
+                    session,
+                    speaker,
+                    f"{2.5 + 0.1 * i:.1f}",
+                    "3.0",
+                ]
+            )
             k += 1
     lines = dict(FAULT_LINES)
 
@@ -69,20 +89,48 @@ def write_manifest_corpus(root: Path, seed: int = 0) -> tuple[Path, dict[str, in
         lines[kind] = len(rows) + 1  # the header is line 1
 
     good = rows[1]
-    add("missing_wav", ["x-missing", "audio/nowhere.wav", "calm words", "", "calm", "dlg-a",
-                        "dlg-a-spk0", "3", "3"])  # fmt: skip
+    add(
+        "missing_wav",
+        [
+            "x-missing",
+            "audio/nowhere.wav",
+            "calm words",
+            "",
+            "calm",
+            "dlg-a",
+            "dlg-a-spk0",
+            "3",
+            "3",
+        ],
+    )
     (root / "audio" / "garbage.wav").write_bytes(b"RIFF not really a wave file at all")
-    add("unreadable_wav", ["x-garbage", "audio/garbage.wav", "calm words", "", "calm", "dlg-b",
-                           "dlg-b-spk0", "3", "3"])  # fmt: skip
+    add(
+        "unreadable_wav",
+        [
+            "x-garbage",
+            "audio/garbage.wav",
+            "calm words",
+            "",
+            "calm",
+            "dlg-b",
+            "dlg-b-spk0",
+            "3",
+            "3",
+        ],
+    )
     add("empty_transcript", ["x-empty", good[1], "   ", "", "joy", "dlg-c", "dlg-c-spk0", "3", "3"])
-    add("unknown_label", ["x-label", good[1], "some words", "", "surprise", "dlg-d", "dlg-d-spk0",
-                          "3", "3"])  # fmt: skip
+    add(
+        "unknown_label",
+        ["x-label", good[1], "some words", "", "surprise", "dlg-d", "dlg-d-spk0", "3", "3"],
+    )
     add("missing_column", ["x-nospeaker", good[1], "some words", "", "joy", "dlg-e", "", "3", "3"])
     add(
         "duplicate_segment", [good[0], good[1], "again", "", "joy", "dlg-f", "dlg-f-spk0", "3", "3"]
     )
-    add("single_utterance_session", ["x-alone", good[1], "alone here", "", "calm", "dlg-z",
-                                     "dlg-z-spk0", "3", "3"])  # fmt: skip
+    add(
+        "single_utterance_session",
+        ["x-alone", good[1], "alone here", "", "calm", "dlg-z", "dlg-z-spk0", "3", "3"],
+    )
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -54,11 +54,23 @@ def tiny_settings(tmp: Path, store: Path, name: str, **overrides: Any):
     from search.settings import parse_settings
 
     argv = [
-        "--space", "case", "--data", str(store), "--name", name,
-        "--num-samples", "4", "--max-epochs", "3", "--max-concurrent", "2",
-        "--results-dir", str(tmp / "results"),
-        "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-    ]  # fmt: skip
+        "--space",
+        "case",
+        "--data",
+        str(store),
+        "--name",
+        name,
+        "--num-samples",
+        "4",
+        "--max-epochs",
+        "3",
+        "--max-concurrent",
+        "2",
+        "--results-dir",
+        str(tmp / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+    ]
     settings = parse_settings(argv, cwd=tmp)
     settings.storage_path = str(tmp / "ray_results")
     for k, v in overrides.items():

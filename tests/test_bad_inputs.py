@@ -13,9 +13,13 @@ from search_helpers import cli_env
 
 def _run(tmp: Path, module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=tmp, env=cli_env(tmp),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", module, *args],
+        cwd=tmp,
+        env=cli_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, needle: str) -> str:
@@ -35,8 +39,16 @@ def test_search_run_on_a_kemdy20_folder_that_cannot_be_prepared(tmp_path: Path) 
     corpus = tmp_path / "corpus"
     (corpus / "annotation").mkdir(parents=True)  # looks like KEMDy20, holds no CSV
     (corpus / "wav").mkdir()
-    proc = _run(tmp_path, "search.run", "--space", "case", "--data", str(corpus),
-                "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    proc = _run(
+        tmp_path,
+        "search.run",
+        "--space",
+        "case",
+        "--data",
+        str(corpus),
+        "--results-dir",
+        str(tmp_path / "results"),
+    )
     err = _one_line_error(proc, f"--data {corpus}: cannot prepare this corpus")
     assert err.startswith("search.run: error:") and "no SessNN_eval.csv" in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
@@ -95,6 +107,14 @@ def test_finalize_sweep_name_cannot_leave_the_results_folder(tmp_path: Path) -> 
 
 
 def test_search_run_name_is_checked_the_same_way(tmp_path: Path) -> None:
-    proc = _run(tmp_path, "search.run", "--space", "case", "--name", "../x",
-                "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    proc = _run(
+        tmp_path,
+        "search.run",
+        "--space",
+        "case",
+        "--name",
+        "../x",
+        "--results-dir",
+        str(tmp_path / "results"),
+    )
     _one_line_error(proc, "--name '../x': use letters, digits")

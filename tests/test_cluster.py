@@ -48,8 +48,15 @@ def _free_port() -> int:
 
 
 def _cluster_settings(tmp: Path, store: Path, name: str, **overrides):
-    overrides = {"num_samples": TRIALS, "max_epochs": EPOCHS, "max_concurrent": TRIALS,
-                 "scheduler": "fifo", "warm_start": False, "seed": 0, **overrides}  # fmt: skip
+    overrides = {
+        "num_samples": TRIALS,
+        "max_epochs": EPOCHS,
+        "max_concurrent": TRIALS,
+        "scheduler": "fifo",
+        "warm_start": False,
+        "seed": 0,
+        **overrides,
+    }
     return tiny_settings(tmp, store, name, **overrides)
 
 
@@ -221,10 +228,20 @@ def test_gpus_per_trial_flag_becomes_the_trial_resource_request(demo_store, tmp_
     from search.trainable import make_trainable
 
     settings = parse_settings(
-        ["--space", "case", "--data", str(demo_store), "--gpus-per-trial", "0.25",
-         "--cpus-per-trial", "2", "--address", "auto"],
+        [
+            "--space",
+            "case",
+            "--data",
+            str(demo_store),
+            "--gpus-per-trial",
+            "0.25",
+            "--cpus-per-trial",
+            "2",
+            "--address",
+            "auto",
+        ],
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert settings.address == "auto"
     trainable = make_trainable(
         demo_store, cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial
@@ -263,23 +280,62 @@ def test_job_submitted_to_a_started_cluster_runs_the_sweep(demo_store, tmp_path)
     results = tmp_path / "results"
     try:
         start = subprocess.run(
-            [_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
-             f"--ray-client-server-port={client}", f"--temp-dir={ray_tmp}",
-             "--disable-usage-stats"],
-            env=env, capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
+            [
+                _ray_cli(),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={gcs}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--dashboard-agent-listen-port={agent}",
+                f"--ray-client-server-port={client}",
+                f"--temp-dir={ray_tmp}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert start.returncode == 0, start.stderr[-3000:]
         job = subprocess.run(
-            [_ray_cli(), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-             "--working-dir", str(work), "--",
-             sys.executable, "search/run.py", "--space", "case", "--data", str(demo_store),
-             "--num-samples", str(TRIALS), "--max-epochs", str(EPOCHS), "--no-warm-start",
-             "--address", "auto", "--tracking-uri", f"sqlite:///{db}",
-             "--results-dir", str(results), "--name", "job-sweep"],
-            env=env, capture_output=True, text=True, timeout=540,
-        )  # fmt: skip
+            [
+                _ray_cli(),
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dash}",
+                "--working-dir",
+                str(work),
+                "--",
+                sys.executable,
+                "search/run.py",
+                "--space",
+                "case",
+                "--data",
+                str(demo_store),
+                "--num-samples",
+                str(TRIALS),
+                "--max-epochs",
+                str(EPOCHS),
+                "--no-warm-start",
+                "--address",
+                "auto",
+                "--tracking-uri",
+                f"sqlite:///{db}",
+                "--results-dir",
+                str(results),
+                "--name",
+                "job-sweep",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
+        )
         log = job.stdout + job.stderr
         assert job.returncode == 0, log[-4000:]
         assert re.search(r"Job '\w+' succeeded", log), log[-4000:]
@@ -299,16 +355,32 @@ def test_job_submitted_to_a_started_cluster_runs_the_sweep(demo_store, tmp_path)
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = _free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-               MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+    env = dict(
+        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true"
+    )
     db = tmp_path / "srv.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
-         "--artifacts-destination", str(tmp_path / "art")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: uvicorn's workers go with it
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -395,15 +467,15 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
             "num_cpus": 0,  # trials never run on the head (the driver's node)
             "include_dashboard": False,
             # Declare a silent node dead after ~2 s rather than Ray's default ~15 s.
-            "_system_config": {"health_check_period_ms": 500,
-                               "health_check_failure_threshold": 4},
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
         },
-    )  # fmt: skip
+    )
     try:
         workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
         cluster.wait_for_nodes()
-        settings = _cluster_settings(tmp_path, demo_store, "nodeloss", address=cluster.address,
-                                     max_epochs=NODE_LOSS_EPOCHS)  # fmt: skip
+        settings = _cluster_settings(
+            tmp_path, demo_store, "nodeloss", address=cluster.address, max_epochs=NODE_LOSS_EPOCHS
+        )
         # The sweep runs in a thread: Ray removes nodes from the main thread only.
         ended: dict[str, object] = {}
 
@@ -414,23 +486,31 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
                 ended["error"] = exc
 
         def actors() -> list[dict]:
-            return [a for a in cluster.global_state.actor_table(None).values()
-                    if a["ActorClassName"] == "ImplicitFunc"]  # fmt: skip
+            return [
+                a
+                for a in cluster.global_state.actor_table(None).values()
+                if a["ActorClassName"] == "ImplicitFunc"
+            ]
 
         driver = threading.Thread(target=sweep, daemon=True)
         driver.start()
         victim, lost = None, None
         deadline = time.monotonic() + 400
         while lost is None and driver.is_alive() and time.monotonic() < deadline:
-            mid_way = [(who, pid) for point, at, who, pid in read_trace(trace)
-                       if point == "trial_reported"
-                       and NODE_LOSS_AFTER <= int(at) < NODE_LOSS_EPOCHS]  # fmt: skip
+            mid_way = [
+                (who, pid)
+                for point, at, who, pid in read_trace(trace)
+                if point == "trial_reported" and NODE_LOSS_AFTER <= int(at) < NODE_LOSS_EPOCHS
+            ]
             if mid_way:
                 victim, pid = mid_way[0]
                 node_id = next(a["Address"]["NodeID"] for a in actors() if a["Pid"] == pid)
                 lost = next(w for w in workers if w.node_id == node_id)
-                doomed = [a["Pid"] for a in actors()
-                          if a["Address"]["NodeID"] == node_id and a["State"] == "ALIVE"]  # fmt: skip
+                doomed = [
+                    a["Pid"]
+                    for a in actors()
+                    if a["Address"]["NodeID"] == node_id and a["State"] == "ALIVE"
+                ]
                 cluster.remove_node(lost, allow_graceful=False)
                 # A lost machine takes its processes with it; a killed raylet leaves its
                 # workers running (they talk to the driver directly) until Ray notices.
@@ -455,8 +535,10 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
     trials = {t.trial_id: t for t in ExperimentAnalysis(str(settings.experiment_path)).trials}
     assert len(trials) == TRIALS and victim in trials
     client = MlflowClient(settings.tracking_uri)
-    active = {r.data.tags["case_tune.trial_id"]: r
-              for r in mlflow_runs(settings.tracking_uri, kind="trial")}  # fmt: skip
+    active = {
+        r.data.tags["case_tune.trial_id"]: r
+        for r in mlflow_runs(settings.tracking_uri, kind="trial")
+    }
     assert set(active) == set(trials)  # one live run per trial
     for tid, t in trials.items():
         assert t.status == "TERMINATED" and t.last_result["training_iteration"] == NODE_LOSS_EPOCHS
@@ -472,13 +554,19 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
     # The victim: restarted once, on the other node, from its last checkpoint on the lost one.
     t = trials[victim]
     assert t.num_failures == 1 and active[victim].data.tags["case_tune.restarts"] == "1"
-    epochs = [(int(at), node_of.get(pid)) for point, at, who, pid in read_trace(trace)
-              if point == "trial_reported" and who == victim]  # fmt: skip
+    epochs = [
+        (int(at), node_of.get(pid))
+        for point, at, who, pid in read_trace(trace)
+        if point == "trial_reported" and who == victim
+    ]
     before = [e for e, node in epochs if node == lost.node_id]
     after = [e for e, node in epochs if node != lost.node_id]
     assert len({e for e, _ in epochs}) == len(epochs), epochs  # no epoch trained twice
-    assert before and after and {n for e, n in epochs if e in after} <= {
-        w.node_id for w in workers if w is not lost}, epochs
+    assert (
+        before
+        and after
+        and {n for e, n in epochs if e in after} <= {w.node_id for w in workers if w is not lost}
+    ), epochs
     restored_at = NODE_LOSS_EPOCHS - t.last_result["iterations_since_restore"]
     assert max(before) <= restored_at < min(after) == restored_at + 1, (epochs, restored_at)
     # Its run is the one that was running on the lost node (never replaced).
@@ -492,8 +580,11 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another(
     assert unit_starts[0][0] == removed != unit_starts[1][0]
     settings_f = outcome_f.out_dir
     assert len(list((settings_f / "units").glob("*.json"))) == 1
-    finals = [r for r in mlflow_runs(settings.tracking_uri, kind="final", deleted=True)
-              if r.data.tags.get("mlflow.parentRunId") == outcome_f.parent_run_id]  # fmt: skip
+    finals = [
+        r
+        for r in mlflow_runs(settings.tracking_uri, kind="final", deleted=True)
+        if r.data.tags.get("mlflow.parentRunId") == outcome_f.parent_run_id
+    ]
     assert len(finals) == 1 and finals[0].info.status == "FINISHED"
 
 
@@ -508,9 +599,22 @@ def _finalize_losing_a_node(cluster, tmp_path: Path, trace: Path):
 
     cluster.add_node(num_cpus=2)  # somewhere to go (Ray adds nodes from this thread only)
     cluster.wait_for_nodes()
-    settings = fz.parse_settings(["--sweep", "nodeloss", "--results-dir",
-                                  str(tmp_path / "results"), "--top-k", "1", "--seeds", "0",
-                                  "--epochs", "8", "--address", cluster.address])  # fmt: skip
+    settings = fz.parse_settings(
+        [
+            "--sweep",
+            "nodeloss",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--top-k",
+            "1",
+            "--seeds",
+            "0",
+            "--epochs",
+            "8",
+            "--address",
+            cluster.address,
+        ]
+    )
     ended: dict[str, object] = {}
 
     def run() -> None:

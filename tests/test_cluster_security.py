@@ -17,8 +17,14 @@ WORLD_WRITABLE = re.compile(r"chmod\s+(-\S+\s+)*([0-7]?[0-7][0-7][2367]\b|[ugo]*
 
 
 def _commands(config: dict) -> list[str]:
-    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
-            "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")  # fmt: skip
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
     return [c for k in keys for c in config.get(k) or []]
 
 
@@ -55,8 +61,14 @@ def test_no_world_writable_mount(path: Path) -> None:
 
 
 def test_the_world_writable_pattern_has_teeth() -> None:
-    for bad in ("chmod 777 /mnt/x", "sudo chmod -R 0777 /x", "chmod o+w /x", "chmod a+rwx /x",
-                "chmod 666 f", "chmod 1777 /tmp/x"):  # fmt: skip
+    for bad in (
+        "chmod 777 /mnt/x",
+        "sudo chmod -R 0777 /x",
+        "chmod o+w /x",
+        "chmod a+rwx /x",
+        "chmod 666 f",
+        "chmod 1777 /tmp/x",
+    ):
         assert WORLD_WRITABLE.search(bad), bad
     for ok in ("chmod 750 /mnt/x", "chmod 0755 /x", "chmod u+w /x", "chmod g+w /x"):
         assert not WORLD_WRITABLE.search(ok), ok

@@ -135,10 +135,22 @@ print(json.dumps({"peak": peak[0] - base, "fp32": split.arrays["audio"].numel() 
 def test_loading_peak_is_the_resident_split_plus_one_chunk(tmp_path) -> None:
     # 200 rows x 512 x 512 audio: 105 MB fp16, 210 MB fp32 resident. Before, the whole fp16
     # copy and the fp32 tensor existed at once (315 MB).
-    path = make_synthetic_store(tmp_path, n=200, audio_dim=512, max_frames=512, sessions=2,
-                                val_sessions=(), test_sessions=())  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", PEAK, str(path)], cwd=ROOT, text=True,
-                          capture_output=True, timeout=300)  # fmt: skip
+    path = make_synthetic_store(
+        tmp_path,
+        n=200,
+        audio_dim=512,
+        max_frames=512,
+        sessions=2,
+        val_sessions=(),
+        test_sessions=(),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK, str(path)],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["dtype"] == "torch.float32"

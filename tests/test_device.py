@@ -48,7 +48,9 @@ def ray_with_a_gpu():
 
     if ray.is_initialized():
         pytest.skip("a Ray runtime without the declared GPU is already running")
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING"
+    )
     # Workers cannot import this test module by name: ship its functions by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
@@ -74,8 +76,12 @@ def test_run_device_in_ray_workers(ray_with_a_gpu) -> None:
 def _unit_error(store: str, gpus: float) -> str:
     from search.finalize import _unit_task
 
-    unit = {"unit_id": "u", "candidate": "c", "seed": 0,
-            "config": {"model": "text-only", "epochs": 1, "batch_size": 32}}  # fmt: skip
+    unit = {
+        "unit_id": "u",
+        "candidate": "c",
+        "seed": 0,
+        "config": {"model": "text-only", "epochs": 1, "batch_size": 32},
+    }
     try:
         _unit_task(unit, store, 1, None, gpus)
     except Exception as exc:  # noqa: BLE001 - the message is what is checked

@@ -82,8 +82,12 @@ def test_hub_id_offline_gives_clear_message():
     with pytest.raises(EncoderError, match="does not exist"):
         load_text_encoder("./no/such/model/dir")
     ident = encoder_identity("case-tune-test/not-a-cached-model")
-    assert ident == {"source": "hub", "name": "case-tune-test/not-a-cached-model",
-                     "revision": "main", "commit": None}  # fmt: skip
+    assert ident == {
+        "source": "hub",
+        "name": "case-tune-test/not-a-cached-model",
+        "revision": "main",
+        "commit": None,
+    }
 
 
 def test_local_identity_follows_weights(tmp_path, encoders):

@@ -146,10 +146,18 @@ def test_cli_compile_reaches_extraction_and_keeps_the_key(tmp_path, encoders, mo
         torch, "compile", lambda model, **kw: compiled.append((type(model).__name__, kw)) or model
     )
     argv = [
-        "--kemdy20", str(corpus), "--audio-model", str(audio.identity["path"]),
-        "--text-model", str(text.identity["path"]), "--max-frames", "64", "--max-tokens", "16",
+        "--kemdy20",
+        str(corpus),
+        "--audio-model",
+        str(audio.identity["path"]),
+        "--text-model",
+        str(text.identity["path"]),
+        "--max-frames",
+        "64",
+        "--max-tokens",
+        "16",
         "--quiet",
-    ]  # fmt: skip
+    ]
     assert main([*argv, "--out", str(tmp_path / "eager")]) == 0
     assert main([*argv, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     assert seen == {"extract_audio": [False, True], "extract_text": [False, True]}

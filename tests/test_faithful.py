@@ -291,12 +291,18 @@ def _outputs(name: str, store: FeatureStore, faithful: bool) -> tuple[torch.Tens
     torch.manual_seed(0)
     cfg = TrainConfig(model=name, hidden=16, faithful=faithful)
     model = create_model(
-        name, text_dim=store.text_dim, audio_dim=store.audio_dim, max_tokens=store.max_tokens,
-        max_frames=store.max_frames, num_classes=store.num_classes, config=cfg,
-    )  # fmt: skip
+        name,
+        text_dim=store.text_dim,
+        audio_dim=store.audio_dim,
+        max_tokens=store.max_tokens,
+        max_frames=store.max_frames,
+        num_classes=store.num_classes,
+        config=cfg,
+    )
     cpu = torch.device("cpu")
-    data = load_split(store, "train", uses=model.uses, frames=store.max_frames, trim=model.trim,
-                      device=cpu)  # fmt: skip
+    data = load_split(
+        store, "train", uses=model.uses, frames=store.max_frames, trim=model.trim, device=cpu
+    )
     with torch.no_grad():
         logits = torch.cat(
             [model.eval()(data.batch(i)).logits for i in iterate_in_order(data.n, 32, cpu)]

@@ -38,12 +38,26 @@ def _sweep(tmp: Path, store: Path, name: str = "tiny") -> Path:
     from search.settings import parse_settings
 
     settings = parse_settings(
-        ["--space", "case", "--data", str(store), "--num-samples", "2", "--max-epochs", "2",
-         "--final-epochs", "4",
-         "--name", name, "--results-dir", str(tmp / "results"),
-         "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
+        [
+            "--space",
+            "case",
+            "--data",
+            str(store),
+            "--num-samples",
+            "2",
+            "--max-epochs",
+            "2",
+            "--final-epochs",
+            "4",
+            "--name",
+            name,
+            "--results-dir",
+            str(tmp / "results"),
+            "--tracking-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+        ],
         cwd=tmp,
-    )  # fmt: skip
+    )
     settings.fixed = {"audio_frames": 32}  # short audio: every trial and unit stays cheap
     run_sweep(settings, quiet=True)
     return tmp / "results"
@@ -62,17 +76,25 @@ def finalized(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in units_dir.glob("*.json")}
         client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
         running_before = [
-            r for r in client.search_runs([first_exp(client)], run_view_type=ViewType.ALL)
+            r
+            for r in client.search_runs([first_exp(client)], run_view_type=ViewType.ALL)
             if r.info.status == "RUNNING" and r.data.tags.get(tracking.KIND) == "final"
-        ]  # fmt: skip
+        ]
         resumed = fz.finalize(fz.parse_settings([*argv, "--resume"], cwd=tmp), quiet=True)
     finally:
         if old is None:
             os.environ.pop("CASE_TUNE_HOME", None)
         else:
             os.environ["CASE_TUNE_HOME"] = old
-    return {"tmp": tmp, "results": results, "first": first, "resumed": resumed,
-            "before": before, "running_before": running_before, "client": client}  # fmt: skip
+    return {
+        "tmp": tmp,
+        "results": results,
+        "first": first,
+        "resumed": resumed,
+        "before": before,
+        "running_before": running_before,
+        "client": client,
+    }
 
 
 def first_exp(client: MlflowClient) -> str:
@@ -110,9 +132,13 @@ def test_corpus_kind_from_manifest(demo_store: Path) -> None:
     from data_prep.store import FeatureStore
 
     assert fr.corpus_kind(FeatureStore.open(demo_store).manifest) == "demo"
-    real = {"corpus": {"name": "KEMDy20_v1_1"},
-            "encoders": {"text": {"name": "klue/bert-base"},
-                         "audio": {"name": "kresnik/wav2vec2-large-xlsr-korean"}}}  # fmt: skip
+    real = {
+        "corpus": {"name": "KEMDy20_v1_1"},
+        "encoders": {
+            "text": {"name": "klue/bert-base"},
+            "audio": {"name": "kresnik/wav2vec2-large-xlsr-korean"},
+        },
+    }
     assert fr.corpus_kind(real) == "kemdy20"
     other = {**real, "encoders": {"text": {"name": "bert-x"}, "audio": {"name": "w2v-y"}}}
     assert fr.corpus_kind(other) == "other"
@@ -285,8 +311,9 @@ def test_changing_test_labels_does_not_change_the_chosen_epoch(
     rng = np.random.default_rng(0)
     table.loc[test, "label_id"] = rng.integers(0, 7, int(test.sum()))
     table.to_parquet(copy / "utterances.parquet", index=False)
-    cfg = TrainConfig.from_dict({"model": "case-compressing", "epochs": 4, "seed": 3,
-                                 "lr": 1e-3}).to_dict()  # fmt: skip
+    cfg = TrainConfig.from_dict(
+        {"model": "case-compressing", "epochs": 4, "seed": 3, "lr": 1e-3}
+    ).to_dict()
     unit = {"unit_id": "u", "candidate": "c", "model": "case-compressing", "seed": 3, "config": cfg}
     a = fz.run_unit(unit, str(demo_store), threads=1, device="cpu")
     b = fz.run_unit(unit, str(copy), threads=1, device="cpu")
@@ -314,10 +341,26 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
         results = _sweep(tmp_path, demo_store, name="killme")
     finally:
         os.environ.pop("CASE_TUNE_HOME", None)
-    cmd = [sys.executable, "-m", "search.finalize", "--sweep", "killme", "--results-dir",
-           str(results), *ARGS, "--max-concurrent", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "search.finalize",
+        "--sweep",
+        "killme",
+        "--results-dir",
+        str(results),
+        *ARGS,
+        "--max-concurrent",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     units = results / "killme/final/units"
     deadline = time.time() + 300
     while time.time() < deadline and not list(units.glob("*.json")):
@@ -335,8 +378,9 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
 
     first = {p.name: trained(p) for p in units.glob("*.json")}
     assert 1 <= len(first) < 4
-    out = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{len(first)} reused" in out.stdout
     assert {p.name: trained(p) for p in units.glob("*.json") if p.name in first} == first
@@ -356,8 +400,17 @@ def test_units_are_named_by_what_they_train() -> None:
     (b,) = fz.select_candidates({"top": [moved]}, 1, [])
     (c,) = fz.select_candidates({"top": [other]}, 1, [])
     assert fz.unit_id(a, 0, 150) == fz.unit_id(b, 0, 150)  # rank plays no part
-    assert len({fz.unit_id(a, 0, 150), fz.unit_id(c, 0, 150), fz.unit_id(a, 1, 150),
-                fz.unit_id(a, 0, 120)}) == 4  # config, seed and epochs each do  # fmt: skip
+    assert (
+        len(
+            {
+                fz.unit_id(a, 0, 150),
+                fz.unit_id(c, 0, 150),
+                fz.unit_id(a, 1, 150),
+                fz.unit_id(a, 0, 120),
+            }
+        )
+        == 4
+    )  # config, seed and epochs each do
     assert fz.unit_id(a, 42, 150).startswith("t1-") and "-s42-e150" in fz.unit_id(a, 42, 150)
 
 
@@ -383,8 +436,12 @@ def test_resumed_finalize_after_ranks_moved_retrains_nothing_finished(
     results = _copy_sweep(finalized, tmp_path)
     best = results / "tiny/best_configs.yaml"
     doc = yaml.safe_load(best.read_text())
-    newcomer = {**doc["top"][0], "trial_id": "newcomer_00009", "mlflow_run_id": "",
-                "config": {**doc["top"][0]["config"], "lr": 3e-3}}  # fmt: skip
+    newcomer = {
+        **doc["top"][0],
+        "trial_id": "newcomer_00009",
+        "mlflow_run_id": "",
+        "config": {**doc["top"][0]["config"], "lr": 3e-3},
+    }
     doc["top"] = [newcomer, *doc["top"]]
     for rank, e in enumerate(doc["top"], 1):
         e["rank"] = rank
@@ -402,18 +459,34 @@ def test_resumed_finalize_after_ranks_moved_retrains_nothing_finished(
     assert len(list(units.glob("newcomer_00009-*.json"))) == len(SEEDS)
 
 
-def test_top_k_beyond_what_the_sweep_recorded_is_said(finalized: dict, tmp_path: Path,
-                                                     capsys) -> None:  # fmt: skip
+def test_top_k_beyond_what_the_sweep_recorded_is_said(
+    finalized: dict, tmp_path: Path, capsys
+) -> None:
     results = _copy_sweep(finalized, tmp_path)
     shutil.rmtree(results / "tiny/final")
-    recorded = len(fz.load_best_configs(fz.parse_settings(
-        ["--sweep", "tiny", "--results-dir", str(results)]))["top"])  # fmt: skip
-    argv = ["--sweep", "tiny", "--results-dir", str(results), "--top-k", "9", "--seeds", "0",
-            "--epochs", "2"]  # fmt: skip
+    recorded = len(
+        fz.load_best_configs(fz.parse_settings(["--sweep", "tiny", "--results-dir", str(results)]))[
+            "top"
+        ]
+    )
+    argv = [
+        "--sweep",
+        "tiny",
+        "--results-dir",
+        str(results),
+        "--top-k",
+        "9",
+        "--seeds",
+        "0",
+        "--epochs",
+        "2",
+    ]
     assert fz.main(argv) == 0
     out = capsys.readouterr().out
-    note = (f"--top-k 9: sweep tiny recorded {recorded} scored config(s) in best_configs.yaml; "
-            f"finalizing those {recorded}")  # fmt: skip
+    note = (
+        f"--top-k 9: sweep tiny recorded {recorded} scored config(s) in best_configs.yaml; "
+        f"finalizing those {recorded}"
+    )
     assert f"note: {note}" in out and f"Note:      {note}" in out
     assert f"Finalize tiny: {recorded} runs" in out
 
@@ -435,8 +508,18 @@ def test_a_unit_whose_worker_dies_is_rerun_and_one_that_raises_is_not(
     doc = yaml.safe_load(best.read_text())
     doc["top"][1]["config"]["lr"] = 1e30  # diverges in its first epoch
     best.write_text(yaml.safe_dump(doc, sort_keys=False))
-    argv = ["--sweep", "tiny", "--results-dir", str(results), "--top-k", "2", "--seeds", "0",
-            "--epochs", "2"]  # fmt: skip
+    argv = [
+        "--sweep",
+        "tiny",
+        "--results-dir",
+        str(results),
+        "--top-k",
+        "2",
+        "--seeds",
+        "0",
+        "--epochs",
+        "2",
+    ]
     settings = fz.parse_settings(argv)
     good, bad = (fz.unit_id(c, 0, 2) for c in fz.select_candidates(doc, 2, []))
     trace = tmp_path / "trace.txt"

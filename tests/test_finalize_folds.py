@@ -30,16 +30,40 @@ def fold_final(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     os.environ["CASE_TUNE_HOME"] = str(tmp / "home")
     try:
         settings = parse_settings(
-            ["--space", "case", "--data", str(demo_store), "--num-samples", "1",
-             "--max-epochs", "2", "--final-epochs", "4", "--folds", "2", "--name", "cv",
-             "--results-dir", str(tmp / "results"),
-             "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"],
+            [
+                "--space",
+                "case",
+                "--data",
+                str(demo_store),
+                "--num-samples",
+                "1",
+                "--max-epochs",
+                "2",
+                "--final-epochs",
+                "4",
+                "--folds",
+                "2",
+                "--name",
+                "cv",
+                "--results-dir",
+                str(tmp / "results"),
+                "--tracking-uri",
+                f"sqlite:///{tmp / 'mlflow.db'}",
+            ],
             cwd=tmp,
-        )  # fmt: skip
+        )
         settings.fixed = {"audio_frames": 32, "model": "case-attention"}
         run_sweep(settings, quiet=True)
-        argv = ["--sweep", "cv", "--results-dir", str(tmp / "results"), "--top-k", "1",
-                "--seeds", "0"]  # fmt: skip
+        argv = [
+            "--sweep",
+            "cv",
+            "--results-dir",
+            str(tmp / "results"),
+            "--top-k",
+            "1",
+            "--seeds",
+            "0",
+        ]
         fin = fz.parse_settings(argv, cwd=tmp)
         outcome = fz.finalize(fin, quiet=True)
     finally:
@@ -48,8 +72,13 @@ def fold_final(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         else:
             os.environ["CASE_TUNE_HOME"] = old
     (unit,) = [json.loads(p.read_text()) for p in (tmp / "results/cv/final/units").glob("*.json")]
-    return {"tmp": tmp, "settings": fin, "outcome": outcome, "unit": unit,
-            "client": MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")}  # fmt: skip
+    return {
+        "tmp": tmp,
+        "settings": fin,
+        "outcome": outcome,
+        "unit": unit,
+        "client": MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}"),
+    }
 
 
 def test_finalize_takes_the_sweeps_folds(fold_final: dict) -> None:
@@ -104,10 +133,13 @@ def test_test_is_scored_by_the_fold_heads_ensemble(fold_final: dict, demo_store:
     for p in paths:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
         model = model_for(TrainConfig.from_dict(ckpt["config"]), store, ckpt["state_dict"])
-        data = load_split(store, "test", uses=model.uses, frames=32, trim=model.trim,
-                          device=torch.device("cpu"))  # fmt: skip
+        data = load_split(
+            store, "test", uses=model.uses, frames=32, trim=model.trim, device=torch.device("cpu")
+        )
         with torch.no_grad():
-            logits = [model(data.batch(i)).logits for i in iterate_in_order(data.n, 256, data.device)]
+            logits = [
+                model(data.batch(i)).logits for i in iterate_in_order(data.n, 256, data.device)
+            ]
         probs.append(torch.cat(logits).softmax(dim=-1))
     ensemble = torch.stack(probs).mean(dim=0).argmax(dim=-1).tolist()
     assert unit["test_pred"][str(chosen)] == ensemble
@@ -145,8 +177,10 @@ def test_ensemble_scoring_on_heads_that_disagree(fold_final: dict, demo_store: P
     history = unit["history"]
     args = (config, store)
     both = fz._score_test(*args, {4: [a["state_dict"], b]}, history, torch.device("cpu"), "k")
-    alone = [fz._score_test(*args, {4: [h]}, history, torch.device("cpu"), "k")
-             for h in (a["state_dict"], b)]  # fmt: skip
+    alone = [
+        fz._score_test(*args, {4: [h]}, history, torch.device("cpu"), "k")
+        for h in (a["state_dict"], b)
+    ]
     auroc = both[0]["4"]["test_macro_auroc"]
     assert all(abs(auroc - m[0]["4"]["test_macro_auroc"]) > 1e-6 for m in alone)
     assert both[0]["4"]["test_loss"] == pytest.approx(

@@ -65,12 +65,26 @@ print(json.dumps(out))
 def test_hub_key_is_stable_across_the_first_download(demo_store, tmp_path) -> None:
     m = json.loads((demo_store / "manifest.json").read_text())
     corpus = write_demo_corpus(tmp_path / "corpus", sessions=3, utterances_per_script=1)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
-    args = [str(corpus), m["encoders"]["audio"]["path"], m["encoders"]["text"]["path"],
-            str(tmp_path / "stores")]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    args = [
+        str(corpus),
+        m["encoders"]["audio"]["path"],
+        m["encoders"]["text"]["path"],
+        str(tmp_path / "stores"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     key = out["before"]

@@ -42,8 +42,14 @@ def encoders(demo_store: Path) -> tuple[str, str]:
 
 
 def _opts(encoders: tuple[str, str], out: Path) -> dict:
-    return {"audio_model": encoders[0], "text_model": encoders[1], "stores_root": out,
-            "max_frames": 48, "max_tokens": 16, "progress": False}  # fmt: skip
+    return {
+        "audio_model": encoders[0],
+        "text_model": encoders[1],
+        "stores_root": out,
+        "max_frames": 48,
+        "max_tokens": 16,
+        "progress": False,
+    }
 
 
 # -- the reader -----------------------------------------------------------------------------
@@ -80,12 +86,23 @@ def test_jsonl_renamed_columns_and_integer_sessions(tmp_path, corpus) -> None:
     with open(tmp_path / "list.jsonl", "w", encoding="utf-8") as fh:
         for r in rows.to_dict("records"):
             wav = str(manifest.parent / r["audio"])  # absolute paths are taken as they are
-            obj = {"id": r["utterance_id"], "wav": wav, "emotion": r["label"],
-                   "dialogue": int(r["session"][-1], 16) + 90, "spk": r["speaker"],
-                   "sentence": r["text"] or "from a file"}  # fmt: skip
+            obj = {
+                "id": r["utterance_id"],
+                "wav": wav,
+                "emotion": r["label"],
+                "dialogue": int(r["session"][-1], 16) + 90,
+                "spk": r["speaker"],
+                "sentence": r["text"] or "from a file",
+            }
             fh.write(json.dumps(obj) + "\n")
-    cols = {"utterance_id": "id", "audio": "wav", "label": "emotion", "session": "dialogue",
-            "speaker": "spk", "text": "sentence"}  # fmt: skip
+    cols = {
+        "utterance_id": "id",
+        "audio": "wav",
+        "label": "emotion",
+        "session": "dialogue",
+        "speaker": "spk",
+        "text": "sentence",
+    }
     read = read_manifest(tmp_path / "list.jsonl", columns=cols, neutral_label="calm")
     assert len(read.utterances) == 12 and not read.faults
     assert sorted(read.utterances["session"].unique()) == [100, 101]  # integers kept
@@ -112,8 +129,12 @@ def test_the_split_rule_leaves_only_the_named_neutral_class_free() -> None:
     from data_prep.splits import session_split
 
     rng = np.random.default_rng(3)
-    table = pd.DataFrame({"session": np.repeat(np.arange(1, 11), 12),
-                          "label": rng.choice(["neutral", "x", "y"], 120)})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "session": np.repeat(np.arange(1, 11), 12),
+            "label": rng.choice(["neutral", "x", "y"], 120),
+        }
+    )
     named = session_split(table, neutral="neutral", label_order=("neutral", "x", "y"))
     assert set(named.test_carve.fractions) == {"x", "y"}
     unnamed = session_split(table, neutral=None, label_order=("neutral", "x", "y"))
@@ -123,8 +144,10 @@ def test_the_split_rule_leaves_only_the_named_neutral_class_free() -> None:
 def test_a_manifest_corpus_is_never_reported_as_kemdy20() -> None:
     from search import final_report as fr
 
-    seed_encoders = {"text": {"name": "klue/bert-base"},
-                     "audio": {"name": "kresnik/wav2vec2-large-xlsr-korean"}}  # fmt: skip
+    seed_encoders = {
+        "text": {"name": "klue/bert-base"},
+        "audio": {"name": "kresnik/wav2vec2-large-xlsr-korean"},
+    }
     listed = {"corpus": {"kind": "manifest", "name": "iemocap"}, "encoders": seed_encoders}
     assert fr.corpus_kind(listed) == "other"  # seed encoders, but not the seed's corpus
     assert fr.corpus_kind({**listed, "corpus": {"kind": "kemdy20", "name": "K"}}) == "kemdy20"
@@ -179,21 +202,36 @@ def test_same_manifest_twice_is_extracted_once(prepared, corpus, tmp_path) -> No
     shutil.copytree(corpus[0].parent, copy)
     from data_prep.prepare import plan
 
-    same = plan(copy, corpus=read_manifest(copy / "manifest.csv", labels=CLASSES),
-                audio_model=prepared["opts"]["audio_model"],
-                text_model=prepared["opts"]["text_model"], max_frames=48, max_tokens=16)  # fmt: skip
+    same = plan(
+        copy,
+        corpus=read_manifest(copy / "manifest.csv", labels=CLASSES),
+        audio_model=prepared["opts"]["audio_model"],
+        text_model=prepared["opts"]["text_model"],
+        max_frames=48,
+        max_tokens=16,
+    )
     assert same.key == first.key  # contents, not location
     wav = copy / "audio" / "dlg-a-01.wav"
     data, sr = sf.read(str(wav))
     sf.write(str(wav), data * 0.5, sr)
-    changed = plan(copy, corpus=read_manifest(copy / "manifest.csv", labels=CLASSES),
-                   audio_model=prepared["opts"]["audio_model"],
-                   text_model=prepared["opts"]["text_model"], max_frames=48, max_tokens=16)  # fmt: skip
+    changed = plan(
+        copy,
+        corpus=read_manifest(copy / "manifest.csv", labels=CLASSES),
+        audio_model=prepared["opts"]["audio_model"],
+        text_model=prepared["opts"]["text_model"],
+        max_frames=48,
+        max_tokens=16,
+    )
     assert changed.key != first.key
     # The classes' order is part of the key too (label ids depend on it).
-    reordered = plan(copy, corpus=read_manifest(copy / "manifest.csv", labels=CLASSES[::-1]),
-                     audio_model=prepared["opts"]["audio_model"],
-                     text_model=prepared["opts"]["text_model"], max_frames=48, max_tokens=16)  # fmt: skip
+    reordered = plan(
+        copy,
+        corpus=read_manifest(copy / "manifest.csv", labels=CLASSES[::-1]),
+        audio_model=prepared["opts"]["audio_model"],
+        text_model=prepared["opts"]["text_model"],
+        max_frames=48,
+        max_tokens=16,
+    )
     assert reordered.key not in (first.key, changed.key)
 
 
@@ -218,8 +256,14 @@ def test_audio_of_any_rate_and_channels_is_converted_once(tmp_path, encoders) ->
     enc = load_audio_encoder(encoders[0], device="cpu")
     out = np.zeros((2, 40, enc.dim), np.float16)
     lens = np.zeros(2, np.int32)
-    faults = extract_audio(enc, [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")], out, lens,
-                           max_frames=40, progress=False)  # fmt: skip
+    faults = extract_audio(
+        enc,
+        [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")],
+        out,
+        lens,
+        max_frames=40,
+        progress=False,
+    )
     assert not faults and lens[0] == lens[1] > 0
     a, b = out[0, : lens[0]].astype(np.float32), out[1, : lens[1]].astype(np.float32)
     cos = (a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())
@@ -228,18 +272,27 @@ def test_audio_of_any_rate_and_channels_is_converted_once(tmp_path, encoders) ->
 
 # -- the demo, both ways --------------------------------------------------------------------
 def test_demo_through_kemdy20_and_manifest_gives_the_same_store(tmp_path, encoders) -> None:
-    root = write_demo_corpus(tmp_path / "demo", sessions=5, utterances_per_script=1,
-                             manifest=True)  # fmt: skip
+    root = write_demo_corpus(tmp_path / "demo", sessions=5, utterances_per_script=1, manifest=True)
     opts = _opts(encoders, tmp_path / "stores")
     folder = FeatureStore.open(prepare_store(root, **opts).path)
     listed = FeatureStore.open(
         prepare_manifest_store(
             root / MANIFEST_NAME, labels=LABELS, neutral_label="neutral", **opts
-        ).path  # fmt: skip
+        ).path
     )
     assert folder.path != listed.path  # two stores, built from two sources...
-    cols = ["segment_id", "session", "speaker", "label", "label_id", "text", "wav_path",
-            "valence", "arousal", "split"]  # fmt: skip
+    cols = [
+        "segment_id",
+        "session",
+        "speaker",
+        "label",
+        "label_id",
+        "text",
+        "wav_path",
+        "valence",
+        "arousal",
+        "split",
+    ]
     pd.testing.assert_frame_equal(folder.table[cols], listed.table[cols])  # ...same rows
     assert len(folder.table) > 50
     for name in ARRAY_NAMES:  # same features
@@ -254,10 +307,23 @@ def test_demo_through_kemdy20_and_manifest_gives_the_same_store(tmp_path, encode
 
 def test_demo_cli_writes_a_manifest(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "data_prep.demo", "--out", str(tmp_path / "d"), "--sessions", "3",
-         "--utterances-per-script", "1", "--manifest"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "data_prep.demo",
+            "--out",
+            str(tmp_path / "d"),
+            "--sessions",
+            "3",
+            "--utterances-per-script",
+            "1",
+            "--manifest",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     listed = pd.read_csv(tmp_path / "d" / MANIFEST_NAME)
     assert list(listed.columns[:5]) == ["utterance_id", "audio", "text", "label", "session"]
@@ -277,9 +343,20 @@ def test_demo_cli_writes_a_manifest(tmp_path) -> None:
     ],
 )
 def test_prepare_manifest_usage_errors(corpus, encoders, tmp_path, capsys, extra, needle) -> None:
-    argv = ["--manifest", str(corpus[0]), "--labels", ",".join(CLASSES),
-            "--audio-model", encoders[0], "--text-model", encoders[1],
-            "--out", str(tmp_path), "--quiet", *extra]  # fmt: skip
+    argv = [
+        "--manifest",
+        str(corpus[0]),
+        "--labels",
+        ",".join(CLASSES),
+        "--audio-model",
+        encoders[0],
+        "--text-model",
+        encoders[1],
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        *extra,
+    ]
     assert prepare_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err
@@ -309,10 +386,23 @@ def test_search_run_prepares_a_manifest_or_says_why_not(corpus, tmp_path) -> Non
     text = corpus[0].read_text(encoding="utf-8").replace(",label,", ",emotion,", 1)
     bad.write_text(text, encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "search.run", "--space", "case", "--data", str(bad),
-         "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "search.run",
+            "--space",
+            "case",
+            "--data",
+            str(bad),
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith(f"search.run: error: --data {bad}: cannot prepare this corpus:")
@@ -332,9 +422,24 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     from search.settings import parse_settings
 
     stores = tmp_path / "stores"
-    argv = ["--manifest", str(corpus[0]), "--labels", ",".join(CLASSES),
-            "--audio-model", encoders[0], "--text-model", encoders[1], "--out", str(stores),
-            "--max-frames", "48", "--max-tokens", "16", "--threads", "1"]  # fmt: skip
+    argv = [
+        "--manifest",
+        str(corpus[0]),
+        "--labels",
+        ",".join(CLASSES),
+        "--audio-model",
+        encoders[0],
+        "--text-model",
+        encoders[1],
+        "--out",
+        str(stores),
+        "--max-frames",
+        "48",
+        "--max-tokens",
+        "16",
+        "--threads",
+        "1",
+    ]
     assert prepare_main(argv) == 0
     out = capsys.readouterr()
     for kind in FAULT_LINES:  # the faults are summarised on stderr
@@ -349,15 +454,40 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     os.environ["CASE_TUNE_HOME"] = str(tmp_path / "home")
     try:
         settings = parse_settings(
-            ["--space", "case", "--data", str(store_path), "--num-samples", "2",
-             "--max-epochs", "2", "--final-epochs", "3", "--name", "m4",
-             "--results-dir", str(tmp_path / "results"),
-             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+            [
+                "--space",
+                "case",
+                "--data",
+                str(store_path),
+                "--num-samples",
+                "2",
+                "--max-epochs",
+                "2",
+                "--final-epochs",
+                "3",
+                "--name",
+                "m4",
+                "--results-dir",
+                str(tmp_path / "results"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+            ],
             cwd=tmp_path,
-        )  # fmt: skip
+        )
         run_sweep(settings, quiet=True)
-        fin = fz.parse_settings(["--sweep", "m4", "--results-dir", str(tmp_path / "results"),
-                                 "--top-k", "1", "--seeds", "0"], cwd=tmp_path)  # fmt: skip
+        fin = fz.parse_settings(
+            [
+                "--sweep",
+                "m4",
+                "--results-dir",
+                str(tmp_path / "results"),
+                "--top-k",
+                "1",
+                "--seeds",
+                "0",
+            ],
+            cwd=tmp_path,
+        )
         outcome = fz.finalize(fin, quiet=True)
     finally:
         if old is None:
@@ -375,8 +505,13 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     assert len(trials) == 2 and len(units) == 1 and len(finals) == 2
     for run in trials:
         keys = set(run.data.metrics)
-        assert {"val_macro_f1", "val_weighted_f1", "val_micro_f1", "val_loss",
-                "train_macro_f1"} <= keys  # fmt: skip
+        assert {
+            "val_macro_f1",
+            "val_weighted_f1",
+            "val_micro_f1",
+            "val_loss",
+            "train_macro_f1",
+        } <= keys
         assert {f"val_f1_{c}" for c in CLASSES} <= keys
         assert not {k for k in keys if "seed_micro" in k}
     unit_keys = set(units[0].data.metrics)

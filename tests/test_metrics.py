@@ -40,8 +40,13 @@ def test_every_figure_matches_sklearn(seed: int) -> None:
         assert m[f"val_f1_{name}"] == pytest.approx(f, abs=1e-6)
     emotional = target != 0
     if emotional.any():
-        seed_micro = f1_score(target[emotional], pred[emotional], labels=list(range(7)),
-                              average="micro", zero_division=0)  # fmt: skip
+        seed_micro = f1_score(
+            target[emotional],
+            pred[emotional],
+            labels=list(range(7)),
+            average="micro",
+            zero_division=0,
+        )
         assert m["val_seed_micro_f1"] == pytest.approx(seed_micro, abs=1e-6)
         assert m["val_seed_micro_f1"] == pytest.approx((pred == target)[emotional].mean(), abs=1e-6)
     np.testing.assert_array_equal(
@@ -59,8 +64,15 @@ def test_absent_classes_count_as_zero_in_macro() -> None:
 def test_keys_and_label_names() -> None:
     names = ["a", "b", "c"]
     m = classification_metrics([0, 1, 2], [0, 1, 2], "train", num_classes=3, label_names=names)
-    keys = {"train_macro_f1", "train_weighted_f1", "train_micro_f1",
-            "train_seed_micro_f1", "train_f1_a", "train_f1_b", "train_f1_c"}  # fmt: skip
+    keys = {
+        "train_macro_f1",
+        "train_weighted_f1",
+        "train_micro_f1",
+        "train_seed_micro_f1",
+        "train_f1_a",
+        "train_f1_b",
+        "train_f1_c",
+    }
     assert set(m) == keys
     # Class c has no row: the macro over the classes present is added, and named so.
     m = classification_metrics([0, 1], [0, 1], "train", num_classes=3, label_names=names)

@@ -39,8 +39,16 @@ def test_ruff_targets_the_declared_minimum_python() -> None:
 def test_no_standard_library_use_newer_than_requires_python() -> None:
     pytest.importorskip("vermin", reason="pip install -e '.[test]' installs vermin")
     minimum = _min_python()
-    cmd = [*VERMIN, f"-t={minimum}-", "--violations", "--no-tips",
-           "--eval-annotations", "--backport", "dataclasses", *SOURCES]  # fmt: skip
+    cmd = [
+        *VERMIN,
+        f"-t={minimum}-",
+        "--violations",
+        "--no-tips",
+        "--eval-annotations",
+        "--backport",
+        "dataclasses",
+        *SOURCES,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

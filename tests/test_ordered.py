@@ -84,8 +84,10 @@ def shuffled(seed: int):
 
 
 def test_suggestions_do_not_depend_on_completion_order() -> None:
-    runs = [drive(make_searcher(3, 14), 14, 3, pick)[0]
-            for pick in (oldest, newest, shuffled(1), shuffled(2))]  # fmt: skip
+    runs = [
+        drive(make_searcher(3, 14), 14, 3, pick)[0]
+        for pick in (oldest, newest, shuffled(1), shuffled(2))
+    ]
     assert all(r == runs[0] for r in runs[1:])
     assert len({(c["x"], c["kind"]) for c in runs[0]}) == 14
 
@@ -143,8 +145,9 @@ def trial(i: int) -> Trial:
 
 
 def scheduler(lag: int, **kw) -> OrderedASHA:
-    return OrderedASHA(metric=METRIC, mode="max", max_t=20, grace_period=3,
-                       reduction_factor=3, lag=lag, **kw)  # fmt: skip
+    return OrderedASHA(
+        metric=METRIC, mode="max", max_t=20, grace_period=3, reduction_factor=3, lag=lag, **kw
+    )
 
 
 def decisions(sched: OrderedASHA, reports: list[tuple[int, int, float]]) -> dict:

@@ -27,8 +27,16 @@ def _history(store: Path, model: str, hidden: int) -> list[dict[str, float]]:
     from data_prep.store import FeatureStore
     from models.train import train
 
-    config = {"model": model, "hidden": hidden, "epochs": 4, "seed": 0, "batch_size": 16,
-              "lr": 3e-3, "audio_frames": 32, "class_weights": "inverse"}  # fmt: skip
+    config = {
+        "model": model,
+        "hidden": hidden,
+        "epochs": 4,
+        "seed": 0,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "audio_frames": 32,
+        "class_weights": "inverse",
+    }
     result = train(config, FeatureStore.open(store), max_epochs=3, threads=1)
     return result.history
 

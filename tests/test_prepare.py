@@ -27,9 +27,19 @@ def tiny(tmp_path_factory, demo_store):
 def test_cli_end_to_end(tiny, tmp_path, capsys):
     corpus, audio_dir, text_dir = tiny
     args = [
-        "--kemdy20", str(corpus), "--audio-model", audio_dir, "--text-model", text_dir,
-        "--out", str(tmp_path), "--max-frames", "128", "--max-tokens", "32",
-    ]  # fmt: skip
+        "--kemdy20",
+        str(corpus),
+        "--audio-model",
+        audio_dir,
+        "--text-model",
+        text_dir,
+        "--out",
+        str(tmp_path),
+        "--max-frames",
+        "128",
+        "--max-tokens",
+        "32",
+    ]
     cmd = [sys.executable, "-m", "data_prep.prepare", *args, "--threads", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -11,8 +11,9 @@ from bench import bench_real_scale
 
 @pytest.mark.slow
 def test_real_size_prepare_and_train(tmp_path) -> None:
-    figures = bench_real_scale.main(["--sessions", "3", "--models", "case-compressing",
-                                     "--no-write", "--keep", str(tmp_path)])  # fmt: skip
+    figures = bench_real_scale.main(
+        ["--sessions", "3", "--models", "case-compressing", "--no-write", "--keep", str(tmp_path)]
+    )
     assert figures["shapes"] == {"audio": (512, 1024), "text": (128, 768)}
     # fp16: 512 x 1024 x 2 + 128 x 768 x 2 + 768 x 2 bytes = 1.24 MB, plus the table
     assert 1.2e6 < figures["bytes_per_utt"] < 1.4e6

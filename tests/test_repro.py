@@ -18,10 +18,27 @@ from models.train import train
 
 KEYS = ("train_loss", "val_loss", "val_macro_f1", "val_macro_auroc")
 EPOCHS = 4
-A = {"model": "case-attention", "hidden": 64, "lr": 3e-3, "batch_size": 16, "epochs": EPOCHS,
-     "seed": 5, "faithful": False, "contrastive": "infonce", "dropout": 0.3}  # fmt: skip
-B = {"model": "case-concat-attention", "hidden": 32, "lr": 1e-2, "batch_size": 8,
-     "epochs": EPOCHS, "seed": 1, "faithful": False, "loss": "focal"}  # fmt: skip
+A = {
+    "model": "case-attention",
+    "hidden": 64,
+    "lr": 3e-3,
+    "batch_size": 16,
+    "epochs": EPOCHS,
+    "seed": 5,
+    "faithful": False,
+    "contrastive": "infonce",
+    "dropout": 0.3,
+}
+B = {
+    "model": "case-concat-attention",
+    "hidden": 32,
+    "lr": 1e-2,
+    "batch_size": 8,
+    "epochs": EPOCHS,
+    "seed": 1,
+    "faithful": False,
+    "loss": "focal",
+}
 
 FRESH = """
 import json, sys
@@ -42,8 +59,12 @@ def fresh_process(store: Path, config: dict) -> list[list[float]]:
     env.pop("OMP_NUM_THREADS", None)  # the process starts with one thread per core
     out = subprocess.run(
         [sys.executable, "-c", FRESH.format(keys=KEYS), str(store), json.dumps(config)],
-        env=env, capture_output=True, text=True, check=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -99,9 +120,7 @@ def test_reused_actor_and_task_equal_a_fresh_process(
     # finalize's own Ray task (it also scores test at its chosen epochs, after training)
     from search.finalize import _unit_task
 
-    unit = ray.get(
-        ray.remote(_unit_task).options(num_cpus=1).remote({"config": A}, path, 1, "cpu")
-    )
+    unit = ray.get(ray.remote(_unit_task).options(num_cpus=1).remote({"config": A}, path, 1, "cpu"))
     in_task = history(unit["history"])
     assert fresh_process(search_store, A) == by_index[1] == by_index[3] == in_task
     assert fresh_process(search_store, B) == by_index[0] == by_index[2]

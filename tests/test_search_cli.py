@@ -24,8 +24,12 @@ CHECK = (
 def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", CHECK, *args, "--results-dir", str(tmp / "results")],
-        cwd=tmp, env=cli_env(tmp), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=tmp,
+        env=cli_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_bad_space_name_exits_2_before_ray_and_lists_valid_spaces(tmp_path: Path) -> None:
@@ -70,9 +74,12 @@ def test_runs_as_a_plain_script_too(tmp_path: Path) -> None:
     # `ray submit` runs the file, not the module: the repo root must be found from the path.
     proc = subprocess.run(
         [sys.executable, str(REPO / "search" / "run.py"), "--space", "nope"],
-        cwd=tmp_path, env={**cli_env(tmp_path), "PYTHONPATH": ""},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env={**cli_env(tmp_path), "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "valid spaces" in proc.stderr
 
 
@@ -87,8 +94,17 @@ def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
     assert s.name.startswith("case-")
     # With a tracking server, the study goes with the results (not the cwd, which under
     # `ray job submit` is a temporary copy).
-    http = parse_settings(["--space", "case", "--tracking-uri", "http://127.0.0.1:5000",
-                           "--results-dir", str(tmp_path / "out")], cwd=tmp_path / "home")  # fmt: skip
+    http = parse_settings(
+        [
+            "--space",
+            "case",
+            "--tracking-uri",
+            "http://127.0.0.1:5000",
+            "--results-dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path / "home",
+    )
     assert http.optuna_storage == f"sqlite:///{(tmp_path / 'out' / 'optuna.db').resolve()}"
 
 

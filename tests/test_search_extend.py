@@ -30,8 +30,9 @@ SPACE = {
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory, search_store, ray_runtime):  # noqa: F811
     tmp = tmp_path_factory.mktemp("extend")
-    settings = tiny_settings(tmp, search_store, "grow", num_samples=2, max_epochs=2, grace_period=2,
-                             warm_start=False)  # fmt: skip
+    settings = tiny_settings(
+        tmp, search_store, "grow", num_samples=2, max_epochs=2, grace_period=2, warm_start=False
+    )
     first = run_sweep(settings, space=SPACE, quiet=True)
     uri = settings.tracking_uri
     before = {
@@ -39,8 +40,14 @@ def extended(tmp_path_factory, search_store, ray_runtime):  # noqa: F811
     }
     history = {tid: metric_history(uri, rid, "val_macro_f1") for tid, rid in before.items()}
     manifest = settings.manifest_path.read_bytes()
-    return {"tmp": tmp, "settings": settings, "first": first, "before": before,
-            "history": history, "manifest": manifest}  # fmt: skip
+    return {
+        "tmp": tmp,
+        "settings": settings,
+        "first": first,
+        "before": before,
+        "history": history,
+        "manifest": manifest,
+    }
 
 
 def _argv(ctx: dict, *extra: str) -> list[str]:
@@ -57,7 +64,7 @@ def _argv(ctx: dict, *extra: str) -> list[str]:
         (
             ["--num-samples", "1"],
             "--num-samples 1 differs from sweep 'grow''s recorded 2 (--num-samples can only grow)",
-        ),  # fmt: skip
+        ),
         (["--max-concurrent", "1"], "--max-concurrent 1 differs"),
         (["--data", "demo"], "--data demo differs from sweep 'grow''s recorded /"),
         (["--no-warm-start"], None),  # recorded False: the same, accepted

@@ -37,8 +37,11 @@ def failures(tmp_path_factory, demo_store):
 
     tmp = tmp_path_factory.mktemp("failures")
     trace = tmp / "trace.txt"
-    env = {FAULT_ENV: f"trial_result:{KILL_AT}", FAULT_ONCE_ENV: str(tmp / "killed"),
-           FAULT_TRACE_ENV: str(trace)}  # fmt: skip
+    env = {
+        FAULT_ENV: f"trial_result:{KILL_AT}",
+        FAULT_ONCE_ENV: str(tmp / "killed"),
+        FAULT_TRACE_ENV: str(trace),
+    }
     mp = pytest.MonkeyPatch()
     # Ray's workers inherit the environment of the runtime run_sweep starts: none may be up.
     if ray.is_initialized():
@@ -46,8 +49,16 @@ def failures(tmp_path_factory, demo_store):
     for k, v in env.items():
         mp.setenv(k, v)
     try:
-        settings = tiny_settings(tmp, demo_store, "failures", num_samples=2, max_epochs=EPOCHS,
-                                 max_concurrent=2, scheduler="fifo", warm_start=False)  # fmt: skip
+        settings = tiny_settings(
+            tmp,
+            demo_store,
+            "failures",
+            num_samples=2,
+            max_epochs=EPOCHS,
+            max_concurrent=2,
+            scheduler="fifo",
+            warm_start=False,
+        )
         assert settings.max_failures >= 1  # retries are on: a raise would be retried if seen
         outcome = run_sweep(settings, space=SPACE, points=[GOOD, BAD], quiet=True)
     finally:
@@ -103,9 +114,14 @@ def test_a_trial_whose_worker_dies_continues_from_its_last_checkpoint(failures) 
     # Tune had registered, epoch 1's (epoch 2's result arrived, its checkpoint never did).
     assert good.last_result["training_iteration"] == EPOCHS
     assert good.last_result["iterations_since_restore"] == EPOCHS - (KILL_AT - 1)
-    starts = [pid for point, _, who, pid in trace if point == "trial_start" and who == good.trial_id]
-    reported = [(int(at), pid) for point, at, who, pid in trace
-                if point == "trial_reported" and who == good.trial_id]  # fmt: skip
+    starts = [
+        pid for point, _, who, pid in trace if point == "trial_start" and who == good.trial_id
+    ]
+    reported = [
+        (int(at), pid)
+        for point, at, who, pid in trace
+        if point == "trial_reported" and who == good.trial_id
+    ]
     assert len(starts) == 2 and starts[0] != starts[1]
     assert reported == [(1, starts[0]), (2, starts[1]), (3, starts[1]), (4, starts[1])]
 

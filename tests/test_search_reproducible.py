@@ -32,9 +32,19 @@ RANDOM_IDS = ("trial_id", "mlflow_run_id")  # Tune's and MLflow's ids are fresh 
 
 
 def sweep(tmp: Path, store: Path, name: str, seed: int) -> tuple[list[dict], dict]:
-    settings = tiny_settings(tmp, store, name, seed=seed, warm_start=False, num_samples=6,
-                             max_epochs=4, grace_period=1, reduction_factor=2,
-                             startup_trials=2, reproducible=True)  # fmt: skip
+    settings = tiny_settings(
+        tmp,
+        store,
+        name,
+        seed=seed,
+        warm_start=False,
+        num_samples=6,
+        max_epochs=4,
+        grace_period=1,
+        reduction_factor=2,
+        startup_trials=2,
+        reproducible=True,
+    )
     assert settings.max_concurrent == 2
     outcome = run_sweep(settings, space=SPACE, quiet=True)
     assert outcome.num_trials == 6 and not outcome.interrupted

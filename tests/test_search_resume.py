@@ -43,10 +43,25 @@ def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) ->
     log = tmp_path / "first.log"
     with open(log, "w") as sink:
         first = subprocess.Popen(
-            cli("--space", "case", "--data", str(search_store), "--num-samples", "6",
-                "--max-epochs", "3", "--max-concurrent", "2", *common),
-            cwd=tmp_path, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cli(
+                "--space",
+                "case",
+                "--data",
+                str(search_store),
+                "--num-samples",
+                "6",
+                "--max-epochs",
+                "3",
+                "--max-concurrent",
+                "2",
+                *common,
+            ),
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
         try:
             first.wait(timeout=300)
         finally:
@@ -72,9 +87,13 @@ def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) ->
     }
 
     second = subprocess.run(
-        cli("--resume", *common), cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+        cli("--resume", *common),
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
         timeout=400,
-    )  # fmt: skip
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"python -m search.finalize --sweep {NAME}" in second.stdout
 

@@ -103,10 +103,12 @@ def test_unknown_space_lists_the_valid_ones() -> None:
         ({"lr": {"choice": []}}, "non-empty"),
         ({"lr": {"uniform": [0, 1], "choice": [1]}}, "exactly one"),
         ({"focal_gamma": {"uniform": [0, 1], "when": {"loss": "focal"}}}, "not an earlier"),
-        ({"loss": {"choice": ["ce"]}, "g": {"uniform": [0, 1], "when": {"loss": "focal"}}},
-         "can never hold"),
+        (
+            {"loss": {"choice": ["ce"]}, "g": {"uniform": [0, 1], "when": {"loss": "focal"}}},
+            "can never hold",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_space_is_refused_with_the_reason(spec: dict, needle: str) -> None:
     with pytest.raises(SpaceError) as err:
         validate_space({"params": spec})
@@ -114,8 +116,9 @@ def test_malformed_space_is_refused_with_the_reason(spec: dict, needle: str) -> 
 
 
 def test_zero_below_maps_tiny_weight_decay_to_off() -> None:
-    space = validate_space({"params": {"weight_decay": {"loguniform": [1e-6, 1e-1],
-                                                        "zero_below": 1e-5}}})  # fmt: skip
+    space = validate_space(
+        {"params": {"weight_decay": {"loguniform": [1e-6, 1e-1], "zero_below": 1e-5}}}
+    )
     assert sample_config(optuna.trial.FixedTrial({"weight_decay": 3e-6}), space) == {
         "weight_decay": 0.0
     }

@@ -85,8 +85,14 @@ def test_mlflow_holds_one_sweep_run_and_one_nested_run_per_trial(sweep) -> None:
 def test_results_files_agree_with_mlflow(sweep) -> None:
     settings, outcome = sweep
     out = settings.sweep_dir
-    for name in ("leaderboard.md", "trials.csv", "best_configs.yaml", "best_by_model.png",
-                 "optimization_history.png", "sweep.json"):  # fmt: skip
+    for name in (
+        "leaderboard.md",
+        "trials.csv",
+        "best_configs.yaml",
+        "best_by_model.png",
+        "optimization_history.png",
+        "sweep.json",
+    ):
         assert (out / name).is_file(), name
     rows = read_trials_csv(out / "trials.csv")
     runs = {
@@ -158,8 +164,9 @@ def test_a_failing_trial_is_failed_with_its_error_and_the_sweep_completes(sweep)
 
 def test_the_search_never_reads_the_test_split(sweep) -> None:
     settings, _ = sweep
-    finished = [r for r in mlflow_runs(settings.tracking_uri, kind="trial")
-                if r.info.status == "FINISHED"]  # fmt: skip
+    finished = [
+        r for r in mlflow_runs(settings.tracking_uri, kind="trial") if r.info.status == "FINISHED"
+    ]
     assert finished
     for run in finished:
         # What the trial's sealed FeatureStore recorded as served (a test read would raise).
@@ -182,8 +189,9 @@ def test_a_fold_sweep_reports_the_fold_mean_and_logs_every_fold(
 ) -> None:
     """--folds 3: each trial trains one head per fold; the search metric is the fold mean,
     and MLflow holds each fold's history beside it."""
-    settings = tiny_settings(tmp_path, search_store, "folds", folds=3, num_samples=2,
-                             max_epochs=2, warm_start=False)  # fmt: skip
+    settings = tiny_settings(
+        tmp_path, search_store, "folds", folds=3, num_samples=2, max_epochs=2, warm_start=False
+    )
     space = {**SPACE, "params": {**SPACE["params"], "lr": {"choice": [3e-3]}}}
     outcome = run_sweep(settings, space=space, quiet=True)
     assert outcome.num_trials == 2 and outcome.num_failed == 0

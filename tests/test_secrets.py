@@ -39,19 +39,24 @@ def test_redact_uri(uri: str, shown: str) -> None:
 def test_resume_needs_the_password_again(tmp_path: Path) -> None:
     results = tmp_path / "results" / "s"
     results.mkdir(parents=True)
-    saved = parse_settings(["--space", "case", "--name", "s", "--tracking-uri",
-                            f"http://alice:{SECRET}@h:5000"], cwd=tmp_path)  # fmt: skip
+    saved = parse_settings(
+        ["--space", "case", "--name", "s", "--tracking-uri", f"http://alice:{SECRET}@h:5000"],
+        cwd=tmp_path,
+    )
     stored = {**saved.to_dict(), "tracking_uri": redact_uri(saved.tracking_uri)}
     (results / "sweep.json").write_text(json.dumps({"settings": stored}))
     with pytest.raises(UsageError, match="whose password is not stored") as err:
         parse_settings(["--name", "s", "--resume"], cwd=tmp_path)
     assert SECRET not in str(err.value)
-    again = parse_settings(["--name", "s", "--resume", "--tracking-uri",
-                            f"http://alice:{SECRET}@h:5000"], cwd=tmp_path)  # fmt: skip
+    again = parse_settings(
+        ["--name", "s", "--resume", "--tracking-uri", f"http://alice:{SECRET}@h:5000"], cwd=tmp_path
+    )
     assert again.tracking_uri == f"http://alice:{SECRET}@h:5000"
     with pytest.raises(UsageError, match=r"--tracking-uri http://alice:\*\*\*@other:5000 differs"):
-        parse_settings(["--name", "s", "--resume", "--tracking-uri",
-                        f"http://alice:{SECRET}@other:5000"], cwd=tmp_path)  # fmt: skip
+        parse_settings(
+            ["--name", "s", "--resume", "--tracking-uri", f"http://alice:{SECRET}@other:5000"],
+            cwd=tmp_path,
+        )
 
 
 def _grep(root: Path, needle: bytes) -> list[Path]:
@@ -70,17 +75,53 @@ def test_no_file_or_printed_line_holds_the_password(
     work.mkdir()
     env = cli_env(work)
     run = subprocess.run(
-        [sys.executable, "-m", "search.run", "--space", "baselines", "--data", str(demo_store),
-         "--name", "sec", "--num-samples", "2", "--max-epochs", "1", "--tracking-uri", uri],
-        cwd=work, env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "search.run",
+            "--space",
+            "baselines",
+            "--data",
+            str(demo_store),
+            "--name",
+            "sec",
+            "--num-samples",
+            "2",
+            "--max-epochs",
+            "1",
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "http://alice:***@127.0.0.1" in run.stdout
     fin = subprocess.run(
-        [sys.executable, "-m", "search.finalize", "--sweep", "sec", "--tracking-uri", uri,
-         "--top-k", "1", "--seeds", "0", "--epochs", "1"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "search.finalize",
+            "--sweep",
+            "sec",
+            "--tracking-uri",
+            uri,
+            "--top-k",
+            "1",
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert fin.returncode == 0, fin.stdout[-2000:] + fin.stderr[-2000:]
     for out in (run.stdout, run.stderr, fin.stdout, fin.stderr):
         assert SECRET not in out

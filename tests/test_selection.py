@@ -154,9 +154,18 @@ def test_best_row_not_distinguishable_is_said_plainly() -> None:
         units = [
             {"test_pred": {"10": p.tolist()}, "chosen_epoch": 10, "fixed_epoch": 10} for p in preds
         ]
-        r = fr.Row(key=key, label=key, model="m", rank=1, trial_id=key, seeds=[0, 1],
-                   chosen_epochs=[10, 10], fixed_epochs=[10, 10], units=units,
-                   val_chosen=[val, val])  # fmt: skip
+        r = fr.Row(
+            key=key,
+            label=key,
+            model="m",
+            rank=1,
+            trial_id=key,
+            seeds=[0, 1],
+            chosen_epochs=[10, 10],
+            fixed_epochs=[10, 10],
+            units=units,
+            val_chosen=[val, val],
+        )
         r.chosen["macro_f1"] = [float(np.mean(p == gold)) for p in preds]
         return r
 

@@ -131,8 +131,20 @@ def test_prepare_splits_a_ten_session_random_corpus(tmp_path: Path, encoders) ->
     corpus = write_random_corpus(tmp_path / "corpus")
     audio, text = encoders
     out = tmp_path / "stores"
-    proc = _prepare("--kemdy20", str(corpus), "--audio-model", audio, "--text-model", text,
-                    "--out", str(out), "--max-frames", "64", "--max-tokens", "16")  # fmt: skip
+    proc = _prepare(
+        "--kemdy20",
+        str(corpus),
+        "--audio-model",
+        audio,
+        "--text-model",
+        text,
+        "--out",
+        str(out),
+        "--max-frames",
+        "64",
+        "--max-tokens",
+        "16",
+    )
     assert proc.returncode == 0, proc.stderr
     (store,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     split = json.loads((store / "split.json").read_text())
@@ -155,8 +167,9 @@ def test_prepare_two_sessions_is_one_line_error(tmp_path: Path, encoders) -> Non
     corpus = write_random_corpus(tmp_path / "corpus", sessions=2)
     audio, text = encoders
     out = tmp_path / "stores"
-    proc = _prepare("--kemdy20", str(corpus), "--audio-model", audio, "--text-model", text,
-                    "--out", str(out))  # fmt: skip
+    proc = _prepare(
+        "--kemdy20", str(corpus), "--audio-model", audio, "--text-model", text, "--out", str(out)
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "need at least 3 sessions" in err[0] and "Traceback" not in err[0]

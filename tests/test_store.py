@@ -220,10 +220,25 @@ def test_sigkill_mid_prepare_leaves_no_store_and_rerun_succeeds(demo_store, tmp_
     args = dict(audio_model=audio_dir, text_model=text_dir, max_frames=300)
     key = plan(corpus, **args).key
     cmd = [
-        sys.executable, "-m", "data_prep.prepare", "--kemdy20", str(corpus),
-        "--audio-model", audio_dir, "--text-model", text_dir, "--max-frames", "300",
-        "--out", str(root), "--batch-size", "1", "--threads", "1", "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "data_prep.prepare",
+        "--kemdy20",
+        str(corpus),
+        "--audio-model",
+        audio_dir,
+        "--text-model",
+        text_dir,
+        "--max-frames",
+        "300",
+        "--out",
+        str(root),
+        "--batch-size",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

@@ -33,8 +33,14 @@ def synth(tmp_path_factory) -> FeatureStore:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> FeatureStore:
     # 61 training rows: with batch 10 the last batch of every epoch has one row.
-    path = make_synthetic_store(tmp_path_factory.mktemp("tiny"), n=100, sessions=10,
-                                val_sessions=(8,), test_sessions=(9, 10), seed=2)  # fmt: skip
+    path = make_synthetic_store(
+        tmp_path_factory.mktemp("tiny"),
+        n=100,
+        sessions=10,
+        val_sessions=(8,),
+        test_sessions=(9, 10),
+        seed=2,
+    )
     return FeatureStore.open(path, sealed=("test",))
 
 
@@ -57,8 +63,10 @@ def same(a: list[dict], b: list[dict]) -> bool:
 
 def test_compressing_beats_all_neutral_and_fusion_beats_unimodal(synth) -> None:
     baseline = all_neutral_metrics(synth.labels("val"), "val")["val_macro_f1"]
-    scores = {m: train(cfg(model=m), synth).best_metrics["val_macro_f1"]
-              for m in ("case-compressing", "text-only", "speech-only")}  # fmt: skip
+    scores = {
+        m: train(cfg(model=m), synth).best_metrics["val_macro_f1"]
+        for m in ("case-compressing", "text-only", "speech-only")
+    }
     assert scores["case-compressing"] > baseline + 0.4, (scores, baseline)
     assert scores["case-compressing"] > max(scores["text-only"], scores["speech-only"]) + 0.05, (
         scores
@@ -76,8 +84,17 @@ def test_history_and_callback(synth) -> None:
     assert [e for e, _ in seen] == [1, 2, 3] and len(result.history) == 3
     assert result.stopped_early
     m = seen[-1][1]
-    for key in ("train_loss", "train_macro_f1", "val_loss", "val_macro_f1", "val_weighted_f1",
-                "val_micro_f1", "val_seed_micro_f1", "val_f1_neutral", "train_seed_micro_f1"):  # fmt: skip
+    for key in (
+        "train_loss",
+        "train_macro_f1",
+        "val_loss",
+        "val_macro_f1",
+        "val_weighted_f1",
+        "val_micro_f1",
+        "val_seed_micro_f1",
+        "val_f1_neutral",
+        "train_seed_micro_f1",
+    ):
         assert key in m and np.isfinite(m[key]), key
     values = [h["val_macro_f1"] for h in result.history]
     best, value = best_epoch(values)  # where the trailing mean of val macro-F1 peaks
@@ -112,10 +129,20 @@ def test_streamed_and_resident_give_the_same_history(tiny, monkeypatch, extra) -
 
 @pytest.mark.parametrize("model", ["case-concat-compressing", "mmm", "speech-only", "concat"])
 def test_options_train(tiny, model) -> None:
-    c = cfg(model=model, epochs=1, batch_size=10, loss="focal", focal_gamma=2.0,
-            class_weights="inverse_sqrt", schedule="cosine", grad_clip=1.0,
-            contrastive="infonce" if model != "speech-only" else "supervised",
-            audio_frames=16 if model != "concat" else 40, label_smoothing=0.1, amp=True)  # fmt: skip
+    c = cfg(
+        model=model,
+        epochs=1,
+        batch_size=10,
+        loss="focal",
+        focal_gamma=2.0,
+        class_weights="inverse_sqrt",
+        schedule="cosine",
+        grad_clip=1.0,
+        contrastive="infonce" if model != "speech-only" else "supervised",
+        audio_frames=16 if model != "concat" else 40,
+        label_smoothing=0.1,
+        amp=True,
+    )
     result = train(c, tiny)
     assert np.isfinite(result.history[-1]["train_loss"])
     assert np.isfinite(result.history[-1]["val_loss"])
@@ -167,9 +194,15 @@ def test_batches_equal_the_store_rows(tiny, budget, frames) -> None:
     rows = tiny.indices("train")
     if budget is None:  # fits as fp16 only, with one load chunk (here: the whole split)
         budget = 2 * 2 * len(rows) * (16 * 10 + 12 * frames + 16) + 1
-    data = load_split(tiny, "train", uses=frozenset({"text", "audio", "text_pooled"}),
-                      frames=frames, trim=frozenset({"text", "audio"}),
-                      device=torch.device("cpu"), budget=budget)  # fmt: skip
+    data = load_split(
+        tiny,
+        "train",
+        uses=frozenset({"text", "audio", "text_pooled"}),
+        frames=frames,
+        trim=frozenset({"text", "audio"}),
+        device=torch.device("cpu"),
+        budget=budget,
+    )
     expected_dtype = {10**12: torch.float32, 0: None}.get(budget, torch.float16)
     assert (data.arrays["text"].dtype if data.resident else None) == expected_dtype
     for idx in ([5, 0, 17], [3], list(range(len(rows)))[:10]):
@@ -203,8 +236,22 @@ def test_schedules() -> None:
 def test_cli_prints_a_table(tiny, capsys) -> None:
     from models.train import main
 
-    main(["--model", "text-only", "--data", str(tiny.path), "--epochs", "2", "--lr", "1e-3",
-          "--set", "hidden=16", "--set", "weight_decay=1e-2"])  # fmt: skip
+    main(
+        [
+            "--model",
+            "text-only",
+            "--data",
+            str(tiny.path),
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-3",
+            "--set",
+            "hidden=16",
+            "--set",
+            "weight_decay=1e-2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "all-neutral val" in out and "macro" in out and "best epoch" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2
@@ -232,8 +279,9 @@ def test_on_demo_store_fusion_beats_unimodal(demo) -> None:
     c = cfg(hidden=64, lr=1e-3, epochs=30, class_weights="inverse")
 
     def score(model: str) -> float:
-        runs = [train(c.replace(model=model, seed=seed), demo, eval_splits=splits)
-                for seed in (0, 1)]  # fmt: skip
+        runs = [
+            train(c.replace(model=model, seed=seed), demo, eval_splits=splits) for seed in (0, 1)
+        ]
         return float(np.mean([r.best_metrics[f"{s}_macro_f1"] for r in runs for s in splits]))
 
     scores = {m: score(m) for m in ("case-attention", "text-only", "speech-only")}
