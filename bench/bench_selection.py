@@ -295,19 +295,28 @@ def extra_final_runs(arm: dict, oracle: Oracle, args: argparse.Namespace, store:
             }
             refs[(r["trial_id"], seed)] = task.remote(unit, str(store), threads=1)
     out: dict[str, dict[str, float]] = {}
+    failed: list[str] = []
     for (tid, seed), ref in refs.items():
-        rec = ray.get(ref)
+        try:
+            rec = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # e.g. a config that diverges after epoch 20
+            out.setdefault(tid, {})[str(seed)] = math.nan
+            failed.append(f"{tid} seed {seed}: {str(exc).strip().splitlines()[-1]}")
+            continue
         blob = rec["_checkpoints"][str(rec["chosen_epoch"])]
         ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         out.setdefault(tid, {})[str(seed)] = oracle.score(ckpt["config"], ckpt["state_dict"])
     _arm_file(arm, "extra").write_text(json.dumps(out, indent=1), encoding="utf-8")
+    if failed:  # a config that cannot be trained for the final run has no final-protocol score
+        _arm_file(arm, "extra-failed").write_text(json.dumps(failed, indent=1), encoding="utf-8")
 
 
 def extra_scores(arm: dict) -> dict[str, list[float]]:
     path = _arm_file(arm, "extra")
     if not path.is_file():
         return {}
-    return {t: list(v.values()) for t, v in json.loads(path.read_text()).items()}
+    scores = {t: list(v.values()) for t, v in json.loads(path.read_text()).items()}
+    return {t: v for t, v in scores.items() if all(math.isfinite(x) for x in v)}
 
 
 # -- what each rule recommends ----------------------------------------------------------------
