@@ -311,6 +311,11 @@ def extra_final_runs(arm: dict, oracle: Oracle, args: argparse.Namespace, store:
         _arm_file(arm, "extra-failed").write_text(json.dumps(failed, indent=1), encoding="utf-8")
 
 
+def _failed_extras(arm: dict) -> int:
+    path = _arm_file(arm, "extra-failed")
+    return len(json.loads(path.read_text())) if path.is_file() else 0
+
+
 def extra_scores(arm: dict) -> dict[str, list[float]]:
     path = _arm_file(arm, "extra")
     if not path.is_file():
@@ -415,7 +420,9 @@ def analyse(
             "finalized_regret": best_finalized - pick_final,
             "best_final_oracle": best_final,
             "extra_configs": len(extra),
-            "regret": best_final - pick_final if extra else math.nan,
+            # extra runs attempted (a diverging config scores nothing): the regret is defined
+            "regret": best_final - pick_final if _arm_file(arm, "extra").is_file() else math.nan,
+            "extra_failed": _failed_extras(arm),
             "sweep_top1_oracle": rank_by(recs, "trailing")[0]["oracle"],
             "t_sweep": arm["t_sweep"],
             "t_final": arm["t_final"],
@@ -541,6 +548,9 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
         f"Among the configs finalize trained only: {col('product', 'finalized_regret')}.\n"
         f"- **Product's pick minus random's pick on the oracle (final protocol): {_mean(ahead)}** "
         f"(target >= 0); trial protocol: {_mean(ahead_trial)}.\n"
+        "- Extra final runs that diverged (non-finite loss after the trial's epochs; no "
+        f"final-protocol score): product {sum(r['product']['extra_failed'] for r in results)}, "
+        f"random {sum(r['random']['extra_failed'] for r in with_random)}.\n"
         f"- Search efficiency: mean {_f(statistics.mean(eff))}x, per seed "
         + ", ".join(f"{_f(e)}x" for e in eff)
         + " (target >= 2x).\n"

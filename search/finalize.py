@@ -55,9 +55,11 @@ from search.settings import (  # noqa: E402
 
 EXIT_USAGE = 2
 _PROG = "search.finalize"
-# bench_selection (results/bench.md, "finalize variants"): the top 2 configs x 2 seeds gave
-# final runs as good on the oracle as the top 3 x 2 (0.586 vs 0.584, sd 0.02 over 3 sweep
-# seeds) and better than the sweep's #1 alone (0.571), at two thirds of top 3's cost.
+# bench_selection, "finalize variants": on 2026-12-01 (async ASHA, top 3 finalized) the top 2
+# configs x 2 seeds gave final runs as good on the oracle as the top 3 x 2 (0.586 vs 0.584, sd
+# 0.02 over 3 sweep seeds) and better than the sweep's #1 alone (0.571); on 2026-12-02
+# (results/bench.md) top 2 x 2 gave 0.560 and the #1 alone 0.571 (sd 0.035-0.055): within noise
+# both times, so the cheaper-than-top-3 default stays.
 DEFAULT_TOP_K = 2
 DEFAULT_EPOCHS = 150
 # Two of the seed's three seeds (0, 42, 2023): two seeds beat one on the oracle (0.586 vs
