@@ -596,7 +596,7 @@ def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle
         searcher="tpe",
         scheduler="asha",
         trials=args.trials,
-        warm_start=True,
+        warm_start=not args.no_warm_start,
         args=args,
     )
     epochs = sum(len(r["val"]) for r in trial_records(product))
@@ -655,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--max-epochs", type=int, default=20, help="as search.run (smoke runs: less)")
     p.add_argument("--final-epochs", type=int, default=150, help="as search.run --final-epochs")
+    p.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="the product arm without the seed's configs enqueued first (search.run --no-warm-start)",
+    )
     p.add_argument("--note", default="", help="a sentence added to the report's header")
     p.add_argument("--workdir", default=None, help="keep the sweeps here (default: a temp dir)")
     p.add_argument(
