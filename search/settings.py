@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_prep.paths import case_tune_home
 from search.redact import is_redacted, redact_uri
 from search.spaces import SpaceError, get_space
 
@@ -45,10 +46,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 class UsageError(ValueError):
     """A bad command-line flag or value; the message is one line telling what to do."""
-
-
-def case_tune_home() -> Path:
-    return Path(os.environ.get("CASE_TUNE_HOME") or Path.home() / ".cache" / "case-tune")
 
 
 def default_tracking_uri(cwd: Path | None = None) -> str:
