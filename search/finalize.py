@@ -669,26 +669,6 @@ def save_unit(settings: FinalizeSettings, record: dict[str, Any]) -> dict[str, A
 
 
 # -- MLflow ---------------------------------------------------------------------------------
-def _unit_runs(client: Any, exp_id: str, parent: str) -> list[Any]:
-    from mlflow.entities import ViewType
-
-    from search import tracking
-
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [exp_id],
-            filter_string=f"tags.`{tracking.PARENT}` = '{parent}' and tags.`{tracking.KIND}` = 'final'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def clean_stale_runs(
     client: Any, exp_id: str, parent: str, done: Mapping[str, Any]
 ) -> dict[str, str]:
@@ -698,7 +678,7 @@ def clean_stale_runs(
     from search import tracking
 
     keep: dict[str, str] = {}
-    for run in _unit_runs(client, exp_id, parent):
+    for run in tracking.child_runs(client, exp_id, parent, "final"):
         uid = run.data.tags.get(UNIT, "")
         if uid in done and run.info.status == "FINISHED" and uid not in keep:
             keep[uid] = run.info.run_id

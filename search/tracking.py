@@ -133,11 +133,16 @@ def reopen_run(client: MlflowClient, run_id: str) -> None:
 
 def trial_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list[Any]:
     """All non-deleted trial runs nested under the sweep run."""
+    return child_runs(client, exp_id, parent_run_id, "trial")
+
+
+def child_runs(client: MlflowClient, exp_id: str, parent_run_id: str, kind: str) -> list[Any]:
+    """All non-deleted runs of ``kind`` (trial, final) nested under ``parent_run_id``."""
     runs, token = [], None
     while True:
         page = client.search_runs(
             [exp_id],
-            filter_string=f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{KIND}` = 'trial'",
+            filter_string=f"tags.`{PARENT}` = '{parent_run_id}' and tags.`{KIND}` = '{kind}'",
             run_view_type=ViewType.ACTIVE_ONLY,
             max_results=1000,
             page_token=token,
