@@ -360,6 +360,23 @@ class _Reader:
         )
 
 
+def utterance_table(rows: list[dict[str, Any]] | list[tuple]) -> pd.DataFrame:
+    """The readers' rows as the utterance table: COLUMNS, their dtypes, in segment_id order."""
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table = table.astype(
+        {
+            "session": "int64",
+            "script": "int64",
+            "multi_label": "bool",
+            "valence": "float64",
+            "arousal": "float64",
+            "csv_row": "int64",
+        }
+    )
+    table = table.sort_values("segment_id", kind="stable").reset_index(drop=True)
+    return table
+
+
 def read_corpus(root: str | os.PathLike[str], *, strict: bool = False) -> CorpusRead:
     """Read a KEMDy20 folder; see the module docstring. Raises ``CorpusError`` if unusable."""
     base = Path(root).expanduser().resolve()
@@ -378,16 +395,5 @@ def read_corpus(root: str | os.PathLike[str], *, strict: bool = False) -> Corpus
         reader.read_csv(path)
     if strict and reader.faults:
         raise CorpusError(strict_message(reader.faults, base))
-    table = pd.DataFrame(reader.rows, columns=list(COLUMNS))
-    table = table.astype(
-        {
-            "session": "int64",
-            "script": "int64",
-            "multi_label": "bool",
-            "valence": "float64",
-            "arousal": "float64",
-            "csv_row": "int64",
-        }
-    )
-    table = table.sort_values("segment_id", kind="stable").reset_index(drop=True)
+    table = utterance_table(reader.rows)
     return CorpusRead(root=base, utterances=table, faults=reader.faults)

@@ -35,16 +35,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from data_prep.audio import wav_problem
 from data_prep.kemdy20 import (
-    COLUMNS,
     CorpusError,
     CorpusRead,
     Fault,
     read_text_file,
     strict_message,
+    utterance_table,
 )
 
 DEFAULT_COLUMNS: dict[str, str] = {
@@ -327,18 +325,7 @@ def read_manifest(
             f"--neutral-label {neutral_label!r} is not a class of {src} "
             f"(classes: {', '.join(label_names) or 'none'})"
         )
-    table = pd.DataFrame(usable, columns=list(COLUMNS))
-    table = table.astype(
-        {
-            "session": "int64",
-            "script": "int64",
-            "multi_label": "bool",
-            "valence": "float64",
-            "arousal": "float64",
-            "csv_row": "int64",
-        }
-    )
-    table = table.sort_values("segment_id", kind="stable").reset_index(drop=True)
+    table = utterance_table(usable)
     return CorpusRead(
         root=base,
         utterances=table,

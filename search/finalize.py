@@ -550,6 +550,7 @@ def _score_test(
 
     import torch
 
+    from models.data import load_split
     from models.losses import Objective, class_weights
     from models.metrics import classification_metrics, macro_auroc
     from models.train import checkpoint_payload, evaluate, model_for, model_sizes
@@ -567,8 +568,6 @@ def _score_test(
         for k, state in enumerate(heads):
             model = model_for(config, store, state).to(dev)
             if data is None:
-                from models.data import load_split
-
                 data = load_split(
                     store,
                     "test",
