@@ -612,8 +612,9 @@ def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle
         warm_start=False,
         args=args,
     )
-    for arm in (product, random):
-        extra_final_runs(arm, oracle, args, store)
+    for kind, arm in (("product", product), ("random", random)):
+        if kind in args.extra_arms:  # random's regret is informative, not a target
+            extra_final_runs(arm, oracle, args, store)
     folds = None
     if args.folds:
         folds = run_arm(
@@ -650,6 +651,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=3,
         help="configs outside finalize's pick trained under the final protocol",
+    )
+    p.add_argument(
+        "--extra-arms",
+        nargs="+",
+        default=["product", "random"],
+        choices=["product", "random"],
+        help="the arms whose regret is measured with --extra runs",
     )
     p.add_argument("--folds", type=int, default=3, help="the folds arm's K (0: no folds arm)")
     p.add_argument("--trials", type=int, default=24)
