@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from data_prep.atomic import build_dir_atomic
 from data_prep.device import resolve_device
 
 DEFAULT_AUDIO_MODEL = "kresnik/wav2vec2-large-xlsr-korean"
@@ -361,23 +360,8 @@ def _digest(obj: Any) -> str:
     ]
 
 
-def _save_atomically(final: Path, build: Any) -> Path:
-    """Run ``build(tmp_dir)`` and rename the result to ``final``; reuse ``final`` if present."""
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        build(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+def _has_config(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
 
 
 def _build_demo_audio(out: Path, seed: int) -> None:
@@ -512,6 +496,6 @@ def build_demo_encoders(
         )
     )
     with _quiet_transformers():
-        _save_atomically(audio_dir, lambda d: _build_demo_audio(d, seed))
-        _save_atomically(text_dir, lambda d: _build_demo_text(d, texts, seed))
+        build_dir_atomic(audio_dir, lambda d: _build_demo_audio(d, seed), _has_config)
+        build_dir_atomic(text_dir, lambda d: _build_demo_text(d, texts, seed), _has_config)
     return audio_dir, text_dir

@@ -25,11 +25,9 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep import paths
+from data_prep.atomic import build_dir_atomic
 from data_prep.device import resolve_device
 from data_prep.encoders import (
     DEFAULT_AUDIO_MODEL,
@@ -485,23 +484,13 @@ def demo_corpus(sessions: int = 16, seed: int = 0, utterances_per_script: int = 
     from data_prep.demo import write_demo_corpus
 
     name = f"demo-{sessions}s{utterances_per_script}u-seed{seed}-{_demo_source_digest()}"
-    final = paths.corpora_root() / name
-    if (final / "annotation").is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    try:
-        write_demo_corpus(
+    return build_dir_atomic(
+        paths.corpora_root() / name,
+        lambda tmp: write_demo_corpus(
             tmp, sessions=sessions, seed=seed, utterances_per_script=utterances_per_script
-        )
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "annotation").is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        ),
+        lambda folder: (folder / "annotation").is_dir(),
+    )
 
 
 def prepare_demo_store(

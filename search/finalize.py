@@ -43,14 +43,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data_prep.atomic import write_bytes_atomic, write_text_atomic  # noqa: E402
 from search.redact import is_redacted, redact_text, redact_uri  # noqa: E402
 from search.settings import (  # noqa: E402
     MAX_FAILURES,
     SWEEP_MANIFEST,
     UsageError,
+    absolute_tracking_uri,
     check_name,
     check_resources,
     default_tracking_uri,
+    parse_cli,
 )
 
 EXIT_USAGE = 2
@@ -184,13 +187,7 @@ def parse_settings(
 ) -> FinalizeSettings:
     """Parse and validate the command line; raises UsageError (never SystemExit but --help)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-
-    def _error(message: str) -> None:
-        raise UsageError(f"{message} (see `python -m search.finalize --help`)")
-
-    parser.error = _error  # type: ignore[method-assign]
-    a = parser.parse_args(argv)
+    a = parse_cli(build_parser(), argv, "search.finalize")
     check_name("--sweep", a.sweep)  # before any file is read: '../x' must not escape
     cwd = (cwd or Path.cwd()).resolve()
     results_dir = Path(a.results_dir or "results").expanduser()
@@ -218,7 +215,7 @@ def parse_settings(
     s.address = a.address
     s.resume = a.resume
     if a.tracking_uri:
-        s.tracking_uri = _absolute_uri(a.tracking_uri, cwd)
+        s.tracking_uri = absolute_tracking_uri(a.tracking_uri, cwd)
     else:
         manifest = sweep_dir / SWEEP_MANIFEST
         saved = {}
@@ -300,18 +297,6 @@ def _sweep_horizon(sweep_dir: Path) -> int:
 def _sweep_folds(sweep_dir: Path) -> int:
     """The session folds the sweep's trials were cross-validated over (0: none)."""
     return _sweep_fact(sweep_dir, "folds", 0)
-
-
-def _absolute_uri(uri: str, cwd: Path) -> str:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        db = db if db.is_absolute() else (cwd / db).resolve()
-        if not db.parent.is_dir():
-            raise UsageError(f"--tracking-uri {uri}: folder {db.parent} does not exist")
-        return f"sqlite:///{db}"
-    if "://" not in uri and not uri.startswith("databricks"):
-        raise UsageError(f"--tracking-uri {uri!r}: expected a URI such as sqlite:////abs/mlflow.db")
-    return uri
 
 
 # -- the plan -------------------------------------------------------------------------------
@@ -629,10 +614,7 @@ def _unit_task(
 
 # -- persistence ----------------------------------------------------------------------------
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def finished_units(settings: FinalizeSettings) -> dict[str, dict[str, Any]]:
@@ -658,9 +640,7 @@ def save_unit(settings: FinalizeSettings, record: dict[str, Any]) -> dict[str, A
     for key, blob in blobs.items():
         epoch, _, fold = key.partition("-")
         path = ck_dir / (f"epoch_{int(epoch):04d}" + (f"_{fold}" if fold else "") + ".pt")
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, blob)
         files[key] = str(path)
     record["checkpoint_files"] = files
     _write_json_atomic(settings.units_dir / f"{record['unit_id']}.json", record)

@@ -36,6 +36,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from data_prep.atomic import write_text_atomic
+
 
 # -- the searcher -------------------------------------------------------------------------
 class OrderedSearcher(Searcher):
@@ -197,10 +199,7 @@ class OrderedASHA(FIFOScheduler):
             return
         rungs = {str(m): {str(k): v for k, v in r.items()} for m, r in self.rungs.items()}
         data = {"order": self.order, "num_stopped": self.num_stopped, "rungs": rungs}
-        tmp = f"{self.state_path}.tmp"
-        Path(tmp).parent.mkdir(parents=True, exist_ok=True)
-        Path(tmp).write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        write_text_atomic(Path(self.state_path), json.dumps(data))
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._load()

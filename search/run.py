@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(_here)]
     sys.path.insert(0, str(Path(_here).parent))
 
+from data_prep.atomic import write_text_atomic  # noqa: E402
 from search.redact import redact_uri, remember  # noqa: E402
 from search.settings import SweepSettings, UsageError, parse_settings  # noqa: E402
 from search.spaces import get_space, seed_points, validate_space, with_fixed  # noqa: E402
@@ -298,9 +299,7 @@ def _write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
     settings.sweep_dir.mkdir(parents=True, exist_ok=True)
     stored = {**settings.to_dict(), "tracking_uri": redact_uri(settings.tracking_uri)}
     doc = {**info, "tracking_uri": redact_uri(info["tracking_uri"]), "settings": stored}
-    tmp = settings.manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    os.replace(tmp, settings.manifest_path)
+    write_text_atomic(settings.manifest_path, json.dumps(doc, indent=2))
 
 
 def tune_segments(settings: SweepSettings, manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,9 +14,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from data_prep.paths import case_tune_home
 from search.redact import is_redacted, redact_uri
@@ -207,6 +208,19 @@ def _fail(msg: str) -> None:
     raise UsageError(msg)
 
 
+def parse_cli(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, command: str
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a usage error raises UsageError naming ``command``'s
+    --help instead of exiting: callers (and tests) decide how to report it. --help exits."""
+
+    def _error(message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `python -m {command} --help`)")
+
+    parser.error = _error  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
 def check_resources(cpus: float, gpus: float) -> None:
     """Per-trial resources as Ray accepts them; shared by search.run and search.finalize."""
     if not math.isfinite(cpus) or cpus <= 0:
@@ -266,8 +280,9 @@ def _data_kind(data: str) -> tuple[str, str]:
     raise AssertionError  # unreachable
 
 
-def _tracking_uri(given: str | None, cwd: Path) -> str:
-    """--tracking-uri made absolute (sqlite paths against ``cwd``), or the default."""
+def absolute_tracking_uri(given: str | None, cwd: Path) -> str:
+    """--tracking-uri made absolute (sqlite paths against ``cwd``), or the default; shared by
+    search.run and search.finalize."""
     tracking_uri = given or default_tracking_uri(cwd)
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
@@ -308,7 +323,7 @@ def _given_flags(args: argparse.Namespace, cwd: Path) -> dict[str, tuple[str, An
     if args.no_warm_start is not None:
         given["warm_start"] = ("--no-warm-start", False)
     if args.tracking_uri is not None:
-        given["tracking_uri"] = ("--tracking-uri", _tracking_uri(args.tracking_uri, cwd))
+        given["tracking_uri"] = ("--tracking-uri", absolute_tracking_uri(args.tracking_uri, cwd))
     return given
 
 
@@ -341,13 +356,7 @@ def _check_resume_flags(args: argparse.Namespace, saved: SweepSettings, cwd: Pat
 def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) -> SweepSettings:
     """Parse and validate the command line. Raises UsageError (never SystemExit) on bad input,
     except for --help."""
-    parser = build_parser()
-
-    def _error(message: str) -> None:
-        raise UsageError(f"{message} (see `python -m search.run --help`)")
-
-    parser.error = _error  # type: ignore[method-assign]
-    args = parser.parse_args(argv)
+    args = parse_cli(build_parser(), argv, "search.run")
     cwd = (cwd or Path.cwd()).resolve()
     results_dir = Path(args.results_dir or cwd / "results").expanduser()
     results_dir = (cwd / results_dir).resolve() if not results_dir.is_absolute() else results_dir
@@ -405,7 +414,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         _fail(
             f"sweep {name!r} already exists in {results_dir}; add --resume to continue it or pick another --name"
         )
-    tracking_uri = _tracking_uri(args.tracking_uri, cwd)
+    tracking_uri = absolute_tracking_uri(args.tracking_uri, cwd)
     sweep_dir = results_dir / name
     tune_suffix = hashlib.sha256(f"{sweep_dir}:{time.time_ns()}:{os.getpid()}".encode())
     return SweepSettings(
