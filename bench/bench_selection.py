@@ -516,13 +516,19 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
         "## Selection: does the recommended config generalise? (`bench/bench_selection.py`)\n\n"
         f"Oracle: {ORACLE_SESSIONS} new demo sessions (generator seed {ORACLE_SEED}, "
         f"{oracle_rows} rows) through the demo store's encoders, never seen by the search. "
-        f"**Product**: `search.run --space case` defaults ({args.trials} trials, ASHA, TPE, warm "
-        f"starts, trials of {args.max_epochs} epochs scheduled over {args.final_epochs}, the "
+        f"**Product**: `search.run --space case` defaults ({args.trials} trials, ASHA, TPE, "
+        f"{'no warm starts' if args.no_warm_start else 'warm starts'}, trials of {args.max_epochs} epochs scheduled over {args.final_epochs}, the "
         "trailing-mean statistic, reproducible mode), then `search.finalize` "
         f"top-{args.top_k} x seeds {' '.join(map(str, args.final_seeds))}. **Random**: random "
         "search, no early stopping, no warm starts, as many epochs as the product's sweep, the "
-        f"same finalize. **Folds**: the product with `--folds {k}` and {args.trials // k} "
-        f"trials (equal epochs: a fold trial trains {k} heads), the same finalize.\n\n"
+        "same finalize."
+        + (
+            f" **Folds**: the product with `--folds {k}` and {args.trials // k} trials (equal "
+            f"epochs: a fold trial trains {k} heads), the same finalize."
+            if k
+            else ""
+        )
+        + "\n\n"
         "Like with like, under the **final protocol** (a config trained as finalize trains it: "
         f"{args.final_epochs} epochs, weights chosen by the statistic, oracle macro-F1 averaged "
         "over the final seeds): *pick* is finalize's best row; *best among tried* is the best "
