@@ -61,7 +61,7 @@ def run_once(
     store: Path, tmp: Path, name: str, epochs: int, *, concurrent: int, reuse: bool
 ) -> dict[str, Any]:
     import search.run as run_mod
-    from search.settings import parse_settings
+    from search.settings import parse_settings, sweep_argv
 
     keys = sorted({k for c in CONFIGS for k in c})
     space = {
@@ -70,30 +70,17 @@ def run_once(
     }
     work = tmp / name
     work.mkdir()
-    settings = parse_settings(
-        [
-            "--space",
-            "case",
-            "--data",
-            str(store),
-            "--name",
-            name,
-            "--num-samples",
-            str(len(CONFIGS)),
-            "--max-epochs",
-            str(epochs),
-            "--max-concurrent",
-            str(concurrent),
-            "--cpus-per-trial",
-            "1",
-            "--no-warm-start",
-            "--results-dir",
-            str(work / "results"),
-            "--tracking-uri",
-            f"sqlite:///{work / 'mlflow.db'}",
-        ],
-        cwd=work,
+    argv = sweep_argv(
+        store,
+        name,
+        work,
+        num_samples=len(CONFIGS),
+        max_epochs=epochs,
+        max_concurrent=concurrent,
+        cpus_per_trial=1,
+        no_warm_start=True,
     )
+    settings = parse_settings(argv, cwd=work)
     settings.storage_path = str(work / "ray_results")
     settings.scheduler = "fifo"  # every trial runs all its epochs
     settings.reuse_actors = reuse

@@ -65,32 +65,19 @@ def one_arm(
     concurrent: int,
 ) -> tuple[list[float], float]:
     from search.run import run_sweep
-    from search.settings import parse_settings
+    from search.settings import parse_settings, sweep_argv
 
-    settings = parse_settings(
-        [
-            "--space",
-            "case",
-            "--data",
-            str(store),
-            "--name",
-            name,
-            "--seed",
-            str(seed),
-            "--num-samples",
-            str(trials),
-            "--max-epochs",
-            str(epochs),
-            "--max-concurrent",
-            str(concurrent),
-            "--no-warm-start",
-            "--results-dir",
-            str(tmp / "results"),
-            "--tracking-uri",
-            f"sqlite:///{tmp / 'mlflow.db'}",
-        ],
-        cwd=tmp,
+    argv = sweep_argv(
+        store,
+        name,
+        tmp,
+        seed=seed,
+        num_samples=trials,
+        max_epochs=epochs,
+        max_concurrent=concurrent,
+        no_warm_start=True,
     )
+    settings = parse_settings(argv, cwd=tmp)
     settings.storage_path = str(tmp / "ray_results")
     settings.searcher, settings.scheduler = searcher, scheduler
     t0 = time.perf_counter()

@@ -138,28 +138,17 @@ def run_arm(
 ) -> dict:
     from search import finalize as fz
     from search.run import run_sweep
-    from search.settings import parse_settings
+    from search.settings import parse_settings, sweep_argv
 
-    argv = [
-        "--space",
-        "case",
-        "--data",
-        str(store),
-        "--name",
+    argv = sweep_argv(
+        store,
         name,
-        "--seed",
-        str(seed),
-        "--num-samples",
-        str(trials),
-        "--results-dir",
-        str(tmp / "results"),
-        "--max-epochs",
-        str(args.max_epochs),
-        "--final-epochs",
-        str(args.final_epochs),
-        "--tracking-uri",
-        f"sqlite:///{tmp / 'mlflow.db'}",
-    ]
+        tmp,
+        seed=seed,
+        num_samples=trials,
+        max_epochs=args.max_epochs,
+        final_epochs=args.final_epochs,
+    )
     argv += [*extra, *([] if warm_start else ["--no-warm-start"])]
     settings = parse_settings(argv, cwd=tmp)
     settings.storage_path = str(tmp / "ray_results")

@@ -255,14 +255,23 @@ class Trainer:
         log.info(text)
 
     def _build(self, rows: Mapping[str, np.ndarray]) -> None:
-        config, store, dev = self.config, self.store, self.device
+        config, dev = self.config, self.device
         torch.manual_seed(config.seed)
-        self.sizes = model_sizes(store)
+        self.sizes = model_sizes(self.store)
         self.model = create_model(config.model, config=config, **self.sizes).to(dev)
+        # The dropout stream starts where the model's initialisation left the global RNG.
         self._rng = {"cpu": torch.get_rng_state()}
         if dev.type == "cuda":
             self._rng["cuda"] = torch.cuda.get_rng_state(dev)
-        frames = config.audio_frames or store.max_frames
+        self._load_data(rows)
+        self._build_optimization()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _load_data(self, rows: Mapping[str, np.ndarray]) -> None:
+        """The train split and the eval splits, as the model reads them (``rows``: folds)."""
+        store, dev = self.store, self.device
+        frames = self.config.audio_frames or store.max_frames
         load = dict(uses=self.model.uses, frames=frames, trim=self.model.trim, device=dev)
         self.train_data = load_split(store, "train", rows=rows.get("train"), **load)
         if self.train_data.n == 0:
@@ -276,8 +285,12 @@ class Trainer:
         for s, labels in self.eval_labels_cpu.items():  # small corpora: what macro-F1 means
             if note := absent_note(labels, s, store.num_classes, store.label_names):
                 self._note(note)
+
+    def _build_optimization(self) -> None:
+        """Loss, optimizer, learning-rate schedule and (on CUDA with amp) the grad scaler."""
+        config, dev = self.config, self.device
         weight = class_weights(
-            self.train_labels_cpu.numpy(), store.num_classes, config.class_weights
+            self.train_labels_cpu.numpy(), self.store.num_classes, config.class_weights
         )
         self.objective = Objective(config, weight).to(dev)
         self.optimizer = torch.optim.AdamW(
@@ -292,8 +305,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.use_amp:
@@ -310,11 +321,38 @@ class Trainer:
 
     def _epoch(self) -> dict[str, float]:
         self.epoch += 1
-        epoch, data, bs = self.epoch, self.train_data, self.config.batch_size
         t0, cpu0 = time.perf_counter(), time.process_time()
-        check_each_step = self.device.type == "cpu"  # free on CPU; one sync per epoch on CUDA
         self.model.train()
-        perm = torch.randperm(data.n, generator=self.generator).to(self.device)
+        perm = torch.randperm(self.train_data.n, generator=self.generator).to(self.device)
+        step_losses, preds = self._train_steps(perm)
+        metrics: dict[str, float] = {
+            "epoch": self.epoch,
+            "train_loss": float(step_losses.sum()) / self.train_data.n,
+        }
+        metrics.update(
+            classification_metrics(
+                torch.cat(preds).cpu(),
+                self.train_labels_cpu[perm.cpu()],
+                "train",
+                self.store.num_classes,
+                neutral_index=self.store.neutral_index,
+                label_names=self.store.label_names,
+            )
+        )
+        for split in self.evals:
+            metrics.update(self._score(split))
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        # CPU time of this process: comparable across runs on a shared machine.
+        metrics["epoch_cpu_seconds"] = time.process_time() - cpu0
+        metrics["torch_threads"] = float(torch.get_num_threads())
+        return metrics
+
+    def _train_steps(self, perm: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One pass over the training rows in ``perm``'s order: (each step's summed loss,
+        each step's predictions). A non-finite loss raises NonFiniteLossError."""
+        epoch, data, bs = self.epoch, self.train_data, self.config.batch_size
+        check_each_step = self.device.type == "cpu"  # free on CPU; one sync per epoch on CUDA
         losses, preds = [], []
         for step in range(self.steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
@@ -330,29 +368,7 @@ class Trainer:
         if not check_each_step and not bool(torch.isfinite(step_losses).all()):
             bad = int((~torch.isfinite(step_losses)).nonzero()[0])
             raise NonFiniteLossError(epoch, bad + 1, float(step_losses[bad]))
-        n_cls, names = self.store.num_classes, self.store.label_names
-        metrics: dict[str, float] = {
-            "epoch": epoch,
-            "train_loss": float(step_losses.sum()) / data.n,
-        }
-        metrics.update(
-            classification_metrics(
-                torch.cat(preds).cpu(),
-                self.train_labels_cpu[perm.cpu()],
-                "train",
-                n_cls,
-                neutral_index=self.store.neutral_index,
-                label_names=names,
-            )
-        )
-        for split in self.evals:
-            metrics.update(self._score(split))
-        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-        # CPU time of this process: comparable across runs on a shared machine.
-        metrics["epoch_cpu_seconds"] = time.process_time() - cpu0
-        metrics["torch_threads"] = float(torch.get_num_threads())
-        return metrics
+        return step_losses, preds
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -453,24 +469,12 @@ def train(
     trainer = Trainer(config, store, eval_splits=eval_splits, device=device, threads=threads)
     config = trainer.config
     last = min(config.epochs, max_epochs or config.epochs)
-    key = selection_key(trainer.eval_splits)
-    tracker = selection.Tracker()
-    keep = set(keep_epochs)
-    best_metrics: dict[str, float] = {}
-    best_state: dict[str, torch.Tensor] = {}
-    kept: dict[int, dict[str, torch.Tensor]] = {}
+    keeper = _Keeper(selection_key(trainer.eval_splits), set(keep_epochs))
     stopped_early = False
     while trainer.epoch < last:
         metrics = trainer.run_epoch()
         epoch = trainer.epoch
-        value = metrics.get(key, math.nan) if key else float(epoch)
-        trailing = tracker.add(value)
-        if key:
-            metrics[f"{key}_trailing"] = trailing  # also in trainer.history: the same dict
-        if tracker.best_epoch == epoch:
-            best_metrics, best_state = dict(metrics), trainer.weights()
-        if epoch in keep:
-            kept[epoch] = trainer.weights()
+        keeper.add(trainer, metrics)
         if checkpoint_dir and checkpoint_every > 0 and epoch % checkpoint_every == 0:
             save_checkpoint(
                 Path(checkpoint_dir) / f"epoch_{epoch:04d}.pt",
@@ -486,16 +490,43 @@ def train(
             break
     return TrainResult(
         history=trainer.history,
-        best_epoch=tracker.best_epoch,
-        best_metrics=best_metrics,
+        best_epoch=keeper.tracker.best_epoch,
+        best_metrics=keeper.best_metrics,
         state_dict=trainer.weights(),
         seconds=time.perf_counter() - started,
         stopped_early=stopped_early,
         notes=trainer.notes,
-        best_state_dict=best_state,
-        kept_states=kept,
+        best_state_dict=keeper.best_state,
+        kept_states=keeper.kept,
         numerics=trainer.numerics,
     )
+
+
+@dataclass
+class _Keeper:
+    """What `train` keeps as epochs pass: the selection statistic over ``key`` (None: no eval
+    split, the latest epoch is best), the best epoch's metrics and weights, and the weights of
+    the epochs in ``keep``."""
+
+    key: str | None
+    keep: set[int]
+    tracker: selection.Tracker = field(default_factory=selection.Tracker)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    kept: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Record the epoch just run; adds ``<key>_trailing`` to ``metrics`` (the same dict
+        as in trainer.history)."""
+        epoch = trainer.epoch
+        value = metrics.get(self.key, math.nan) if self.key else float(epoch)
+        trailing = self.tracker.add(value)
+        if self.key:
+            metrics[f"{self.key}_trailing"] = trailing
+        if self.tracker.best_epoch == epoch:
+            self.best_metrics, self.best_state = dict(metrics), trainer.weights()
+        if epoch in self.keep:
+            self.kept[epoch] = trainer.weights()
 
 
 # -- CLI ---------------------------------------------------------------------------------
@@ -565,7 +596,7 @@ def table_row(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m models.train", description="Train one config on a feature store."
     )
@@ -587,8 +618,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default 1, as a search trial)")
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--checkpoint-every", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = _config_from_args(parser, args)
+    try:
+        store = open_store(args.data)
+    except (StoreError, OSError, ValueError) as exc:  # one line, not a traceback
+        print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
+        return 2
+    _print_preamble(store, config)
+    columns = table_columns(store)
+    print(table_header(columns))
+
+    def report(_epoch: int, metrics: dict[str, float]) -> None:
+        print(table_row(metrics, columns), flush=True)
+
+    result = train(
+        config,
+        store,
+        on_epoch=report,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        threads=args.threads,
+    )
+    _print_result(result)
+    return 0
+
+
+def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """--config's keys, then the named flags, then each --set (a bad one is a usage error)."""
     raw: dict[str, Any] = _read_config_file(args.config) if args.config else {}
     for key, value in (
         ("model", args.model),
@@ -605,14 +668,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         raw[key.strip().replace("-", "_")] = _parse_value(value)
     try:
-        config = TrainConfig.from_dict(raw)
+        return TrainConfig.from_dict(raw)
     except ConfigError as exc:
         parser.error(str(exc))
-    try:
-        store = open_store(args.data)
-    except (StoreError, OSError, ValueError) as exc:  # one line, not a traceback
-        print(f"models.train: error: --data {args.data}: {exc}", file=sys.stderr)
-        return 2
+
+
+def _print_preamble(store: FeatureStore, config: TrainConfig) -> None:
+    """The store, the model, and the constant baseline's val scores to beat."""
     const = store.baseline_class()
     baseline = all_neutral_metrics(
         store.labels("val"),
@@ -630,21 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{baseline_name(store.label_names, const)} val: macro {baseline['val_macro_f1']:.3f} "
         f"weighted {baseline['val_weighted_f1']:.3f} micro {baseline['val_micro_f1']:.3f}"
     )
-    columns = table_columns(store)
-    print(table_header(columns))
 
-    def report(_epoch: int, metrics: dict[str, float]) -> None:
-        print(table_row(metrics, columns), flush=True)
 
-    result = train(
-        config,
-        store,
-        on_epoch=report,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
-        device=args.device,
-        threads=args.threads,
-    )
+def _print_result(result: TrainResult) -> None:
     for note in result.notes:
         print(f"note: {note}")
     b = result.best_metrics
@@ -654,7 +704,6 @@ def main(argv: list[str] | None = None) -> int:
         + (f"seed micro {b['val_seed_micro_f1']:.3f} " if "val_seed_micro_f1" in b else "")
         + f"({result.seconds:.1f} s)"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Fault points for tests: kill a process exactly where a window could be.
+"""Failpoints for tests: kill a process exactly where a window could be.
 
-Tests place a failure at a named point instead of killing something when a poll happens to
-see it, so that what they check does not depend on timing. Nothing happens unless the
-environment asks for it:
+A failpoint facility in the manner of FreeBSD's fail(9) and etcd's gofail: production code
+calls ``fault_point(NAME, ...)`` at a few places where a crash would open a window (a trial
+between reporting an epoch and Tune registering its checkpoint, the driver between a trial's
+end and MLflow's FINISHED, a finalize unit mid-run), and tests arm a point through the
+environment to SIGKILL the real process there. What they check then does not depend on when
+a poll happens to see the process.
+
+Inert unless armed: an unarmed pass costs two ``os.environ`` lookups (the trace and the
+point variables) and a string comparison, nothing else; no variable is set outside tests.
+The variables:
 
 - ``CASE_TUNE_FAULT=POINT`` or ``POINT:AT`` SIGKILLs the process reaching that point, or the
   process it names (``AT`` narrows it, e.g. ``trial_reported:2`` = after a trial's second

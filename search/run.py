@@ -342,6 +342,19 @@ def _segment_done(path: Path, num_samples: int) -> bool:
     return len(trials) >= num_samples and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
+@dataclass
+class _Sweep:
+    """One sweep's facts once its MLflow sweep run exists: what every later step needs."""
+
+    settings: SweepSettings
+    space: dict[str, Any]
+    store_path: Path
+    manifest: dict[str, Any]
+    client: Any
+    exp_id: str
+    parent: str
+
+
 def run_sweep(
     settings: SweepSettings,
     *,
@@ -354,141 +367,151 @@ def run_sweep(
     ``space`` replaces the named space (tests, benchmarks); ``points`` replaces the seed's
     configs as the Optuna parameter values tried first.
     """
-    from data_prep.store import FeatureStore, StoreError
-    from models.selection import STATISTIC
-
     t0 = time.time()
     remember(settings.tracking_uri)  # Tune's pickled callbacks hold the redacted form
-    manifest: dict[str, Any] = {}
+    space, store_path, manifest = _sweep_inputs(settings, space)
+    sweep = _open_sweep_run(settings, space, store_path, manifest)
+    segments = tune_segments(settings, sweep.manifest)
+    _write_manifest(settings, sweep.manifest)  # a resume may have added trials
+    _fit_segments(sweep, segments, points, quiet)
+    trials = [
+        t for seg in segments for t in _segment_trials(Path(settings.storage_path) / seg["name"])
+    ]
+    interrupted = _reconcile(sweep, trials)
+    outcome = _conclude(sweep, interrupted)
+    outcome.wall_seconds = time.time() - t0
+    return outcome
+
+
+def _sweep_inputs(
+    settings: SweepSettings, space: dict[str, Any] | None
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """(space, store path, sweep.json so far): a resume's recorded ones, else checked anew."""
     if settings.resume:
         manifest = json.loads(settings.manifest_path.read_text(encoding="utf-8"))
-        space = manifest["space"]
-        store_path = Path(manifest["store_path"])
-    else:
-        space = sweep_space(settings, space)
-        _check_configs(space)
-        store_path = resolve_store(settings)
-        if _study_exists(settings.optuna_storage, settings.name):
-            raise UsageError(
-                f"an Optuna study named {settings.name!r} already exists in "
-                f"{settings.optuna_storage}; pick another --name"
-            )
+        return manifest["space"], Path(manifest["store_path"]), manifest
+    space = sweep_space(settings, space)
+    _check_configs(space)
+    store_path = resolve_store(settings)
+    if _study_exists(settings.optuna_storage, settings.name):
+        raise UsageError(
+            f"an Optuna study named {settings.name!r} already exists in "
+            f"{settings.optuna_storage}; pick another --name"
+        )
+    return space, store_path, {}
+
+
+def _open_sweep_run(
+    settings: SweepSettings, space: dict[str, Any], store_path: Path, manifest: dict[str, Any]
+) -> _Sweep:
+    """Open the store (test sealed), then reopen the sweep's MLflow run (a resume) or start
+    it and write sweep.json."""
+    from data_prep.store import FeatureStore, StoreError
+
     try:
         store = FeatureStore.open(store_path, sealed=("test",))
     except (StoreError, OSError, ValueError) as exc:
         raise UsageError(f"cannot open feature store {store_path}: {exc}") from exc
 
-    from search import results, tracking
+    from search import tracking
 
     client = tracking.client_for(settings.tracking_uri)
     exp_id = tracking.experiment_id(client, settings.tracking_uri)
     if settings.resume:
         parent = manifest["parent_run_id"]
         tracking.reopen_run(client, parent)
-    else:
-        parent = tracking.start_sweep_run(
-            client,
-            exp_id,
-            name=settings.name,
-            space=settings.space,
-            params={
-                "space": settings.space,
-                "store_key": store.key,
-                "store_path": str(store_path),
-                "num_samples": settings.num_samples,
-                "max_epochs": settings.max_epochs,
-                "final_epochs": settings.horizon,
-                "folds": settings.folds,
-                "selection": STATISTIC,
-                "max_concurrent": settings.max_concurrent,
-                "cpus_per_trial": settings.cpus_per_trial,
-                "gpus_per_trial": settings.gpus_per_trial,
-                "seed": settings.seed,
-                "searcher": (
-                    f"optuna-tpe(startup={settings.startup_trials})"
-                    if settings.searcher == "tpe"
-                    else f"optuna-{settings.searcher}"
-                ),
-                "scheduler": (
-                    f"asha(grace={settings.grace_period},rf={settings.reduction_factor})"
-                    if settings.scheduler == "asha"
-                    else "fifo"
-                ),
-                "warm_start": settings.warm_start,
-                "reproducible": settings.reproducible,
-                "optuna_storage": settings.optuna_storage,
-            },
-        )
-        manifest = {
-            "sweep": settings.name,
-            "space_name": settings.space,
-            "space": space,
-            "store_path": str(store_path),
-            "store_key": store.key,
-            "tracking_uri": redact_uri(settings.tracking_uri),
-            "experiment_id": exp_id,
-            "parent_run_id": parent,
-            "optuna_storage": settings.optuna_storage,
-            "optuna_study": settings.name,
-            "final_epochs": settings.horizon,
-            "folds": settings.folds,
-            "selection": STATISTIC,
-            "tune_experiment": str(settings.experiment_path),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        _write_manifest(settings, manifest)
+        return _Sweep(settings, space, store_path, manifest, client, exp_id, parent)
+    parent = tracking.start_sweep_run(
+        client,
+        exp_id,
+        name=settings.name,
+        space=settings.space,
+        params=_sweep_params(settings, store.key, store_path),
+    )
+    manifest = _new_manifest(settings, space, store_path, store.key, exp_id, parent)
+    _write_manifest(settings, manifest)
+    return _Sweep(settings, space, store_path, manifest, client, exp_id, parent)
 
-    segments = tune_segments(settings, manifest)
-    _write_manifest(settings, manifest)  # a resume may have added trials
+
+def _sweep_params(settings: SweepSettings, store_key: str, store_path: Path) -> dict[str, Any]:
+    """The sweep run's MLflow params."""
+    from models.selection import STATISTIC
+
+    return {
+        "space": settings.space,
+        "store_key": store_key,
+        "store_path": str(store_path),
+        "num_samples": settings.num_samples,
+        "max_epochs": settings.max_epochs,
+        "final_epochs": settings.horizon,
+        "folds": settings.folds,
+        "selection": STATISTIC,
+        "max_concurrent": settings.max_concurrent,
+        "cpus_per_trial": settings.cpus_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial,
+        "seed": settings.seed,
+        "searcher": (
+            f"optuna-tpe(startup={settings.startup_trials})"
+            if settings.searcher == "tpe"
+            else f"optuna-{settings.searcher}"
+        ),
+        "scheduler": (
+            f"asha(grace={settings.grace_period},rf={settings.reduction_factor})"
+            if settings.scheduler == "asha"
+            else "fifo"
+        ),
+        "warm_start": settings.warm_start,
+        "reproducible": settings.reproducible,
+        "optuna_storage": settings.optuna_storage,
+    }
+
+
+def _new_manifest(
+    settings: SweepSettings,
+    space: dict[str, Any],
+    store_path: Path,
+    store_key: str,
+    exp_id: str,
+    parent: str,
+) -> dict[str, Any]:
+    """sweep.json of a new sweep (what --resume and finalize read back)."""
+    from models.selection import STATISTIC
+
+    return {
+        "sweep": settings.name,
+        "space_name": settings.space,
+        "space": space,
+        "store_path": str(store_path),
+        "store_key": store_key,
+        "tracking_uri": redact_uri(settings.tracking_uri),
+        "experiment_id": exp_id,
+        "parent_run_id": parent,
+        "optuna_storage": settings.optuna_storage,
+        "optuna_study": settings.name,
+        "final_epochs": settings.horizon,
+        "folds": settings.folds,
+        "selection": STATISTIC,
+        "tune_experiment": str(settings.experiment_path),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _fit_segments(
+    sweep: _Sweep,
+    segments: list[dict[str, Any]],
+    points: list[dict[str, Any]] | None,
+    quiet: bool,
+) -> None:
+    """Run every unfinished Tune segment in order, in Ray (started here unless running).
+    Anything but a clean end marks the sweep run (and its running trials) as it ended."""
+    from search import tracking
+
     started_ray = False
     status = "FAILED"
     try:
-        started_ray = init_ray(settings)
-        from ray import tune
-
+        started_ray = init_ray(sweep.settings)
         for seg in segments:
-            seg_settings = replace(
-                settings, tune_name=seg["name"], num_samples=int(seg["num_samples"])
-            )
-            exp_path = seg_settings.experiment_path
-            restorable = tune.Tuner.can_restore(str(exp_path))
-            if restorable and _segment_done(exp_path, seg_settings.num_samples):
-                continue
-            if restorable:
-                tuner = tune.Tuner.restore(
-                    str(exp_path),
-                    trainable=sweep_trainable(settings, store_path),
-                    resume_unfinished=True,
-                    resume_errored=False,
-                    restart_errored=False,
-                )
-            else:
-                # A new sweep or extension, or one killed before Tune saved any state: start
-                # Tune afresh (the Optuna study keeps what it had; warm starts only if it has
-                # nothing yet).
-                fresh = not _study_exists(settings.optuna_storage, settings.name)
-                if points is None and settings.warm_start:
-                    points = seed_points(space)
-                callbacks = [
-                    tracking.MlflowTrialCallback(
-                        settings.tracking_uri,
-                        exp_id,
-                        parent,
-                        settings.space,
-                        experiment_dir=exp_path,
-                        max_epochs=settings.max_epochs,
-                    )
-                ]
-                if not quiet:
-                    from search.progress import CompactProgress, quiet_tune_logs
-
-                    quiet_tune_logs()
-                    callbacks.append(CompactProgress(seg_settings.num_samples, settings.max_epochs))
-                tuner = build_tuner(
-                    seg_settings, space, store_path, callbacks, points=points if fresh else None
-                )
-            tuner.fit()
-            if not _segment_done(exp_path, seg_settings.num_samples):
+            if not _fit_segment(sweep, seg, points, quiet):
                 break  # interrupted (Tune saved its state on Ctrl-C): the next --resume
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -496,18 +519,78 @@ def run_sweep(
         raise
     finally:
         if status != "FINISHED":
-            tracking.end_running_trials(client, exp_id, parent, status)
-            tracking.finish_sweep_run(client, parent, status=status)
+            tracking.end_running_trials(sweep.client, sweep.exp_id, sweep.parent, status)
+            tracking.finish_sweep_run(sweep.client, sweep.parent, status=status)
         if started_ray:
             import ray
 
             ray.shutdown()
 
-    # Tune's final word on every trial, from the saved state of every segment.
-    trials = [
-        t for seg in segments for t in _segment_trials(Path(settings.storage_path) / seg["name"])
+
+def _fit_segment(
+    sweep: _Sweep, seg: dict[str, Any], points: list[dict[str, Any]] | None, quiet: bool
+) -> bool:
+    """Fit one Tune segment (restored if Tune saved its state); False if it did not finish."""
+    from ray import tune
+
+    settings = sweep.settings
+    seg_settings = replace(settings, tune_name=seg["name"], num_samples=int(seg["num_samples"]))
+    exp_path = seg_settings.experiment_path
+    restorable = tune.Tuner.can_restore(str(exp_path))
+    if restorable and _segment_done(exp_path, seg_settings.num_samples):
+        return True
+    if restorable:
+        tuner = tune.Tuner.restore(
+            str(exp_path),
+            trainable=sweep_trainable(settings, sweep.store_path),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        tuner = _fresh_tuner(sweep, seg_settings, points, quiet)
+    tuner.fit()
+    return _segment_done(exp_path, seg_settings.num_samples)
+
+
+def _fresh_tuner(
+    sweep: _Sweep, seg_settings: SweepSettings, points: list[dict[str, Any]] | None, quiet: bool
+) -> Any:
+    """A Tuner for a new sweep or extension, or one killed before Tune saved any state: the
+    Optuna study keeps what it had; warm starts only if it has nothing yet."""
+    from search import tracking
+
+    settings = sweep.settings
+    fresh = not _study_exists(settings.optuna_storage, settings.name)
+    if points is None and settings.warm_start:
+        points = seed_points(sweep.space)
+    callbacks = [
+        tracking.MlflowTrialCallback(
+            settings.tracking_uri,
+            sweep.exp_id,
+            sweep.parent,
+            settings.space,
+            experiment_dir=seg_settings.experiment_path,
+            max_epochs=settings.max_epochs,
+        )
     ]
-    tracking.reconcile(client, exp_id, parent, trials, settings.max_epochs)
+    if not quiet:
+        from search.progress import CompactProgress, quiet_tune_logs
+
+        quiet_tune_logs()
+        callbacks.append(CompactProgress(seg_settings.num_samples, settings.max_epochs))
+    return build_tuner(
+        seg_settings, sweep.space, sweep.store_path, callbacks, points=points if fresh else None
+    )
+
+
+def _reconcile(sweep: _Sweep, trials: list[Any]) -> bool:
+    """Bring MLflow in line with Tune's final word on every trial; True if the sweep was
+    interrupted (and can be resumed)."""
+    from search import tracking
+
+    settings = sweep.settings
+    tracking.reconcile(sweep.client, sweep.exp_id, sweep.parent, trials, settings.max_epochs)
     # Tune handles Ctrl-C itself (it saves state and returns from fit): unfinished trials or
     # fewer trials than asked mean the sweep was interrupted and can be resumed.
     interrupted = len(trials) < settings.num_samples or any(
@@ -516,10 +599,19 @@ def run_sweep(
     if not interrupted:
         # Only now: a resumed sweep's restored searcher still reports on RUNNING trials.
         fail_stale_optuna_trials(settings.optuna_storage, settings.name)
+    return interrupted
 
+
+def _conclude(sweep: _Sweep, interrupted: bool) -> SweepOutcome:
+    """Write the results files, close the sweep run with its best trial, return the outcome
+    (all but its wall time)."""
+    from models.selection import STATISTIC
+    from search import results, tracking
+
+    settings = sweep.settings
     # What results files say about the sweep: the manifest's facts, under their results names.
     sweep_info = {
-        **{k: manifest[k] for k in SWEEP_INFO_KEYS},
+        **{k: sweep.manifest[k] for k in SWEEP_INFO_KEYS},
         "space": settings.space,
         "max_epochs": settings.max_epochs,
         "final_epochs": settings.horizon,
@@ -527,9 +619,9 @@ def run_sweep(
         "selection": STATISTIC,
     }
     records, notes = results.write_results(
-        client,
-        exp_id,
-        parent,
+        sweep.client,
+        sweep.exp_id,
+        sweep.parent,
         settings.sweep_dir,
         sweep_info=sweep_info,
         optuna_storage=settings.optuna_storage,
@@ -537,7 +629,7 @@ def run_sweep(
     outcome = SweepOutcome(
         name=settings.name,
         results_dir=settings.sweep_dir,
-        parent_run_id=parent,
+        parent_run_id=sweep.parent,
         tracking_uri=settings.tracking_uri,
         num_trials=len(records),
         num_failed=sum(r.status == "failed" for r in records),
@@ -556,20 +648,25 @@ def run_sweep(
             **best.best,
         }
         metrics.update({f"best_{k}": v for k, v in best.best.items()})
-        tags.update(
-            {
-                "case_tune.best_trial_id": best.trial_id,
-                "case_tune.best_run_id": best.run_id,
-                "case_tune.best_model": best.model,
-                "case_tune.best_config": json.dumps(best.config, default=str),
-            }
-        )
+        tags.update(_best_tags(best))
     outcome.interrupted = interrupted
     tracking.finish_sweep_run(
-        client, parent, status="KILLED" if interrupted else "FINISHED", metrics=metrics, tags=tags
+        sweep.client,
+        sweep.parent,
+        status="KILLED" if interrupted else "FINISHED",
+        metrics=metrics,
+        tags=tags,
     )
-    outcome.wall_seconds = time.time() - t0
     return outcome
+
+
+def _best_tags(best: Any) -> dict[str, Any]:
+    return {
+        "case_tune.best_trial_id": best.trial_id,
+        "case_tune.best_run_id": best.run_id,
+        "case_tune.best_model": best.model,
+        "case_tune.best_config": json.dumps(best.config, default=str),
+    }
 
 
 def summary(outcome: SweepOutcome) -> str:

@@ -441,3 +441,28 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         warm_start=not args.no_warm_start,
         reproducible=REPRODUCIBLE if args.reproducible is None else args.reproducible,
     )
+
+
+def sweep_argv(
+    data: str | os.PathLike[str], name: str, work: Path, *, space: str = "case", **flags: Any
+) -> list[str]:
+    """The command line of a sweep built in code (tests, benchmarks), its results and MLflow
+    store under ``work`` (``work/results``, ``work/mlflow.db``).
+
+    ``flags`` are further options by name, ``_`` for ``-`` (``num_samples=4`` ->
+    ``--num-samples 4``), in the order given; True is a bare switch (``no_warm_start=True``),
+    None or False leaves the flag out.
+    """
+    argv = ["--space", space, "--data", str(data), "--name", name]
+    for key, value in flags.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return [
+        *argv,
+        "--results-dir",
+        str(work / "results"),
+        "--tracking-uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+    ]

@@ -3,9 +3,11 @@ independent reads of what MLflow and the results files hold."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +53,44 @@ def ray_runtime():
 
 def tiny_settings(tmp: Path, store: Path, name: str, **overrides: Any):
     """Settings of a tiny sweep whose every file lives under ``tmp``."""
-    from search.settings import parse_settings
+    from search.settings import parse_settings, sweep_argv
 
-    argv = [
-        "--space",
-        "case",
-        "--data",
-        str(store),
-        "--name",
-        name,
-        "--num-samples",
-        "4",
-        "--max-epochs",
-        "3",
-        "--max-concurrent",
-        "2",
-        "--results-dir",
-        str(tmp / "results"),
-        "--tracking-uri",
-        f"sqlite:///{tmp / 'mlflow.db'}",
-    ]
+    argv = sweep_argv(store, name, tmp, num_samples=4, max_epochs=3, max_concurrent=2)
     settings = parse_settings(argv, cwd=tmp)
     settings.storage_path = str(tmp / "ray_results")
     for k, v in overrides.items():
         setattr(settings, k, v)
     return settings
+
+
+@contextlib.contextmanager
+def case_tune_home(home: Path) -> Iterator[Path]:
+    """$CASE_TUNE_HOME is ``home`` inside the block and as it was after (module-scoped
+    fixtures cannot use ``monkeypatch``)."""
+    old = os.environ.get("CASE_TUNE_HOME")
+    os.environ["CASE_TUNE_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("CASE_TUNE_HOME", None)
+        else:
+            os.environ["CASE_TUNE_HOME"] = old
+
+
+def run_tiny_sweep(
+    tmp: Path, store: Path, name: str, *, fixed: dict[str, Any] | None = None, **flags: Any
+):
+    """Run a sweep of ``store`` in this process, quietly: results and MLflow under ``tmp``,
+    Tune's state under $CASE_TUNE_HOME (see `case_tune_home`). ``flags``: as
+    `search.settings.sweep_argv`'s; ``fixed``: extra fixed config values."""
+    from search.run import run_sweep
+    from search.settings import parse_settings, sweep_argv
+
+    settings = parse_settings(sweep_argv(store, name, tmp, **flags), cwd=tmp)
+    if fixed is not None:
+        settings.fixed = fixed
+    return run_sweep(settings, quiet=True)
 
 
 def cli_env(tmp: Path) -> dict[str, str]:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from search_helpers import cli_env
+
+from tests.search_helpers import cli_env
 
 
 def _run(tmp: Path, module: str, *args: str) -> subprocess.CompletedProcess:

@@ -29,7 +29,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from search_helpers import FAST_MODELS, REPO, metric_history, mlflow_runs, tiny_settings
+
+from tests.search_helpers import FAST_MODELS, REPO, metric_history, mlflow_runs, tiny_settings
 
 SPACE = {
     "params": {"model": {"choice": FAST_MODELS}, "lr": {"choice": [1e-3, 3e-3]}},

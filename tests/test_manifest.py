@@ -5,7 +5,6 @@ prepare, a sweep and a finalize with real Ray, Optuna and MLflow."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from manifest_corpus import CLASSES, FAULT_LINES, SESSIONS, write_manifest_corpus
 from mlflow import MlflowClient
 
 from data_prep.demo import MANIFEST_NAME, write_demo_corpus
@@ -25,6 +23,8 @@ from data_prep.prepare import main as prepare_main
 from data_prep.prepare import prepare_manifest_store, prepare_store
 from data_prep.store import ARRAY_NAMES, FeatureStore
 from models.metrics import bootstrap_scores, classification_metrics
+from tests.manifest_corpus import CLASSES, FAULT_LINES, SESSIONS, write_manifest_corpus
+from tests.search_helpers import case_tune_home, cli_env, run_tiny_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -332,6 +332,23 @@ def test_demo_cli_writes_a_manifest(tmp_path) -> None:
 
 
 # -- command lines ----------------------------------------------------------------------------
+def _prepare_argv(corpus: tuple, encoders: tuple, out: Path, *extra: str) -> list[str]:
+    """`python -m data_prep.prepare` of the test corpus, its classes in order, into ``out``."""
+    return [
+        "--manifest",
+        str(corpus[0]),
+        "--labels",
+        ",".join(CLASSES),
+        "--audio-model",
+        encoders[0],
+        "--text-model",
+        encoders[1],
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [
@@ -343,20 +360,7 @@ def test_demo_cli_writes_a_manifest(tmp_path) -> None:
     ],
 )
 def test_prepare_manifest_usage_errors(corpus, encoders, tmp_path, capsys, extra, needle) -> None:
-    argv = [
-        "--manifest",
-        str(corpus[0]),
-        "--labels",
-        ",".join(CLASSES),
-        "--audio-model",
-        encoders[0],
-        "--text-model",
-        encoders[1],
-        "--out",
-        str(tmp_path),
-        "--quiet",
-        *extra,
-    ]
+    argv = _prepare_argv(corpus, encoders, tmp_path, "--quiet", *extra)
     assert prepare_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err
@@ -380,8 +384,6 @@ def test_search_run_takes_a_manifest_file(corpus, tmp_path) -> None:
 
 
 def test_search_run_prepares_a_manifest_or_says_why_not(corpus, tmp_path) -> None:
-    from search_helpers import cli_env
-
     bad = tmp_path / "renamed.csv"
     text = corpus[0].read_text(encoding="utf-8").replace(",label,", ",emotion,", 1)
     bad.write_text(text, encoding="utf-8")
@@ -418,28 +420,19 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     metric names follow the store's classes and, with no neutral class, the seed's micro-F1
     appears nowhere: not in MLflow, not in the leaderboard, not in final.md or final.csv."""
     from search import finalize as fz
-    from search.run import run_sweep
-    from search.settings import parse_settings
 
     stores = tmp_path / "stores"
-    argv = [
-        "--manifest",
-        str(corpus[0]),
-        "--labels",
-        ",".join(CLASSES),
-        "--audio-model",
-        encoders[0],
-        "--text-model",
-        encoders[1],
-        "--out",
-        str(stores),
+    argv = _prepare_argv(
+        corpus,
+        encoders,
+        stores,
         "--max-frames",
         "48",
         "--max-tokens",
         "16",
         "--threads",
         "1",
-    ]
+    )
     assert prepare_main(argv) == 0
     out = capsys.readouterr()
     for kind in FAULT_LINES:  # the faults are summarised on stderr
@@ -450,31 +443,8 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     store = FeatureStore.open(store_path)
     assert store.num_classes == 4
 
-    old = os.environ.get("CASE_TUNE_HOME")
-    os.environ["CASE_TUNE_HOME"] = str(tmp_path / "home")
-    try:
-        settings = parse_settings(
-            [
-                "--space",
-                "case",
-                "--data",
-                str(store_path),
-                "--num-samples",
-                "2",
-                "--max-epochs",
-                "2",
-                "--final-epochs",
-                "3",
-                "--name",
-                "m4",
-                "--results-dir",
-                str(tmp_path / "results"),
-                "--tracking-uri",
-                f"sqlite:///{tmp_path / 'mlflow.db'}",
-            ],
-            cwd=tmp_path,
-        )
-        run_sweep(settings, quiet=True)
+    with case_tune_home(tmp_path / "home"):
+        run_tiny_sweep(tmp_path, store_path, "m4", num_samples=2, max_epochs=2, final_epochs=3)
         fin = fz.parse_settings(
             [
                 "--sweep",
@@ -489,11 +459,6 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
             cwd=tmp_path,
         )
         outcome = fz.finalize(fin, quiet=True)
-    finally:
-        if old is None:
-            os.environ.pop("CASE_TUNE_HOME", None)
-        else:
-            os.environ["CASE_TUNE_HOME"] = old
     assert not outcome.failed
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
-from search_helpers import REPO, ray_runtime, search_store  # noqa: F401 - fixtures
 
 from data_prep.store import FeatureStore
 from models.repro import DEFAULT_THREADS
 from models.train import train
+from tests.search_helpers import REPO, ray_runtime, search_store  # noqa: F401 - fixtures
 
 KEYS = ("train_loss", "val_loss", "val_macro_f1", "val_macro_auroc")
 EPOCHS = 4

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from search_helpers import REPO, cli_env
 
 from search.settings import UsageError, parse_settings
 from search.spaces import space_names
+from tests.search_helpers import REPO, cli_env
 
 CHECK = (
     "import sys\n"

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from search_helpers import (
+
+from search.run import main, run_sweep
+from search.settings import parse_settings
+from tests.search_helpers import (
     FAST_MODELS,
     metric_history,
     mlflow_runs,
@@ -17,9 +20,6 @@ from search_helpers import (
     search_store,  # noqa: F401 - fixture
     tiny_settings,
 )
-
-from search.run import main, run_sweep
-from search.settings import parse_settings
 
 SPACE = {
     "params": {"model": {"choice": FAST_MODELS}, "lr": {"loguniform": [1e-3, 5e-3]}},

@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-from search_helpers import metric_history, mlflow_runs, read_trials_csv, tiny_settings
 
 from search.faults import FAULT_ENV, FAULT_ONCE_ENV, FAULT_TRACE_ENV, read_trace
+from tests.search_helpers import metric_history, mlflow_runs, read_trials_csv, tiny_settings
 
 ABSURD_LR = 1e30  # NonFiniteLossError in the first epoch
 GOOD = {"model": "case-attention", "lr": 3e-3}

@@ -9,15 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from search_helpers import (
+
+from search.run import run_sweep
+from tests.search_helpers import (
     FAST_MODELS,
     ray_runtime,  # noqa: F401 - fixture
     read_trials_csv,
     search_store,  # noqa: F401 - fixture
     tiny_settings,
 )
-
-from search.run import run_sweep
 
 SPACE = {
     "params": {

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from search_helpers import cli, cli_env, metric_history, mlflow_runs, search_store  # noqa: F401
+
+from tests.search_helpers import cli, cli_env, metric_history, mlflow_runs, search_store  # noqa: F401
 
 NAME = "killed"
 

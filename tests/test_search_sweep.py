@@ -16,7 +16,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from search_helpers import (
+
+from search.run import run_sweep, summary
+from search.trainable import TIE_BREAK
+from tests.search_helpers import (
     FAST_MODELS,
     metric_history,
     mlflow_runs,
@@ -25,9 +28,6 @@ from search_helpers import (
     search_store,  # noqa: F401 - fixture
     tiny_settings,
 )
-
-from search.run import run_sweep, summary
-from search.trainable import TIE_BREAK
 
 ABSURD_LR = 1e30
 SPACE = {

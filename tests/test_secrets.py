@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from search_helpers import cli_env
 from test_cluster import mlflow_server  # noqa: F401 - fixture
 
 from search.redact import connect_uri, is_redacted, redact_text, redact_uri, remember
 from search.settings import UsageError, parse_settings
+from tests.search_helpers import cli_env
 
 SECRET = "s3cretT0ken"
 

@@ -177,7 +177,7 @@ def test_key_follows_every_input(demo_store, tmp_path, monkeypatch):
     # Stores of extraction version 1 (text zero past its length, no [PAD] states) are not
     # reused for version 2's content.
     assert FeatureStore.open(demo_store).manifest["key_material"]["extract_version"] == 2
-    monkeypatch.setattr("data_prep.prepare.EXTRACT_VERSION", 1)
+    monkeypatch.setattr("data_prep.store_key.EXTRACT_VERSION", 1)
     assert key_with() != key
     monkeypatch.undo()
     other_audio, _ = build_demo_encoders(tmp_path / "enc", ["아무 말"], seed=1)
