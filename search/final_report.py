@@ -1,7 +1,8 @@
 """What `search.finalize` writes for people to read: the seed-style table, CSVs and figures.
 
-Everything here is computed from the finished units' JSON records (one per (config, seed)), so
-a resumed finalize rebuilds the same files from the same records. Files, under results/<sweep>/:
+Everything here is computed from the finished units' JSON records (one per (config, seed)) and
+the store's test labels (`write_report` does it all), so a resumed finalize rebuilds the same
+files from the same records. Files, under results/<sweep>/:
 
     final.md                 the table in the seed's format (mean ± std over seeds, x100),
                              the all-neutral baseline (all-<majority class> for a store with
@@ -20,15 +21,22 @@ test numbers never pick anything, not even which row gets the confusion matrix.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.faithful import NOT_REPRODUCIBLE
+from search.final_plan import FIXED_EPOCH
+from search.redact import redact_uri
+
+if TYPE_CHECKING:
+    from search.final_plan import Candidate
+    from search.final_settings import FinalizeSettings
 
 # The four numbers of every row; the first three are the seed's table columns.
 METRICS = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
@@ -563,3 +571,113 @@ def write_markdown(
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# -- the report of a finalize ---------------------------------------------------------------
+def write_report(
+    settings: FinalizeSettings,
+    store: Any,
+    candidates: Sequence[Candidate],
+    done: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Any],
+    failed: Sequence[str],
+) -> tuple[list[Path], dict[str, Any] | None]:
+    """final.md, final.csv, final_runs.csv and the figures, from the finished units; returns
+    the files (final.md first) and the best row's summary (None without a scored row)."""
+    from models.metrics import all_neutral_metrics, baseline_name
+
+    out = settings.sweep_dir
+    gold, names = store.labels("test"), store.label_names
+    # A store without a neutral class: the constant baseline is its training majority class.
+    const, neutral = store.baseline_class(), store.neutral_index
+    baseline = all_neutral_metrics(gold, "test", store.num_classes, neutral, names, predict=const)
+    base_label = baseline_name(names, const)
+    metrics = metrics_for(neutral)
+    rows = build_rows([asdict(c) for c in candidates], list(done.values()))
+    sessions = store.table["session"].to_numpy()[store.indices("test")]
+    attach_intervals(rows, gold, sessions, store.num_classes, neutral)
+    best = best_row(rows)
+    other = runner_up(rows, best)
+    comparison = difference_text(best, other) if best is not None and other else ""
+    files = list(write_csvs(rows, out, metrics))
+    figures = _write_figures(rows, best, store, baseline["test_macro_f1"], base_label, out)
+    md = write_markdown(
+        out / "final.md",
+        rows,
+        baseline=baseline,
+        kind=corpus_kind(store.manifest),
+        header=_header(settings, state, store.key, sessions),
+        label_names=names,
+        best=best,
+        failed=failed,
+        figures={k: p.name for k, p in figures.items()},
+        comparison=comparison,
+        metrics=metrics,
+        baseline_label=base_label,
+    )
+    return [md, *files, *figures.values()], _best_summary(best, metrics, comparison)
+
+
+def _write_figures(
+    rows: Sequence[Row],
+    best: Row | None,
+    store: Any,
+    baseline_macro_f1: float,
+    baseline_label: str,
+    out: Path,
+) -> dict[str, Path]:
+    """The macro-F1 plot (when any row has a seed) and the best row's confusion matrix."""
+    figures: dict[str, Path] = {}
+    if any(r.seeds for r in rows):
+        path = out / "final_macro_f1.png"
+        figures["macro"] = plot_macro_f1(rows, baseline_macro_f1, path, baseline_label)
+    if best is not None:
+        from models.metrics import confusion_matrix
+
+        n, gold = store.num_classes, store.labels("test")
+        cm = np.zeros((n, n), dtype=np.int64)
+        for u in best.units:
+            cm += confusion_matrix(u["test_pred"][str(u["chosen_epoch"])], gold, n)
+        title = f"{best.label}: test, chosen epochs, summed over {len(best.units)} seed(s)"
+        path = out / "final_confusion.png"
+        figures["confusion"] = plot_confusion(cm, store.label_names, title, path)
+    return figures
+
+
+def _header(
+    settings: FinalizeSettings, state: Mapping[str, Any], store_key: str, sessions: np.ndarray
+) -> dict[str, Any]:
+    """What final.md says of how it was made: commands, store, date, protocol, MLflow run."""
+    from models.selection import STATISTIC
+
+    return {
+        "sweep": settings.sweep,
+        "command": state["settings"].get("command") or settings.command,
+        "resumed_commands": state.get("resumed_commands", []),
+        "store_key": store_key,
+        "date": _dt.date.today().isoformat(),
+        "epochs": settings.epochs,
+        "statistic": STATISTIC,
+        "seeds": settings.seeds,
+        "parent_run_id": state["parent_run_id"],
+        "tracking_uri": redact_uri(settings.tracking_uri),
+        "fixed_target": FIXED_EPOCH,
+        "test_sessions": len(set(sessions.tolist())),
+        "folds": settings.folds,
+    }
+
+
+def _best_summary(
+    best: Row | None, metrics: Sequence[str], comparison: str
+) -> dict[str, Any] | None:
+    """The best row's numbers for the console summary and the parent run's metrics."""
+    if best is None:
+        return None
+    return {
+        "label": best.label,
+        "seeds": best.seeds,
+        "chosen_epochs": best.chosen_epochs,
+        "metrics": {f"test_{m}": mean_std(best.chosen[m])[0] for m in metrics},
+        "ci": best.ci.get("chosen", {}).get("macro_f1"),
+        "comparison": comparison.replace("**", ""),
+    }
