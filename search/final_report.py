@@ -265,8 +265,14 @@ def _epochs_text(epochs: Sequence[int]) -> str:
 def write_csvs(
     rows: Sequence[Row], out_dir: Path, metrics: Sequence[str] = METRICS
 ) -> tuple[Path, Path]:
-    per_config = out_dir / "final.csv"
-    per_run = out_dir / "final_runs.csv"
+    """final.csv (one row per config) and final_runs.csv (one per config and seed)."""
+    per_config, per_run = out_dir / "final.csv", out_dir / "final_runs.csv"
+    _write_config_csv(rows, per_config, metrics)
+    _write_runs_csv(rows, per_run, metrics)
+    return per_config, per_run
+
+
+def _write_config_csv(rows: Sequence[Row], path: Path, metrics: Sequence[str]) -> None:
     cols = [
         "label",
         "model",
@@ -285,7 +291,7 @@ def write_csvs(
                 f"{proto}_test_{m}_ci95_low",
                 f"{proto}_test_{m}_ci95_high",
             ]
-    with per_config.open("w", newline="", encoding="utf-8") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for r in rows:
@@ -306,7 +312,10 @@ def write_csvs(
                     lo, hi = r.ci.get(key, {}).get(m, (math.nan, math.nan))
                     rec[f"{proto}_test_{m}_ci95_low"], rec[f"{proto}_test_{m}_ci95_high"] = lo, hi
             w.writerow(rec)
-    with per_run.open("w", newline="", encoding="utf-8") as fh:
+
+
+def _write_runs_csv(rows: Sequence[Row], path: Path, metrics: Sequence[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         rcols = [
             "label",
             "model",
@@ -336,7 +345,6 @@ def write_csvs(
                     rec[f"chosen_test_{m}"] = r.chosen[m][i]
                     rec[f"fixed120_test_{m}"] = r.fixed[m][i]
                 w.writerow(rec)
-    return per_config, per_run
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -475,7 +483,28 @@ def write_markdown(
 ) -> Path:
     """The seed-style Markdown report. ``header`` holds command, store_key, date, sweep and
     tracking details; ``kind`` is :func:`corpus_kind` of the store."""
-    h = header
+    figures = figures or {}
+    lines = [
+        *_header_lines(header, kind),
+        *_score_lines(rows, header, baseline, kind, metrics, baseline_label),
+    ]
+    if best is not None:
+        lines += _best_lines(best, comparison, label_names, figures)
+    if figures.get("macro"):
+        lines += [f"![test macro-F1 per config]({figures['macro']})", ""]
+    if failed:
+        lines += ["## Units that failed", "", *(f"- {f}" for f in failed), ""]
+    lines += [
+        "Files: `final.csv` (per config), `final_runs.csv` (per config and seed), "
+        "`final/units/*.json` (the raw records this page is built from).",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _header_lines(h: Mapping[str, Any], kind: str) -> list[str]:
+    """How the numbers were made (command, store, protocol, MLflow), and whether the corpus
+    allows comparing them with the published ones."""
     lines = [
         f"# Final results — sweep `{h['sweep']}`",
         "",
@@ -502,7 +531,19 @@ def write_markdown(
             f"{' / '.join(SEED_ENCODERS)}): the published numbers are not shown.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _score_lines(
+    rows: Sequence[Row],
+    h: Mapping[str, Any],
+    baseline: Mapping[str, float],
+    kind: str,
+    metrics: Sequence[str],
+    baseline_label: str,
+) -> list[str]:
+    """The two tables: at the epoch chosen by validation, and at the seed's fixed epoch."""
+    lines = [
         "## Test scores at the epoch chosen by validation",
         "",
         "Mean ± sample standard deviation over seeds, x100, then in brackets a 95 % interval "
@@ -542,35 +583,32 @@ def write_markdown(
             "micro-F1.",
             "",
         ]
-    if best is not None:
+    return lines
+
+
+def _best_lines(
+    best: Row, comparison: str, label_names: Sequence[str], figures: Mapping[str, str]
+) -> list[str]:
+    """The best row by validation: why it is best, its per-class F1, its confusion matrix."""
+    lines = [
+        f"## Best row: {best.label}",
+        "",
+        f"Chosen by the mean over seeds of the validation statistic at the chosen epochs "
+        f"({best.val_score:.4f}), never by test. {comparison}",
+        "",
+        "Per-class test F1 (x100, mean ± std over seeds):",
+        "",
+        "| " + " | ".join(label_names) + " |",
+        "|" + "---|" * len(label_names),
+        "| " + " | ".join(fmt_pm(best.chosen.get(f"f1_{n}", [])) for n in label_names) + " |",
+        "",
+    ]
+    if figures.get("confusion"):
         lines += [
-            f"## Best row: {best.label}",
-            "",
-            f"Chosen by the mean over seeds of the validation statistic at the chosen epochs "
-            f"({best.val_score:.4f}), never by test. {comparison}",
-            "",
-            "Per-class test F1 (x100, mean ± std over seeds):",
-            "",
-            "| " + " | ".join(label_names) + " |",
-            "|" + "---|" * len(label_names),
-            "| " + " | ".join(fmt_pm(best.chosen.get(f"f1_{n}", [])) for n in label_names) + " |",
+            f"Confusion matrix (test, summed over seeds): ![]({figures['confusion']})",
             "",
         ]
-        if figures and figures.get("confusion"):
-            lines += [
-                f"Confusion matrix (test, summed over seeds): ![]({figures['confusion']})",
-                "",
-            ]
-    if figures and figures.get("macro"):
-        lines += [f"![test macro-F1 per config]({figures['macro']})", ""]
-    if failed:
-        lines += ["## Units that failed", "", *(f"- {f}" for f in failed), ""]
-    lines += [
-        "Files: `final.csv` (per config), `final_runs.csv` (per config and seed), "
-        "`final/units/*.json` (the raw records this page is built from).",
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return lines
 
 
 # -- the report of a finalize ---------------------------------------------------------------
