@@ -53,7 +53,6 @@ from search.final_records import (  # noqa: E402
     save_unit,
     start_unit_run,
 )
-from search.final_report import write_report  # noqa: E402
 from search.final_settings import FinalizeSettings, parse_settings  # noqa: E402
 from search.final_unit import run_unit, unit_task  # noqa: E402
 from search.redact import redact_uri  # noqa: E402
@@ -101,7 +100,9 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False) -> FinalizeOutc
     t0 = time.time()
     say: Say = (lambda *_a, **_k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
     plan = make_plan(settings, say)
-    from search import tracking  # MLflow and Ray: only once the plan is known to be sound
+    # MLflow, Ray, numpy: only once the plan is known to be sound (usage errors stay quick)
+    from search import tracking
+    from search.final_report import write_report
 
     client = tracking.client_for(settings.tracking_uri)
     exp_id = tracking.experiment_id(client, settings.tracking_uri)
