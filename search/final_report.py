@@ -1,7 +1,8 @@
 """What `search.finalize` writes for people to read: the seed-style table, CSVs and figures.
 
-Everything here is computed from the finished units' JSON records (one per (config, seed)), so
-a resumed finalize rebuilds the same files from the same records. Files, under results/<sweep>/:
+Everything here is computed from the finished units' JSON records (one per (config, seed)) and
+the store's test labels (`write_report` does it all), so a resumed finalize rebuilds the same
+files from the same records. Files, under results/<sweep>/:
 
     final.md                 the table in the seed's format (mean ± std over seeds, x100),
                              the all-neutral baseline (all-<majority class> for a store with
@@ -20,15 +21,22 @@ test numbers never pick anything, not even which row gets the confusion matrix.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.faithful import NOT_REPRODUCIBLE
+from search.final_plan import FIXED_EPOCH
+from search.redact import redact_uri
+
+if TYPE_CHECKING:
+    from search.final_plan import Candidate
+    from search.final_settings import FinalizeSettings
 
 # The four numbers of every row; the first three are the seed's table columns.
 METRICS = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
@@ -257,8 +265,14 @@ def _epochs_text(epochs: Sequence[int]) -> str:
 def write_csvs(
     rows: Sequence[Row], out_dir: Path, metrics: Sequence[str] = METRICS
 ) -> tuple[Path, Path]:
-    per_config = out_dir / "final.csv"
-    per_run = out_dir / "final_runs.csv"
+    """final.csv (one row per config) and final_runs.csv (one per config and seed)."""
+    per_config, per_run = out_dir / "final.csv", out_dir / "final_runs.csv"
+    _write_config_csv(rows, per_config, metrics)
+    _write_runs_csv(rows, per_run, metrics)
+    return per_config, per_run
+
+
+def _write_config_csv(rows: Sequence[Row], path: Path, metrics: Sequence[str]) -> None:
     cols = [
         "label",
         "model",
@@ -277,7 +291,7 @@ def write_csvs(
                 f"{proto}_test_{m}_ci95_low",
                 f"{proto}_test_{m}_ci95_high",
             ]
-    with per_config.open("w", newline="", encoding="utf-8") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for r in rows:
@@ -298,7 +312,10 @@ def write_csvs(
                     lo, hi = r.ci.get(key, {}).get(m, (math.nan, math.nan))
                     rec[f"{proto}_test_{m}_ci95_low"], rec[f"{proto}_test_{m}_ci95_high"] = lo, hi
             w.writerow(rec)
-    with per_run.open("w", newline="", encoding="utf-8") as fh:
+
+
+def _write_runs_csv(rows: Sequence[Row], path: Path, metrics: Sequence[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         rcols = [
             "label",
             "model",
@@ -328,7 +345,6 @@ def write_csvs(
                     rec[f"chosen_test_{m}"] = r.chosen[m][i]
                     rec[f"fixed120_test_{m}"] = r.fixed[m][i]
                 w.writerow(rec)
-    return per_config, per_run
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -467,7 +483,28 @@ def write_markdown(
 ) -> Path:
     """The seed-style Markdown report. ``header`` holds command, store_key, date, sweep and
     tracking details; ``kind`` is :func:`corpus_kind` of the store."""
-    h = header
+    figures = figures or {}
+    lines = [
+        *_header_lines(header, kind),
+        *_score_lines(rows, header, baseline, kind, metrics, baseline_label),
+    ]
+    if best is not None:
+        lines += _best_lines(best, comparison, label_names, figures)
+    if figures.get("macro"):
+        lines += [f"![test macro-F1 per config]({figures['macro']})", ""]
+    if failed:
+        lines += ["## Units that failed", "", *(f"- {f}" for f in failed), ""]
+    lines += [
+        "Files: `final.csv` (per config), `final_runs.csv` (per config and seed), "
+        "`final/units/*.json` (the raw records this page is built from).",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _header_lines(h: Mapping[str, Any], kind: str) -> list[str]:
+    """How the numbers were made (command, store, protocol, MLflow), and whether the corpus
+    allows comparing them with the published ones."""
     lines = [
         f"# Final results — sweep `{h['sweep']}`",
         "",
@@ -494,7 +531,19 @@ def write_markdown(
             f"{' / '.join(SEED_ENCODERS)}): the published numbers are not shown.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _score_lines(
+    rows: Sequence[Row],
+    h: Mapping[str, Any],
+    baseline: Mapping[str, float],
+    kind: str,
+    metrics: Sequence[str],
+    baseline_label: str,
+) -> list[str]:
+    """The two tables: at the epoch chosen by validation, and at the seed's fixed epoch."""
+    lines = [
         "## Test scores at the epoch chosen by validation",
         "",
         "Mean ± sample standard deviation over seeds, x100, then in brackets a 95 % interval "
@@ -534,32 +583,139 @@ def write_markdown(
             "micro-F1.",
             "",
         ]
-    if best is not None:
+    return lines
+
+
+def _best_lines(
+    best: Row, comparison: str, label_names: Sequence[str], figures: Mapping[str, str]
+) -> list[str]:
+    """The best row by validation: why it is best, its per-class F1, its confusion matrix."""
+    lines = [
+        f"## Best row: {best.label}",
+        "",
+        f"Chosen by the mean over seeds of the validation statistic at the chosen epochs "
+        f"({best.val_score:.4f}), never by test. {comparison}",
+        "",
+        "Per-class test F1 (x100, mean ± std over seeds):",
+        "",
+        "| " + " | ".join(label_names) + " |",
+        "|" + "---|" * len(label_names),
+        "| " + " | ".join(fmt_pm(best.chosen.get(f"f1_{n}", [])) for n in label_names) + " |",
+        "",
+    ]
+    if figures.get("confusion"):
         lines += [
-            f"## Best row: {best.label}",
-            "",
-            f"Chosen by the mean over seeds of the validation statistic at the chosen epochs "
-            f"({best.val_score:.4f}), never by test. {comparison}",
-            "",
-            "Per-class test F1 (x100, mean ± std over seeds):",
-            "",
-            "| " + " | ".join(label_names) + " |",
-            "|" + "---|" * len(label_names),
-            "| " + " | ".join(fmt_pm(best.chosen.get(f"f1_{n}", [])) for n in label_names) + " |",
+            f"Confusion matrix (test, summed over seeds): ![]({figures['confusion']})",
             "",
         ]
-        if figures and figures.get("confusion"):
-            lines += [
-                f"Confusion matrix (test, summed over seeds): ![]({figures['confusion']})",
-                "",
-            ]
-    if figures and figures.get("macro"):
-        lines += [f"![test macro-F1 per config]({figures['macro']})", ""]
-    if failed:
-        lines += ["## Units that failed", "", *(f"- {f}" for f in failed), ""]
-    lines += [
-        "Files: `final.csv` (per config), `final_runs.csv` (per config and seed), "
-        "`final/units/*.json` (the raw records this page is built from).",
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return lines
+
+
+# -- the report of a finalize ---------------------------------------------------------------
+def write_report(
+    settings: FinalizeSettings,
+    store: Any,
+    candidates: Sequence[Candidate],
+    done: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Any],
+    failed: Sequence[str],
+) -> tuple[list[Path], dict[str, Any] | None]:
+    """final.md, final.csv, final_runs.csv and the figures, from the finished units; returns
+    the files (final.md first) and the best row's summary (None without a scored row)."""
+    from models.metrics import all_neutral_metrics, baseline_name
+
+    out = settings.sweep_dir
+    gold, names = store.labels("test"), store.label_names
+    # A store without a neutral class: the constant baseline is its training majority class.
+    const, neutral = store.baseline_class(), store.neutral_index
+    baseline = all_neutral_metrics(gold, "test", store.num_classes, neutral, names, predict=const)
+    base_label = baseline_name(names, const)
+    metrics = metrics_for(neutral)
+    rows = build_rows([asdict(c) for c in candidates], list(done.values()))
+    sessions = store.table["session"].to_numpy()[store.indices("test")]
+    attach_intervals(rows, gold, sessions, store.num_classes, neutral)
+    best = best_row(rows)
+    other = runner_up(rows, best)
+    comparison = difference_text(best, other) if best is not None and other else ""
+    files = list(write_csvs(rows, out, metrics))
+    figures = _write_figures(rows, best, store, baseline["test_macro_f1"], base_label, out)
+    md = write_markdown(
+        out / "final.md",
+        rows,
+        baseline=baseline,
+        kind=corpus_kind(store.manifest),
+        header=_header(settings, state, store.key, sessions),
+        label_names=names,
+        best=best,
+        failed=failed,
+        figures={k: p.name for k, p in figures.items()},
+        comparison=comparison,
+        metrics=metrics,
+        baseline_label=base_label,
+    )
+    return [md, *files, *figures.values()], _best_summary(best, metrics, comparison)
+
+
+def _write_figures(
+    rows: Sequence[Row],
+    best: Row | None,
+    store: Any,
+    baseline_macro_f1: float,
+    baseline_label: str,
+    out: Path,
+) -> dict[str, Path]:
+    """The macro-F1 plot (when any row has a seed) and the best row's confusion matrix."""
+    figures: dict[str, Path] = {}
+    if any(r.seeds for r in rows):
+        path = out / "final_macro_f1.png"
+        figures["macro"] = plot_macro_f1(rows, baseline_macro_f1, path, baseline_label)
+    if best is not None:
+        from models.metrics import confusion_matrix
+
+        n, gold = store.num_classes, store.labels("test")
+        cm = np.zeros((n, n), dtype=np.int64)
+        for u in best.units:
+            cm += confusion_matrix(u["test_pred"][str(u["chosen_epoch"])], gold, n)
+        title = f"{best.label}: test, chosen epochs, summed over {len(best.units)} seed(s)"
+        path = out / "final_confusion.png"
+        figures["confusion"] = plot_confusion(cm, store.label_names, title, path)
+    return figures
+
+
+def _header(
+    settings: FinalizeSettings, state: Mapping[str, Any], store_key: str, sessions: np.ndarray
+) -> dict[str, Any]:
+    """What final.md says of how it was made: commands, store, date, protocol, MLflow run."""
+    from models.selection import STATISTIC
+
+    return {
+        "sweep": settings.sweep,
+        "command": state["settings"].get("command") or settings.command,
+        "resumed_commands": state.get("resumed_commands", []),
+        "store_key": store_key,
+        "date": _dt.date.today().isoformat(),
+        "epochs": settings.epochs,
+        "statistic": STATISTIC,
+        "seeds": settings.seeds,
+        "parent_run_id": state["parent_run_id"],
+        "tracking_uri": redact_uri(settings.tracking_uri),
+        "fixed_target": FIXED_EPOCH,
+        "test_sessions": len(set(sessions.tolist())),
+        "folds": settings.folds,
+    }
+
+
+def _best_summary(
+    best: Row | None, metrics: Sequence[str], comparison: str
+) -> dict[str, Any] | None:
+    """The best row's numbers for the console summary and the parent run's metrics."""
+    if best is None:
+        return None
+    return {
+        "label": best.label,
+        "seeds": best.seeds,
+        "chosen_epochs": best.chosen_epochs,
+        "metrics": {f"test_{m}": mean_std(best.chosen[m])[0] for m in metrics},
+        "ci": best.ci.get("chosen", {}).get("macro_f1"),
+        "comparison": comparison.replace("**", ""),
+    }

@@ -1,31 +1,41 @@
 """`search.finalize` on a real tiny sweep: real Ray, real MLflow (sqlite), real training.
 
 The module fixture runs a 2-trial sweep through `search.run.run_sweep` (2 of 4 scheduled
-epochs each), then a finalize of its 2 configs x 2 seeds x 4 epochs that is interrupted after its first
-finished unit (in-flight runs cancelled and left RUNNING in MLflow, as a killed driver leaves
-them) and resumed. Every assertion below reads the files and the MLflow record it produced.
+epochs each), then a finalize of its 2 configs x 2 seeds x 4 epochs as `python -m
+search.finalize`, SIGKILLed (search.faults) right after its first finished unit, with the next
+unit in flight and its MLflow run left RUNNING, and resumed. Every assertion below reads the
+files and the MLflow record it produced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from search_helpers import cli_env
 
 from models.selection import best_epoch
+from search import final_plan as plan
 from search import final_report as fr
 from search import finalize as fz
 from search import tracking
+from search.faults import FAULT_ENV
+from search.final_records import UNIT
+from search.final_unit import run_unit
 
 SEEDS = [0, 1]
 # No --epochs: the final runs take the sweep's --final-epochs (4), which its trials' schedules
@@ -71,7 +81,7 @@ def finalized(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     try:
         results = _sweep(tmp, demo_store)
         argv = ["--sweep", "tiny", "--results-dir", str(results), *ARGS]
-        first = fz.finalize(fz.parse_settings(argv, cwd=tmp), quiet=True, stop_after=1)
+        first = _killed_after_first_unit(tmp, results, argv)
         units_dir = results / "tiny" / "final" / "units"
         before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in units_dir.glob("*.json")}
         client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -97,6 +107,32 @@ def finalized(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     }
 
 
+def _killed_after_first_unit(tmp: Path, results: Path, argv: list[str]) -> SimpleNamespace:
+    """`python -m search.finalize` SIGKILLed by search.faults right after its first unit was
+    saved and logged, as a killed driver is: nothing of it cleans up. Returns what that driver
+    did (the units it trained, by its progress lines; its parent run)."""
+    log = tmp / "killed_finalize.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "search.finalize", *argv],
+            cwd=tmp,
+            env={**cli_env(tmp), FAULT_ENV: "unit_recorded:1"},
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            code = proc.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # whatever its Ray left behind
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == -signal.SIGKILL, text
+    state = json.loads((results / "tiny/final/state.json").read_text())
+    trained = re.findall(r"^  \[\d+/\d+\] ", text, flags=re.MULTILINE)
+    return SimpleNamespace(units_run=len(trained), parent_run_id=state["parent_run_id"])
+
+
 def first_exp(client: MlflowClient) -> str:
     return client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
 
@@ -117,8 +153,8 @@ def _final_runs(client: MlflowClient, parent: str, view=ViewType.ACTIVE_ONLY) ->
 
 # -- pure pieces ----------------------------------------------------------------------------
 def test_epoch_choice_rules() -> None:
-    assert fz.fixed_epoch(150) == 120
-    assert fz.fixed_epoch(4) == 4  # shorter training: its last epoch
+    assert plan.fixed_epoch(150) == 120
+    assert plan.fixed_epoch(4) == 4  # shorter training: its last epoch
 
 
 def test_mean_std_format_matches_numpy() -> None:
@@ -285,7 +321,7 @@ def test_resume_skips_finished_units_and_leaves_no_stale_runs(finalized: dict) -
         assert (units_dir / name).read_text() == text
     client = finalized["client"]
     active = _final_runs(client, resumed.parent_run_id)
-    per_unit = [r.data.tags[fz.UNIT] for r in active]
+    per_unit = [r.data.tags[UNIT] for r in active]
     assert sorted(per_unit) == sorted(u["unit_id"] for u in _units(finalized["results"]))
     assert len(set(per_unit)) == len(per_unit) == 4
     assert all(r.info.status == "FINISHED" for r in active)
@@ -315,8 +351,8 @@ def test_changing_test_labels_does_not_change_the_chosen_epoch(
         {"model": "case-compressing", "epochs": 4, "seed": 3, "lr": 1e-3}
     ).to_dict()
     unit = {"unit_id": "u", "candidate": "c", "model": "case-compressing", "seed": 3, "config": cfg}
-    a = fz.run_unit(unit, str(demo_store), threads=1, device="cpu")
-    b = fz.run_unit(unit, str(copy), threads=1, device="cpu")
+    a = run_unit(unit, str(demo_store), threads=1, device="cpu")
+    b = run_unit(unit, str(copy), threads=1, device="cpu")
 
     def scores(r: dict) -> list[dict]:  # everything but wall-clock time
         return [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in r["history"]]
@@ -396,22 +432,22 @@ def test_units_are_named_by_what_they_train() -> None:
     entry = {"rank": 1, "trial_id": "t1", "model": "case-attention", "config": cfg}
     moved = {**entry, "rank": 5}  # the sweep was extended: same trial, lower rank
     other = {**entry, "config": {**cfg, "lr": 2e-3}}
-    (a,) = fz.select_candidates({"top": [entry]}, 1, [])
-    (b,) = fz.select_candidates({"top": [moved]}, 1, [])
-    (c,) = fz.select_candidates({"top": [other]}, 1, [])
-    assert fz.unit_id(a, 0, 150) == fz.unit_id(b, 0, 150)  # rank plays no part
+    (a,) = plan.select_candidates({"top": [entry]}, 1, [])
+    (b,) = plan.select_candidates({"top": [moved]}, 1, [])
+    (c,) = plan.select_candidates({"top": [other]}, 1, [])
+    assert plan.unit_id(a, 0, 150) == plan.unit_id(b, 0, 150)  # rank plays no part
     assert (
         len(
             {
-                fz.unit_id(a, 0, 150),
-                fz.unit_id(c, 0, 150),
-                fz.unit_id(a, 1, 150),
-                fz.unit_id(a, 0, 120),
+                plan.unit_id(a, 0, 150),
+                plan.unit_id(c, 0, 150),
+                plan.unit_id(a, 1, 150),
+                plan.unit_id(a, 0, 120),
             }
         )
         == 4
     )  # config, seed and epochs each do
-    assert fz.unit_id(a, 42, 150).startswith("t1-") and "-s42-e150" in fz.unit_id(a, 42, 150)
+    assert plan.unit_id(a, 42, 150).startswith("t1-") and "-s42-e150" in plan.unit_id(a, 42, 150)
 
 
 def _copy_sweep(finalized: dict, dst: Path) -> Path:
@@ -465,9 +501,9 @@ def test_top_k_beyond_what_the_sweep_recorded_is_said(
     results = _copy_sweep(finalized, tmp_path)
     shutil.rmtree(results / "tiny/final")
     recorded = len(
-        fz.load_best_configs(fz.parse_settings(["--sweep", "tiny", "--results-dir", str(results)]))[
-            "top"
-        ]
+        plan.load_best_configs(
+            fz.parse_settings(["--sweep", "tiny", "--results-dir", str(results)])
+        )["top"]
     )
     argv = [
         "--sweep",
@@ -521,7 +557,7 @@ def test_a_unit_whose_worker_dies_is_rerun_and_one_that_raises_is_not(
         "2",
     ]
     settings = fz.parse_settings(argv)
-    good, bad = (fz.unit_id(c, 0, 2) for c in fz.select_candidates(doc, 2, []))
+    good, bad = (plan.unit_id(c, 0, 2) for c in plan.select_candidates(doc, 2, []))
     trace = tmp_path / "trace.txt"
     monkeypatch.setenv(FAULT_ENV, f"unit_start:{good}")
     monkeypatch.setenv(FAULT_ONCE_ENV, str(tmp_path / "killed"))
@@ -541,7 +577,7 @@ def test_a_unit_whose_worker_dies_is_rerun_and_one_that_raises_is_not(
 
     client = MlflowClient(settings.tracking_uri)
     runs = _final_runs(client, outcome.parent_run_id, view=ViewType.ALL)
-    by_unit = {r.data.tags[fz.UNIT]: r for r in runs}
+    by_unit = {r.data.tags[UNIT]: r for r in runs}
     assert len(runs) == len(by_unit) == 2  # one run per unit, the rerun included
     assert by_unit[good].info.status == "FINISHED"
     assert by_unit[bad].info.status == "FAILED"

@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 from models.selection import best_epoch
 from search import finalize as fz
 from search import tracking
+from search.final_unit import _score_test
+from search.settings import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_test_is_scored_by_the_fold_heads_ensemble(fold_final: dict, demo_store:
 
 def test_folds_flag_is_checked(fold_final: dict) -> None:
     results = str(fold_final["tmp"] / "results")
-    with pytest.raises(fz.UsageError, match="--folds must be 0"):
+    with pytest.raises(UsageError, match="--folds must be 0"):
         fz.parse_settings(["--sweep", "cv", "--results-dir", results, "--folds", "1"])
 
 
@@ -176,9 +178,9 @@ def test_ensemble_scoring_on_heads_that_disagree(fold_final: dict, demo_store: P
     store = FeatureStore.open(demo_store, sealed=())
     history = unit["history"]
     args = (config, store)
-    both = fz._score_test(*args, {4: [a["state_dict"], b]}, history, torch.device("cpu"), "k")
+    both = _score_test(*args, {4: [a["state_dict"], b]}, history, torch.device("cpu"), "k")
     alone = [
-        fz._score_test(*args, {4: [h]}, history, torch.device("cpu"), "k")
+        _score_test(*args, {4: [h]}, history, torch.device("cpu"), "k")
         for h in (a["state_dict"], b)
     ]
     auroc = both[0]["4"]["test_macro_auroc"]
