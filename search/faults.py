@@ -3,7 +3,8 @@
 A failpoint facility in the manner of FreeBSD's fail(9) and etcd's gofail: production code
 calls ``fault_point(NAME, ...)`` at a few places where a crash would open a window (a trial
 between reporting an epoch and Tune registering its checkpoint, the driver between a trial's
-end and MLflow's FINISHED, a finalize unit mid-run), and tests arm a point through the
+end and MLflow's FINISHED, a finalize unit mid-run, finalize's driver right after a
+unit's record is saved: ``unit_recorded:N`` after the Nth), and tests arm a point through the
 environment to SIGKILL the real process there. What they check then does not depend on when
 a poll happens to see the process.
 

@@ -26,7 +26,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from search_helpers import cli_env
 
 from models.selection import best_epoch
 from search import final_plan as plan
@@ -36,6 +35,7 @@ from search import tracking
 from search.faults import FAULT_ENV
 from search.final_records import UNIT
 from search.final_unit import run_unit
+from tests.search_helpers import case_tune_home, cli_env, run_tiny_sweep
 
 SEEDS = [0, 1]
 # No --epochs: the final runs take the sweep's --final-epochs (4), which its trials' schedules
@@ -44,41 +44,15 @@ ARGS = ["--top-k", "2", "--seeds", *map(str, SEEDS)]
 
 
 def _sweep(tmp: Path, store: Path, name: str = "tiny") -> Path:
-    from search.run import run_sweep
-    from search.settings import parse_settings
-
-    settings = parse_settings(
-        [
-            "--space",
-            "case",
-            "--data",
-            str(store),
-            "--num-samples",
-            "2",
-            "--max-epochs",
-            "2",
-            "--final-epochs",
-            "4",
-            "--name",
-            name,
-            "--results-dir",
-            str(tmp / "results"),
-            "--tracking-uri",
-            f"sqlite:///{tmp / 'mlflow.db'}",
-        ],
-        cwd=tmp,
-    )
-    settings.fixed = {"audio_frames": 32}  # short audio: every trial and unit stays cheap
-    run_sweep(settings, quiet=True)
+    fixed = {"audio_frames": 32}  # short audio: every trial and unit stays cheap
+    run_tiny_sweep(tmp, store, name, fixed=fixed, num_samples=2, max_epochs=2, final_epochs=4)
     return tmp / "results"
 
 
 @pytest.fixture(scope="module")
 def finalized(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("finalize")
-    old = os.environ.get("CASE_TUNE_HOME")
-    os.environ["CASE_TUNE_HOME"] = str(tmp / "home")
-    try:
+    with case_tune_home(tmp / "home"):
         results = _sweep(tmp, demo_store)
         argv = ["--sweep", "tiny", "--results-dir", str(results), *ARGS]
         first = _killed_after_first_unit(tmp, results, argv)
@@ -91,11 +65,6 @@ def finalized(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             if r.info.status == "RUNNING" and r.data.tags.get(tracking.KIND) == "final"
         ]
         resumed = fz.finalize(fz.parse_settings([*argv, "--resume"], cwd=tmp), quiet=True)
-    finally:
-        if old is None:
-            os.environ.pop("CASE_TUNE_HOME", None)
-        else:
-            os.environ["CASE_TUNE_HOME"] = old
     return {
         "tmp": tmp,
         "results": results,
@@ -372,11 +341,8 @@ def test_killed_driver_resumes_from_the_command_line(demo_store: Path, tmp_path:
     """SIGKILL the `python -m search.finalize` process after its first finished unit; the
     resumed command trains only the rest and leaves one FINISHED run per unit."""
     env = {**os.environ, "CASE_TUNE_HOME": str(tmp_path / "home")}
-    os.environ["CASE_TUNE_HOME"] = env["CASE_TUNE_HOME"]
-    try:
+    with case_tune_home(tmp_path / "home"):
         results = _sweep(tmp_path, demo_store, name="killme")
-    finally:
-        os.environ.pop("CASE_TUNE_HOME", None)
     cmd = [
         sys.executable,
         "-m",

@@ -8,7 +8,6 @@ and training; every assertion reads what the run wrote.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,42 +19,17 @@ from search import finalize as fz
 from search import tracking
 from search.final_unit import _score_test
 from search.settings import UsageError
+from tests.search_helpers import case_tune_home, run_tiny_sweep
 
 
 @pytest.fixture(scope="module")
 def fold_final(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from search.run import run_sweep
-    from search.settings import parse_settings
-
     tmp = tmp_path_factory.mktemp("finalize_folds")
-    old = os.environ.get("CASE_TUNE_HOME")
-    os.environ["CASE_TUNE_HOME"] = str(tmp / "home")
-    try:
-        settings = parse_settings(
-            [
-                "--space",
-                "case",
-                "--data",
-                str(demo_store),
-                "--num-samples",
-                "1",
-                "--max-epochs",
-                "2",
-                "--final-epochs",
-                "4",
-                "--folds",
-                "2",
-                "--name",
-                "cv",
-                "--results-dir",
-                str(tmp / "results"),
-                "--tracking-uri",
-                f"sqlite:///{tmp / 'mlflow.db'}",
-            ],
-            cwd=tmp,
+    with case_tune_home(tmp / "home"):
+        fixed = {"audio_frames": 32, "model": "case-attention"}
+        run_tiny_sweep(
+            tmp, demo_store, "cv", fixed=fixed, num_samples=1, max_epochs=2, final_epochs=4, folds=2
         )
-        settings.fixed = {"audio_frames": 32, "model": "case-attention"}
-        run_sweep(settings, quiet=True)
         argv = [
             "--sweep",
             "cv",
@@ -68,11 +42,6 @@ def fold_final(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         ]
         fin = fz.parse_settings(argv, cwd=tmp)
         outcome = fz.finalize(fin, quiet=True)
-    finally:
-        if old is None:
-            os.environ.pop("CASE_TUNE_HOME", None)
-        else:
-            os.environ["CASE_TUNE_HOME"] = old
     (unit,) = [json.loads(p.read_text()) for p in (tmp / "results/cv/final/units").glob("*.json")]
     return {
         "tmp": tmp,
