@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import update_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 # A fast head (case-attention trims padding per batch) at a few sizes and learning rates.
 CONFIGS = [
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "(and is torn down after it); a reused one pays that once per run (the max), then only "
         "builds the model and reads the split from the store's memory maps.\n"
     )
-    print(body)
-    update_section("concurrency", body)
+    publish("concurrency", body)
     return 0
 
 

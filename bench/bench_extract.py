@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from bench.report import update_section
+from bench.report import publish
 from data_prep.demo import write_demo_corpus
 from data_prep.encoders import (
     DEMO_AUDIO_CONFIG,
@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "collapsed (tiny encoder 1.2 utt/s one at a time, 13.7 utt/s batched); "
         "`python -m data_prep.prepare --threads N` sets it.",
     ]
-    update_section("extract", "\n".join(lines))
-    print("\n".join(lines))
+    publish("extract", "\n".join(lines))
     return 0
 
 

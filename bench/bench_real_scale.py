@@ -146,7 +146,7 @@ def peak_rss(store: Path, model: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.report import update_section
+    from bench.report import publish
     from data_prep.demo import write_demo_corpus
     from data_prep.kemdy20 import read_corpus
     from data_prep.prepare import prepare_store
@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         "Seconds per training epoch per 1,000 utterances at these sizes, for every head: the "
         "`bench_train` section above (same shapes, synthetic features).",
     ]
-    if not args.no_write:
-        update_section("real_scale", "\n".join(lines))
-    print("\n".join(lines))
+    publish("real_scale", "\n".join(lines), write=not args.no_write)
     return figures
 
 

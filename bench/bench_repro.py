@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import update_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = ("train_loss", "val_loss", "val_macro_f1", "val_macro_auroc")
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Bench wall time {time.time() - t0:.0f} s.",
     ]
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        update_section("repro", body)
+    publish("repro", body, write=not args.no_write)
     return 0
 
 

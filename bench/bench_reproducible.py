@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import update_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RANDOM_IDS = ("trial_id", "mlflow_run_id")  # fresh in every run
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{mode}: {r['wall']:.1f} s, {r['epochs']} epochs, best {r['best']:.4f}", flush=True
             )
     body = report(runs, args.seed, extra)
-    print(body)
-    if not args.no_write:
-        update_section("reproducible", body)
+    publish("reproducible", body, write=not args.no_write)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import update_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 
 def epoch_curve(tracking_uri: str, parent_run_id: str) -> list[float]:
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{r:.2f}x" for r in ratios)
         + ").\n"
     )
-    print(body)
-    update_section("search_efficiency", body)
+    publish("search_efficiency", body)
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import update_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 CONFIGS = [
     {"model": "case-attention", "lr": 1e-3, "hidden": 256, "batch_size": 64},
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         f"**Ratio search / loop: {ratio:.2f}** (target <= 1.20); with Ray start-up "
         f"{(s['sweep'] + s['init']) / loop:.2f}.\n"
     )
-    print(body)
-    update_section("search_overhead", body)
+    publish("search_overhead", body)
     return 0
 
 

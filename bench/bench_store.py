@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.report import update_section
+from bench.report import publish
 from data_prep.store import StoreWriter
 
 BATCH = 64
@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "shared between processes and reclaimable; the private column is what each process "
         "really owns.",
     ]
-    update_section("store", "\n".join(lines))
-    print("\n".join(lines))
+    publish("store", "\n".join(lines))
     return 0
 
 

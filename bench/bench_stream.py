@@ -30,12 +30,11 @@ from types import ModuleType
 
 import torch
 
-from bench.report import update_section
+from bench.common import seeded_model_and_split
+from bench.report import publish
 from data_prep.store import FeatureStore
 from models.config import TrainConfig
 from models.losses import Objective
-from models.registry import create_model
-from models.train import model_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_STORE = dict(text_dim=768, audio_dim=1024, max_tokens=128, max_frames=512)
@@ -74,17 +73,7 @@ def make_store(root: Path, n: int) -> FeatureStore:
 
 def loop(config: TrainConfig, store: FeatureStore, data_mod: ModuleType, epochs: int) -> dict:
     """Train ``epochs`` epochs on the streamed split; seconds waiting in batch() and total."""
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, config=config, **model_sizes(store))
-    data = data_mod.load_split(
-        store,
-        "train",
-        uses=model.uses,
-        frames=store.max_frames,
-        trim=model.trim,
-        device=torch.device("cpu"),
-        budget=0,
-    )
+    model, data = seeded_model_and_split(config, store, data_mod.load_split, budget=0)
     assert not data.resident
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     objective = Objective(config)
@@ -111,17 +100,7 @@ def assembly_and_step(
     config: TrainConfig, store: FeatureStore, data_mod: ModuleType, reps: int = 5
 ) -> tuple[float, float]:
     """Median seconds to assemble one streamed batch alone, and one training step on it."""
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, config=config, **model_sizes(store))
-    data = data_mod.load_split(
-        store,
-        "train",
-        uses=model.uses,
-        frames=store.max_frames,
-        trim=model.trim,
-        device=torch.device("cpu"),
-        budget=0,
-    )
+    model, data = seeded_model_and_split(config, store, data_mod.load_split, budget=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     objective = Objective(config)
     gather, step = [], []
@@ -209,9 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         "assembly + copy. Not measured here (no GPU): the pinned-to-device copy, 64 x 1.2 MB "
         "fp16 = 80 MB per batch, about 3-6 ms at PCIe 4 rates.",
     ]
-    if not args.no_write:
-        update_section("stream", "\n".join(lines))
-    print("\n".join(lines))
+    publish("stream", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

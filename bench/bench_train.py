@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from bench.report import update_section
+from bench.common import seeded_model_and_split
+from bench.report import publish
 from data_prep.store import FeatureStore
 from models.config import TrainConfig
 from models.data import load_split
 from models.losses import Objective
-from models.registry import create_model, list_models
-from models.train import model_sizes, train
+from models.registry import list_models
+from models.train import train
 
 KEMDY20_TRAIN = 10_700
 SEED_STORE = dict(text_dim=768, audio_dim=1024, max_tokens=128, max_frames=512)
@@ -48,16 +49,7 @@ def make_store(root: Path, n: int) -> FeatureStore:
 def bare_epoch(config: TrainConfig, store: FeatureStore) -> tuple[float, float, float]:
     """(wall, CPU) seconds of one epoch of the bare loop, batches prebuilt, nothing but the
     step; and the wall seconds it took to gather those batches (what `train` does per step)."""
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, config=config, **model_sizes(store))
-    data = load_split(
-        store,
-        "train",
-        uses=model.uses,
-        frames=store.max_frames,
-        trim=model.trim,
-        device=torch.device("cpu"),
-    )
+    model, data = seeded_model_and_split(config, store, load_split)
     perm = torch.randperm(data.n, generator=torch.Generator().manual_seed(config.seed))
     bs = config.batch_size
     g0 = time.perf_counter()
@@ -178,9 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         "shared with other jobs during the run.",
     ]
     text = "\n".join(body)
-    print(text)
-    if not args.no_write:
-        update_section("train", text)
+    publish("train", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

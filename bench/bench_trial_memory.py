@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     from model_helpers import make_synthetic_store
     from ray import tune
 
-    from bench.report import update_section
+    from bench.report import publish
     from data_prep.store import FeatureStore
     from search.trainable import make_trainable
 
@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"against {available / 1e9:.1f} GB available and the {2 * budget / 1e9:.1f} GB the "
         "two budgets allow for resident splits.",
     ]
-    if not args.no_write:
-        update_section("trial_memory", "\n".join(lines))
-    print("\n".join(lines))
+    publish("trial_memory", "\n".join(lines), write=not args.no_write)
     return fig
 
 

@@ -45,3 +45,11 @@ def update_section(name: str, body: str, path: Path = BENCH_MD) -> None:
         else:
             text = text.rstrip() + "\n\n" + section + "\n"
         path.write_text(text, encoding="utf-8")
+
+
+def publish(name: str, body: str, *, write: bool = True) -> None:
+    """Print a bench's report, then (unless ``write`` is False: --no-write) make it section
+    ``name`` of bench.md. Printed first so a long run's figures survive a failed write."""
+    print(body)
+    if write:
+        update_section(name, body)

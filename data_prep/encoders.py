@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -246,17 +246,23 @@ def _freeze(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 @dataclass
-class AudioEncoder:
-    """A frozen wav2vec2-family model and its feature extractor."""
+class _FrozenEncoder:
+    """What both encoders hold: the frozen model, what identifies it, where it runs."""
 
     model: Any
-    feature_extractor: Any
     identity: dict[str, Any]
     device: torch.device
 
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
+
+
+@dataclass
+class AudioEncoder(_FrozenEncoder):
+    """A frozen wav2vec2-family model and its feature extractor."""
+
+    feature_extractor: Any
 
     @property
     def sampling_rate(self) -> int:
@@ -294,21 +300,35 @@ class AudioEncoder:
 
 
 @dataclass
-class TextEncoder:
+class TextEncoder(_FrozenEncoder):
     """A frozen BERT-family model and its tokenizer."""
 
-    model: Any
     tokenizer: Any
-    identity: dict[str, Any]
-    device: torch.device
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.config.hidden_size)
 
     @property
     def has_pooler(self) -> bool:
         return getattr(self.model, "pooler", None) is not None
+
+
+def _load_frozen(
+    processor_cls: Any,
+    name_or_dir: str | os.PathLike[str],
+    flag: str,
+    device: str | torch.device | None,
+    identity: dict[str, Any] | None,
+    check: Callable[[Any], None] = lambda model: None,
+) -> tuple[Any, torch.nn.Module, dict[str, Any], torch.device]:
+    """(processor, frozen model, identity with the loaded commit, device) of one encoder;
+    ``check`` vets the model before anything else is done with it."""
+    from transformers import AutoModel
+
+    dev = resolve_device(device)
+    ident = identity or encoder_identity(name_or_dir)
+    processor = _from_pretrained(processor_cls.from_pretrained, name_or_dir, flag)
+    model = _from_pretrained(AutoModel.from_pretrained, name_or_dir, flag, dtype=torch.float32)
+    check(model)
+    ident = _with_loaded_commit(ident)
+    return processor, _freeze(model, dev), ident, dev
 
 
 def load_audio_encoder(
@@ -318,20 +338,18 @@ def load_audio_encoder(
     identity: dict[str, Any] | None = None,
 ) -> AudioEncoder:
     """Load a frozen audio encoder (``AutoModel`` + ``AutoFeatureExtractor``)."""
-    from transformers import AutoFeatureExtractor, AutoModel
+    from transformers import AutoFeatureExtractor
 
-    dev = resolve_device(device)
-    ident = identity or encoder_identity(name_or_dir)
-    fe = _from_pretrained(AutoFeatureExtractor.from_pretrained, name_or_dir, "--audio-model")
-    model = _from_pretrained(
-        AutoModel.from_pretrained, name_or_dir, "--audio-model", dtype=torch.float32
+    def check(model: Any) -> None:  # frame counts come from wav2vec2's conv arithmetic
+        if not hasattr(model, "_get_feat_extract_output_lengths"):
+            raise EncoderError(
+                f"--audio-model {name_or_dir}: {type(model).__name__} is not a wav2vec2-family model"
+            )
+
+    fe, model, ident, dev = _load_frozen(
+        AutoFeatureExtractor, name_or_dir, "--audio-model", device, identity, check
     )
-    if not hasattr(model, "_get_feat_extract_output_lengths"):
-        raise EncoderError(
-            f"--audio-model {name_or_dir}: {type(model).__name__} is not a wav2vec2-family model"
-        )
-    ident = _with_loaded_commit(ident)
-    return AudioEncoder(model=_freeze(model, dev), feature_extractor=fe, identity=ident, device=dev)
+    return AudioEncoder(model=model, feature_extractor=fe, identity=ident, device=dev)
 
 
 def load_text_encoder(
@@ -341,16 +359,12 @@ def load_text_encoder(
     identity: dict[str, Any] | None = None,
 ) -> TextEncoder:
     """Load a frozen text encoder (``AutoModel`` + ``AutoTokenizer``)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    dev = resolve_device(device)
-    ident = identity or encoder_identity(name_or_dir)
-    tok = _from_pretrained(AutoTokenizer.from_pretrained, name_or_dir, "--text-model")
-    model = _from_pretrained(
-        AutoModel.from_pretrained, name_or_dir, "--text-model", dtype=torch.float32
+    tok, model, ident, dev = _load_frozen(
+        AutoTokenizer, name_or_dir, "--text-model", device, identity
     )
-    ident = _with_loaded_commit(ident)
-    return TextEncoder(model=_freeze(model, dev), tokenizer=tok, identity=ident, device=dev)
+    return TextEncoder(model=model, tokenizer=tok, identity=ident, device=dev)
 
 
 # -- demo encoders --------------------------------------------------------------------------

@@ -108,6 +108,10 @@ def _rows(path: Path, fmt: str, rel: str, faults: list[Fault]) -> tuple[list[str
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusError(f"cannot read manifest {path}: {exc}") from exc
     rows: list[tuple[int, dict[str, Any]]] = []
+
+    def malformed(line: int, message: str) -> Fault:  # no segment id: the row did not parse
+        return Fault(rel, line, "", "malformed_row", message)
+
     if fmt == "csv":
         reader = csv.reader(io.StringIO(text, newline=""))
         header: list[str] | None = None
@@ -119,15 +123,7 @@ def _rows(path: Path, fmt: str, rel: str, faults: list[Fault]) -> tuple[list[str
                 continue
             line = reader.line_num
             if len(cells) > len(header):
-                faults.append(
-                    Fault(
-                        rel,
-                        line,
-                        "",
-                        "malformed_row",
-                        f"{len(cells)} cells, the header has {len(header)}",
-                    )
-                )
+                faults.append(malformed(line, f"{len(cells)} cells, the header has {len(header)}"))
                 continue
             rows.append((line, dict(zip(header, cells, strict=False))))
         if header is None:
@@ -140,18 +136,10 @@ def _rows(path: Path, fmt: str, rel: str, faults: list[Fault]) -> tuple[list[str
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            faults.append(Fault(rel, line, "", "malformed_row", f"not JSON: {exc}"))
+            faults.append(malformed(line, f"not JSON: {exc}"))
             continue
         if not isinstance(obj, dict):
-            faults.append(
-                Fault(
-                    rel,
-                    line,
-                    "",
-                    "malformed_row",
-                    f"expected a JSON object, got {type(obj).__name__}",
-                )
-            )
+            faults.append(malformed(line, f"expected a JSON object, got {type(obj).__name__}"))
             continue
         seen.update(dict.fromkeys(obj))
         rows.append((line, obj))

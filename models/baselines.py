@@ -18,6 +18,7 @@ from models.layers import (
     length_mask,
     masked_mean_vec,
     pool,
+    project,
     zero_padding,
 )
 
@@ -53,16 +54,11 @@ class Concat(nn.Module):
         self.trim = frozenset() if faithful else {"text", "audio"}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        text, audio = batch["text"], batch["audio"]
-        tmask = length_mask(batch["text_len"], text.shape[1])
-        amask = length_mask(batch["audio_len"], audio.shape[1])
-        t, a = self.text_proj(text), self.audio_proj(audio)
-        x = self.norm(self.mix(torch.cat([t, a], dim=1)))
-        mask = None if self.faithful else torch.cat([tmask, amask], dim=1)
+        p = project(batch, self.text_proj, self.audio_proj)
+        x = self.norm(self.mix(torch.cat([p.text, p.audio], dim=1)))
+        mask = None if self.faithful else torch.cat([p.text_mask, p.audio_mask], dim=1)
         fused = pool(x, mask, self.pooling)
-        return ModelOutput(
-            self.classifier(fused), fused, masked_mean_vec(t, tmask), masked_mean_vec(a, amask)
-        )
+        return p.output(self.classifier(fused), fused)
 
 
 class _MLP(nn.Sequential):
@@ -124,20 +120,15 @@ class MMM(nn.Module):
         self.trim = frozenset()  # token mixing needs every absolute position
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        text, audio = batch["text"], batch["audio"]
-        tmask = length_mask(batch["text_len"], text.shape[1])
-        amask = length_mask(batch["audio_len"], audio.shape[1])
-        t, a = self.text_proj(text), self.audio_proj(audio)
-        mask = None if self.faithful else torch.cat([tmask, amask], dim=1)
-        x = torch.cat([t, a], dim=1)
+        p = project(batch, self.text_proj, self.audio_proj)
+        mask = None if self.faithful else torch.cat([p.text_mask, p.audio_mask], dim=1)
+        x = torch.cat([p.text, p.audio], dim=1)
         y = zero_padding(self.norm(x), mask)
         y = self.token_mlp(y.transpose(1, 2)).transpose(1, 2)
         x = x + y
         y = self.channel_mlp(self.norm(y))
         fused = pool(self.out_norm(y + x), mask, self.pooling)
-        return ModelOutput(
-            self.head(fused), fused, masked_mean_vec(t, tmask), masked_mean_vec(a, amask)
-        )
+        return p.output(self.head(fused), fused)
 
 
 class TextOnly(nn.Module):

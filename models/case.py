@@ -22,9 +22,8 @@ from models.layers import (
     Classifier,
     ModelOutput,
     batch_longest,
-    length_mask,
-    masked_mean_vec,
     pool,
+    project,
     text_to_audio_attention,
     zero_padding,
 )
@@ -77,13 +76,11 @@ class CASE(nn.Module):
             self.trim = frozenset({"audio"} if faithful else {"text", "audio"})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        text, audio = batch["text"], batch["audio"]
+        audio = batch["audio"]
         if self.faithful and self.alignment == "attention":
             audio = batch_longest(audio, batch["audio_len"])
-        tmask = length_mask(batch["text_len"], text.shape[1])
-        amask = length_mask(batch["audio_len"], audio.shape[1])
-        t = self.text_proj(text)
-        a = self.audio_proj(audio)
+        p = project(batch, self.text_proj, self.audio_proj, audio)
+        t, a, tmask, amask = p
         pool_tmask = None if self.faithful else tmask
         if self.alignment == "compressing":
             src = a if self.faithful else zero_padding(a, amask)
@@ -102,9 +99,4 @@ class CASE(nn.Module):
             x = torch.cat([t, aligned], dim=1)
             mask = None if self.faithful else torch.cat([tmask, aligned_mask], dim=1)
         fused = pool(self.norm(x), mask, self.pooling)
-        return ModelOutput(
-            logits=self.classifier(fused),
-            fused=fused,
-            text_vec=masked_mean_vec(t, tmask),
-            audio_vec=masked_mean_vec(a, amask),
-        )
+        return p.output(self.classifier(fused), fused)

@@ -49,6 +49,41 @@ def zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
 
 
+class Projected(NamedTuple):
+    """Text [B, T, h] and audio [B, F, h] projected to the hidden size, with their length
+    masks: where every head that sees both modalities starts."""
+
+    text: torch.Tensor
+    audio: torch.Tensor
+    text_mask: torch.Tensor
+    audio_mask: torch.Tensor
+
+    def output(self, logits: torch.Tensor, fused: torch.Tensor) -> ModelOutput:
+        """The head's output; its text / audio vectors are the masked means of the
+        projections (what audio-text InfoNCE compares)."""
+        return ModelOutput(
+            logits,
+            fused,
+            masked_mean_vec(self.text, self.text_mask),
+            masked_mean_vec(self.audio, self.audio_mask),
+        )
+
+
+def project(
+    batch: dict[str, torch.Tensor],
+    text_proj: nn.Module,
+    audio_proj: nn.Module,
+    audio: torch.Tensor | None = None,
+) -> Projected:
+    """Masks, then projections, of ``batch``'s text and audio (``audio``: the batch's audio
+    as the head already cut it, e.g. by :func:`batch_longest`)."""
+    text = batch["text"]
+    audio = batch["audio"] if audio is None else audio
+    tmask = length_mask(batch["text_len"], text.shape[1])
+    amask = length_mask(batch["audio_len"], audio.shape[1])
+    return Projected(text_proj(text), audio_proj(audio), tmask, amask)
+
+
 def batch_longest(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Cut the position axis (1) of [B, L, d] to the batch's longest true length.
 

@@ -252,22 +252,6 @@ def bootstrap_scores(
     return {k: np.mean([r[k] for r in per_run], axis=0) for k in score_names(neutral_index)}
 
 
-def bootstrap_macro_f1(
-    preds: Sequence,
-    target,
-    num_classes: int = 7,
-    *,
-    groups=None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> np.ndarray:
-    """:func:`bootstrap_scores`' macro-F1 replicates alone."""
-    # macro-F1 needs no neutral class; None skips the seed's micro-F1 altogether.
-    return bootstrap_scores(
-        preds, target, num_classes, groups=groups, n_boot=n_boot, seed=seed, neutral_index=None
-    )["macro_f1"]
-
-
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The central ``level`` percentile interval of bootstrap replicates."""
     lo, hi = np.percentile(np.asarray(samples, dtype=float), [50 * (1 - level), 50 * (1 + level)])

@@ -36,7 +36,7 @@ from models.metrics import (
     absent_note,
     all_neutral_metrics,
     baseline_name,
-    bootstrap_macro_f1,
+    bootstrap_scores,
     classification_metrics,
     macro_auroc,
 )
@@ -399,7 +399,10 @@ class Trainer:
         )
         out[f"{split}_macro_auroc"] = macro_auroc(probs, labels, n_cls)
         if len(labels):
-            reps = bootstrap_macro_f1([pred.numpy()], labels.numpy(), n_cls, n_boot=200)
+            # macro-F1 needs no neutral class; None skips the seed's micro-F1 altogether.
+            reps = bootstrap_scores(
+                [pred.numpy()], labels.numpy(), n_cls, n_boot=200, neutral_index=None
+            )["macro_f1"]
             out[f"{split}_macro_f1_se"] = float(reps.std(ddof=1))
         return out
 

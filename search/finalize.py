@@ -40,6 +40,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from search.cli import run_cli  # noqa: E402
 from search.final_plan import Plan, make_plan  # noqa: E402
 from search.final_records import (  # noqa: E402
     UnitRuns,
@@ -56,7 +57,7 @@ from search.final_records import (  # noqa: E402
 from search.final_settings import FinalizeSettings, parse_settings  # noqa: E402
 from search.final_unit import run_unit, unit_task  # noqa: E402
 from search.redact import redact_uri  # noqa: E402
-from search.settings import MAX_FAILURES, UsageError  # noqa: E402
+from search.settings import MAX_FAILURES  # noqa: E402
 
 # What other code imports from here (bench/bench_selection.py, tests): the command's API.
 __all__ = [
@@ -71,7 +72,6 @@ __all__ = [
 ]
 _unit_task = unit_task  # its name here before the split (tests/test_device.py, test_repro.py)
 
-EXIT_USAGE = 2
 _PROG = "search.finalize"
 
 
@@ -282,20 +282,20 @@ def summary(outcome: FinalizeOutcome) -> str:
     return "\n".join(lines)
 
 
+def _resume_hint(settings: FinalizeSettings | None) -> str:
+    # NAME when Ctrl-C came before the arguments were parsed
+    return f"--sweep {settings.sweep if settings else 'NAME'} --resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = None
-    try:
-        settings = parse_settings(argv)
-        outcome = finalize(settings)
-    except UsageError as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sweep = settings.sweep if settings else "NAME"
-        print(f"{_PROG}: interrupted; continue with --sweep {sweep} --resume", file=sys.stderr)
-        return 130
-    print(summary(outcome), flush=True)
-    return 1 if outcome.failed else 0
+    return run_cli(
+        _PROG,
+        lambda: parse_settings(argv),
+        finalize,
+        resume=_resume_hint,
+        summary=summary,
+        exit_code=lambda outcome: 1 if outcome.failed else 0,  # some unit failed
+    )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
     sys.path.insert(0, str(Path(_here).parent))
 
 from data_prep.atomic import write_text_atomic  # noqa: E402
+from search.cli import run_cli  # noqa: E402
 from search.redact import redact_uri, remember  # noqa: E402
 from search.settings import SweepSettings, UsageError, parse_settings  # noqa: E402
 from search.spaces import get_space, seed_points, validate_space, with_fixed  # noqa: E402
 
-EXIT_USAGE = 2
 _PROG = "search.run"
 
 
@@ -698,20 +698,15 @@ def summary(outcome: SweepOutcome) -> str:
     return "\n".join(lines)
 
 
+def _resume_hint(settings: SweepSettings | None) -> str:
+    # NAME when Ctrl-C came before the arguments were parsed
+    return f"--name {settings.name if settings else 'NAME'} --resume"
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = None
-    try:
-        settings = parse_settings(argv)
-        outcome = run_sweep(settings)
-    except UsageError as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        name = settings.name if settings else "NAME"
-        print(f"{_PROG}: interrupted; continue with --name {name} --resume", file=sys.stderr)
-        return 130
-    print(summary(outcome), flush=True)
-    return 0
+    return run_cli(
+        _PROG, lambda: parse_settings(argv), run_sweep, resume=_resume_hint, summary=summary
+    )
 
 
 if __name__ == "__main__":

@@ -202,37 +202,24 @@ def test_same_manifest_twice_is_extracted_once(prepared, corpus, tmp_path) -> No
     shutil.copytree(corpus[0].parent, copy)
     from data_prep.prepare import plan
 
-    same = plan(
-        copy,
-        corpus=read_manifest(copy / "manifest.csv", labels=CLASSES),
-        audio_model=prepared["opts"]["audio_model"],
-        text_model=prepared["opts"]["text_model"],
-        max_frames=48,
-        max_tokens=16,
-    )
-    assert same.key == first.key  # contents, not location
+    def key_of(labels: tuple[str, ...]) -> str:  # the copy's key, all else as prepared
+        return plan(
+            copy,
+            corpus=read_manifest(copy / "manifest.csv", labels=labels),
+            audio_model=prepared["opts"]["audio_model"],
+            text_model=prepared["opts"]["text_model"],
+            max_frames=48,
+            max_tokens=16,
+        ).key
+
+    assert key_of(CLASSES) == first.key  # contents, not location
     wav = copy / "audio" / "dlg-a-01.wav"
     data, sr = sf.read(str(wav))
     sf.write(str(wav), data * 0.5, sr)
-    changed = plan(
-        copy,
-        corpus=read_manifest(copy / "manifest.csv", labels=CLASSES),
-        audio_model=prepared["opts"]["audio_model"],
-        text_model=prepared["opts"]["text_model"],
-        max_frames=48,
-        max_tokens=16,
-    )
-    assert changed.key != first.key
+    changed = key_of(CLASSES)
+    assert changed != first.key
     # The classes' order is part of the key too (label ids depend on it).
-    reordered = plan(
-        copy,
-        corpus=read_manifest(copy / "manifest.csv", labels=CLASSES[::-1]),
-        audio_model=prepared["opts"]["audio_model"],
-        text_model=prepared["opts"]["text_model"],
-        max_frames=48,
-        max_tokens=16,
-    )
-    assert reordered.key not in (first.key, changed.key)
+    assert key_of(CLASSES[::-1]) not in (first.key, changed)
 
 
 def test_audio_of_any_rate_and_channels_is_converted_once(tmp_path, encoders) -> None:
