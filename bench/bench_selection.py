@@ -6,7 +6,7 @@ An **oracle set**: the demo generator with another seed writes 40 new sessions (
 new sentences, the same task), extracted with the demo store's own encoders; no part of the
 search or of finalize ever reads it. For each sweep seed, two arms at equal compute:
 
-- **product**: `search.run` as README runs it (TPE + ASHA, warm starts, the selection
+- **product**: `search.run` as README runs it (TPE + ASHA, no warm starts, the selection
   statistic, trials scheduled over the 150-epoch final run), then `search.finalize`
   (top-K configs x final seeds); its recommendation is finalize's best row;
 - **random**: random search without early stopping, as many trials of `--max-epochs` as the
@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import update_section  # noqa: E402
+from search.settings import WARM_START  # noqa: E402
 
 ORACLE_SEED = 1001
 ORACLE_SESSIONS = 40
@@ -149,7 +150,7 @@ def run_arm(
         max_epochs=args.max_epochs,
         final_epochs=args.final_epochs,
     )
-    argv += [*extra, *([] if warm_start else ["--no-warm-start"])]
+    argv += [*extra, "--warm-start" if warm_start else "--no-warm-start"]
     settings = parse_settings(argv, cwd=tmp)
     settings.storage_path = str(tmp / "ray_results")
     settings.searcher, settings.scheduler = searcher, scheduler
@@ -506,7 +507,7 @@ def report(results: list[dict], args: argparse.Namespace, oracle_rows: int) -> s
         f"Oracle: {ORACLE_SESSIONS} new demo sessions (generator seed {ORACLE_SEED}, "
         f"{oracle_rows} rows) through the demo store's encoders, never seen by the search. "
         f"**Product**: `search.run --space case` defaults ({args.trials} trials, ASHA, TPE, "
-        f"{'no warm starts' if args.no_warm_start else 'warm starts'}, trials of {args.max_epochs} epochs scheduled over {args.final_epochs}, the "
+        f"{'warm starts' if args.warm_start else 'no warm starts'}, trials of {args.max_epochs} epochs scheduled over {args.final_epochs}, the "
         "trailing-mean statistic, reproducible mode), then `search.finalize` "
         f"top-{args.top_k} x seeds {' '.join(map(str, args.final_seeds))}. **Random**: random "
         "search, no early stopping, no warm starts, as many epochs as the product's sweep, the "
@@ -591,7 +592,7 @@ def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle
         searcher="tpe",
         scheduler="asha",
         trials=args.trials,
-        warm_start=not args.no_warm_start,
+        warm_start=args.warm_start,
         args=args,
     )
     epochs = sum(len(r["val"]) for r in trial_records(product))
@@ -620,7 +621,7 @@ def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle
             searcher="tpe",
             scheduler="asha",
             trials=max(1, args.trials // args.folds),
-            warm_start=True,
+            warm_start=args.warm_start,
             args=args,
             extra=("--folds", str(args.folds)),
         )
@@ -659,9 +660,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, default=20, help="as search.run (smoke runs: less)")
     p.add_argument("--final-epochs", type=int, default=150, help="as search.run --final-epochs")
     p.add_argument(
-        "--no-warm-start",
-        action="store_true",
-        help="the product arm without the seed's configs enqueued first (search.run --no-warm-start)",
+        "--warm-start",
+        action=argparse.BooleanOptionalAction,
+        default=WARM_START,
+        help="the product and folds arms with the seed's configs enqueued first "
+        "(search.run --warm-start; default: search.run's)",
     )
     p.add_argument("--note", default="", help="a sentence added to the report's header")
     p.add_argument("--workdir", default=None, help="keep the sweeps here (default: a temp dir)")

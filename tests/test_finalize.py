@@ -45,7 +45,9 @@ ARGS = ["--top-k", "2", "--seeds", *map(str, SEEDS)]
 
 def _sweep(tmp: Path, store: Path, name: str = "tiny") -> Path:
     fixed = {"audio_frames": 32}  # short audio: every trial and unit stays cheap
-    run_tiny_sweep(tmp, store, name, fixed=fixed, num_samples=2, max_epochs=2, final_epochs=4)
+    run_tiny_sweep(
+        tmp, store, name, fixed=fixed, num_samples=2, max_epochs=2, final_epochs=4, warm_start=True
+    )
     return tmp / "results"
 
 

@@ -28,7 +28,15 @@ def fold_final(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     with case_tune_home(tmp / "home"):
         fixed = {"audio_frames": 32, "model": "case-attention"}
         run_tiny_sweep(
-            tmp, demo_store, "cv", fixed=fixed, num_samples=1, max_epochs=2, final_epochs=4, folds=2
+            tmp,
+            demo_store,
+            "cv",
+            fixed=fixed,
+            num_samples=1,
+            max_epochs=2,
+            final_epochs=4,
+            folds=2,
+            warm_start=True,
         )
         argv = [
             "--sweep",

@@ -431,7 +431,9 @@ def test_four_class_manifest_corpus_through_prepare_sweep_and_finalize(
     assert store.num_classes == 4
 
     with case_tune_home(tmp_path / "home"):
-        run_tiny_sweep(tmp_path, store_path, "m4", num_samples=2, max_epochs=2, final_epochs=3)
+        run_tiny_sweep(
+            tmp_path, store_path, "m4", num_samples=2, max_epochs=2, final_epochs=3, warm_start=True
+        )
         fin = fz.parse_settings(
             [
                 "--sweep",

@@ -68,6 +68,7 @@ def _argv(ctx: dict, *extra: str) -> list[str]:
         (["--max-concurrent", "1"], "--max-concurrent 1 differs"),
         (["--data", "demo"], "--data demo differs from sweep 'grow''s recorded /"),
         (["--no-warm-start"], None),  # recorded False: the same, accepted
+        (["--warm-start"], "--warm-start differs from sweep 'grow''s recorded --no-warm-start"),
     ],
 )
 def test_resume_with_a_differing_flag_is_an_error_naming_it(

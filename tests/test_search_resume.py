@@ -55,6 +55,7 @@ def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) ->
                 "3",
                 "--max-concurrent",
                 "2",
+                "--warm-start",
                 *common,
             ),
             cwd=tmp_path,

@@ -89,6 +89,7 @@ def test_no_file_or_printed_line_holds_the_password(
             "2",
             "--max-epochs",
             "1",
+            "--warm-start",
             "--tracking-uri",
             uri,
         ],
