@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,25 +63,21 @@ def one_arm(
     epochs: int,
     concurrent: int,
 ) -> tuple[list[float], float]:
-    from search.run import run_sweep
-    from search.settings import parse_settings, sweep_argv
+    from bench.common import bench_sweep
 
-    argv = sweep_argv(
+    settings, outcome, seconds = bench_sweep(
         store,
-        name,
         tmp,
+        name,
+        searcher=searcher,
+        scheduler=scheduler,
         seed=seed,
         num_samples=trials,
         max_epochs=epochs,
         max_concurrent=concurrent,
         no_warm_start=True,
     )
-    settings = parse_settings(argv, cwd=tmp)
-    settings.storage_path = str(tmp / "ray_results")
-    settings.searcher, settings.scheduler = searcher, scheduler
-    t0 = time.perf_counter()
-    outcome = run_sweep(settings, quiet=True)
-    return epoch_curve(settings.tracking_uri, outcome.parent_run_id), time.perf_counter() - t0
+    return epoch_curve(settings.tracking_uri, outcome.parent_run_id), seconds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,28 +135,25 @@ def run_arm(
     trials: int,
     warm_start: bool,
     args: argparse.Namespace,
-    extra: tuple[str, ...] = (),
+    folds: int = 0,
 ) -> dict:
+    from bench.common import bench_sweep
     from search import finalize as fz
-    from search.run import run_sweep
-    from search.settings import parse_settings, sweep_argv
 
-    argv = sweep_argv(
+    settings, outcome, t_sweep = bench_sweep(
         store,
-        name,
         tmp,
+        name,
+        searcher=searcher,
+        scheduler=scheduler,
         seed=seed,
         num_samples=trials,
         max_epochs=args.max_epochs,
         final_epochs=args.final_epochs,
+        warm_start=warm_start,
+        no_warm_start=not warm_start,
+        folds=folds or None,
     )
-    argv += [*extra, "--warm-start" if warm_start else "--no-warm-start"]
-    settings = parse_settings(argv, cwd=tmp)
-    settings.storage_path = str(tmp / "ray_results")
-    settings.searcher, settings.scheduler = searcher, scheduler
-    t0 = time.perf_counter()
-    outcome = run_sweep(settings, quiet=True)
-    t_sweep = time.perf_counter() - t0
     fz_argv = [
         "--sweep",
         name,
@@ -623,7 +620,7 @@ def one_seed(store: Path, tmp: Path, seed: int, args: argparse.Namespace, oracle
             trials=max(1, args.trials // args.folds),
             warm_start=args.warm_start,
             args=args,
-            extra=("--folds", str(args.folds)),
+            folds=args.folds,
         )
     r = analyse(seed, product, random, folds, oracle)
     p, q = r["product"], r["random"]

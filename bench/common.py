@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,3 +32,20 @@ def seeded_model_and_split(
         **split_kwargs,
     )
     return model, data
+
+
+def bench_sweep(
+    store: Path, tmp: Path, name: str, *, searcher: str, scheduler: str, **flags: Any
+) -> tuple[Any, Any, float]:
+    """A sweep as `search.run` runs it, with the searcher and scheduler a bench compares
+    (``random`` / ``fifo`` are not command-line choices) and everything under ``tmp``.
+    ``flags`` as `search.settings.sweep_argv`'s. Returns (settings, outcome, wall seconds)."""
+    from search.run import run_sweep
+    from search.settings import parse_settings, sweep_argv
+
+    settings = parse_settings(sweep_argv(store, name, tmp, **flags), cwd=tmp)
+    settings.storage_path = str(tmp / "ray_results")
+    settings.searcher, settings.scheduler = searcher, scheduler
+    t0 = time.perf_counter()
+    outcome = run_sweep(settings, quiet=True)
+    return settings, outcome, time.perf_counter() - t0

@@ -33,6 +33,7 @@ import numpy as np
 from models.faithful import NOT_REPRODUCIBLE
 from search.final_plan import FIXED_EPOCH
 from search.redact import redact_uri
+from search.results import save_figure
 
 if TYPE_CHECKING:
     from search.final_plan import Candidate
@@ -347,15 +348,6 @@ def _write_runs_csv(rows: Sequence[Row], path: Path, metrics: Sequence[str]) -> 
                 w.writerow(rec)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_macro_f1(
     rows: Sequence[Row], baseline_macro: float, path: Path, baseline_label: str = "all-neutral"
 ) -> Path:
@@ -383,7 +375,7 @@ def plot_macro_f1(
         "bar = mean over seeds, whisker = std, dots = single seeds",
         fontsize=9,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> Path:
@@ -413,7 +405,7 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: 
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="row fraction")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _table(

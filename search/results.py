@@ -261,13 +261,16 @@ def write_best_configs(
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def _save(fig_or_ax: Any, path: Path) -> None:
+def save_figure(fig_or_ax: Any, path: Path) -> Path:
+    """Write a figure (or an Axes' figure, as Optuna's plots return) as PNG and close it: one
+    look for every figure case-tune writes, sweep and finalize alike."""
     import matplotlib.pyplot as plt
 
     fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") else fig_or_ax
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
 def write_figures(
@@ -293,7 +296,7 @@ def write_figures(
         ax.tick_params(axis="x", rotation=25)
     ax.set_ylabel("best val macro-F1")
     ax.set_title("Best validation macro-F1 per model family")
-    _save(fig, out / "best_by_model.png")
+    save_figure(fig, out / "best_by_model.png")
 
     if not optuna_storage:
         return ["no Optuna storage: optimisation history and importances skipped"]
@@ -311,12 +314,12 @@ def write_figures(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         try:
-            _save(ovm.plot_optimization_history(study), out / "optimization_history.png")
+            save_figure(ovm.plot_optimization_history(study), out / "optimization_history.png")
         except Exception as exc:  # noqa: BLE001
             notes.append(f"optimisation history not drawn: {exc}")
         if len(complete) >= 2:
             try:
-                _save(ovm.plot_param_importances(study), out / "param_importances.png")
+                save_figure(ovm.plot_param_importances(study), out / "param_importances.png")
             except Exception as exc:  # noqa: BLE001
                 notes.append(f"parameter importances not drawn: {exc}")
         else:
