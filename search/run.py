@@ -607,8 +607,10 @@ def _conclude(sweep: _Sweep, interrupted: bool) -> SweepOutcome:
     (all but its wall time)."""
     from models.selection import STATISTIC
     from search import results, tracking
+    from search.trainable import remove_orphan_checkpoints
 
     settings = sweep.settings
+    remove_orphan_checkpoints()  # the driver's node: trials ASHA stopped last
     # What results files say about the sweep: the manifest's facts, under their results names.
     sweep_info = {
         **{k: sweep.manifest[k] for k in SWEEP_INFO_KEYS},

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
@@ -169,6 +171,40 @@ def _restore(run: TrialRun) -> None:
     run.load_state_dict(state)
 
 
+CHECKPOINT_PREFIX = "case-tune-trial-"
+
+
+def _epoch_folder() -> tempfile.TemporaryDirectory:
+    """The temporary folder of one epoch's checkpoint, named after this process: ASHA stops a
+    trial by killing its worker, usually while `tune.report` still holds the folder, so no
+    `finally` can remove it; `remove_orphan_checkpoints` does, later, by the process name."""
+    return tempfile.TemporaryDirectory(prefix=f"{CHECKPOINT_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_orphan_checkpoints(folder: str | None = None) -> int:
+    """Remove the epoch folders (`_epoch_folder`) of trial processes on this machine that are
+    gone, and return how many. Called where a trial starts and where a sweep ends, so stopped
+    trials do not leave a checkpoint each in the temporary folder. Folders of live processes
+    (another sweep's running trial) are left alone."""
+    removed = 0
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{CHECKPOINT_PREFIX}*-*"):
+        pid = path.name[len(CHECKPOINT_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def run_trial(
     config: dict[str, Any],
     store_path: str,
@@ -187,6 +223,7 @@ def run_trial(
 
     trial_id = tune.get_context().get_trial_id()  # None when called outside Tune
     fault_point("trial_start", None, trial_id or "")
+    remove_orphan_checkpoints()
     # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:
@@ -200,7 +237,7 @@ def run_trial(
         return
     while run.epoch < last:
         epoch = run.epoch + 1
-        with tempfile.TemporaryDirectory(prefix="case-tune-trial-") as folder:
+        with _epoch_folder() as folder:
             try:
                 metrics = run.run_epoch()
                 value = tie_broken(metrics, STAT_METRIC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 from search.trainable import TIE_BREAK, tie_broken
 
@@ -29,3 +30,28 @@ def test_undefined_auroc_leaves_f1_alone() -> None:
     assert tie_broken({"val_macro_f1": 0.4, "val_macro_auroc": math.nan}) == 0.4
     assert tie_broken({"val_macro_f1": 0.4}) == 0.4
     assert math.isnan(tie_broken({"val_macro_auroc": 0.7}))
+
+
+def test_epoch_folders_of_dead_trial_processes_are_removed(tmp_path) -> None:
+    """ASHA kills a stopped trial's worker while `tune.report` holds its epoch folder; the
+    next trial (or the sweep's end) removes such folders, never a live process's."""
+    import subprocess
+    import sys
+
+    from search.trainable import CHECKPOINT_PREFIX, remove_orphan_checkpoints
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(gone.stdout)  # exited: its pid names no live process (reuse is not instant)
+    dead = tmp_path / f"{CHECKPOINT_PREFIX}{dead_pid}-abc123"
+    live = tmp_path / f"{CHECKPOINT_PREFIX}{os.getpid()}-def456"
+    other = tmp_path / f"{CHECKPOINT_PREFIX}abcdefgh"  # an older name without a pid: unknown owner
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "trial.pt").write_bytes(b"x" * 1024)
+    assert remove_orphan_checkpoints(str(tmp_path)) == 1
+    assert not dead.exists() and live.exists() and other.exists()
