@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
@@ -205,6 +206,24 @@ def remove_orphan_checkpoints(folder: str | None = None) -> int:
     return removed
 
 
+def quiet_exit_in_callbacks() -> None:
+    """Ray stops a worker (a trial ASHA stopped) with SIGTERM, and its handler raises
+    SystemExit. When the signal lands inside a garbage-collector or weakref callback, Python
+    cannot raise there and prints "Exception ignored in ... SystemExit: 1" with a traceback,
+    which Ray forwards into the sweep's output. The exit was asked for and Python drops the
+    exception either way; only the print goes. Other unraisable errors are printed as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_case_tune", False):  # installed already in this worker
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook._case_tune = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def run_trial(
     config: dict[str, Any],
     store_path: str,
@@ -224,6 +243,8 @@ def run_trial(
     trial_id = tune.get_context().get_trial_id()  # None when called outside Tune
     fault_point("trial_start", None, trial_id or "")
     remove_orphan_checkpoints()
+    if trial_id is not None:  # a Ray worker: the sweep's output is its stderr
+        quiet_exit_in_callbacks()
     # One "checkpoint created" line per trial and epoch would drown the sweep's progress.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:

@@ -55,3 +55,37 @@ def test_epoch_folders_of_dead_trial_processes_are_removed(tmp_path) -> None:
         (folder / "trial.pt").write_bytes(b"x" * 1024)
     assert remove_orphan_checkpoints(str(tmp_path)) == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_stopped_workers_exit_in_a_gc_callback_prints_no_traceback(capfd) -> None:
+    """Ray's SIGTERM handler raises SystemExit; landing in a weakref callback it used to print
+    'Exception ignored ... SystemExit' into the sweep's output. Other errors still print."""
+    import sys
+    import weakref
+
+    from search.trainable import quiet_exit_in_callbacks
+
+    def raise_in_callback(exc: BaseException) -> None:
+        class Holder:
+            pass
+
+        def callback(_ref: object) -> None:
+            raise exc
+
+        obj = Holder()
+        ref = weakref.ref(obj, callback)  # noqa: F841 - kept alive so the callback runs
+        del obj  # the callback runs here; Python can only report its exception
+
+    saved = sys.unraisablehook
+    sys.unraisablehook = sys.__unraisablehook__  # a Ray worker's; pytest installs its own
+    try:
+        raise_in_callback(SystemExit(1))
+        assert "SystemExit" in capfd.readouterr().err  # Python's default: a printed traceback
+        quiet_exit_in_callbacks()
+        quiet_exit_in_callbacks()  # once per worker, however many trials it runs
+        raise_in_callback(SystemExit(1))
+        assert capfd.readouterr().err == ""
+        raise_in_callback(ValueError("a real bug"))
+        assert "ValueError: a real bug" in capfd.readouterr().err
+    finally:
+        sys.unraisablehook = saved
