@@ -13,6 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine: how a temporary named after its writer's
+    pid is known to be orphaned (the store's build folders, trials' epoch folders)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _sibling(final: Path) -> Path:
     # pid + random: two writers of the same path never share a temporary
     return final.parent / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"

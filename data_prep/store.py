@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data_prep.atomic import pid_alive
+
 MANIFEST = "manifest.json"
 TABLE = "utterances.parquet"
 ARRAY_NAMES = ("text", "text_len", "text_pooled", "audio", "audio_len")
@@ -285,16 +287,6 @@ _TMP_PREFIX = ".tmp-"
 _HOST = socket.gethostname().replace("@", "_")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_tmp(root: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary store folders left by dead writers on this host; return them.
 
@@ -310,7 +302,7 @@ def remove_stale_tmp(root: str | os.PathLike[str]) -> list[Path]:
         parts = p.name[len(_TMP_PREFIX) :].split("@")
         if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
             continue
-        if not _pid_alive(int(parts[2])):
+        if not pid_alive(int(parts[2])):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_prep.atomic import pid_alive
+
 METRIC = "val_macro_f1"  # the search metric, per epoch (the fold mean with folds)
 TIE_METRIC = "val_macro_auroc"
 # Early in training, on neutral-heavy data, most heads still predict neutral everywhere: their
@@ -182,16 +184,6 @@ def _epoch_folder() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=f"{CHECKPOINT_PREFIX}{os.getpid()}-")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_orphan_checkpoints(folder: str | None = None) -> int:
     """Remove the epoch folders (`_epoch_folder`) of trial processes on this machine that are
     gone, and return how many. Called where a trial starts and where a sweep ends, so stopped
@@ -200,7 +192,7 @@ def remove_orphan_checkpoints(folder: str | None = None) -> int:
     removed = 0
     for path in Path(folder or tempfile.gettempdir()).glob(f"{CHECKPOINT_PREFIX}*-*"):
         pid = path.name[len(CHECKPOINT_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
