@@ -60,6 +60,7 @@ class FinalizeSettings:
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    sweep_seed: int = 0  # the sweep's --seed: the final run of that seed repeats the trial
     address: str | None = None
     resume: bool = False
     command: str = ""
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         nargs="+",
-        help="training seeds (default 0 42; the seed's paper used 0 42 2023)",
+        help="training seeds (default: the sweep's --seed, then 42, so the first run continues "
+        "the trial; the seed's paper used 0 42 2023)",
     )
     p.add_argument(
         "--folds",
@@ -132,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent", type=int, help=f"runs at once (default {DEFAULT_MAX_CONCURRENT})"
     )
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default 1)")
     p.add_argument(
-        "--gpus-per-trial", type=float, help="GPUs per run, may be fractional (default 0)"
+        "--cpus-per-trial", type=float, help="CPUs (and threads) per run (default: the sweep's)"
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per run, may be fractional (default: the sweep's)",
     )
     p.add_argument("--address", help="Ray cluster address ('auto' or host:port); default local")
     p.add_argument("--resume", action="store_true", help="continue an interrupted finalize")
@@ -183,17 +189,38 @@ def _from_flags(a: argparse.Namespace, argv: list[str], results_dir: Path) -> Fi
         s.top_k = a.top_k
     s.epochs = a.epochs if a.epochs is not None else _sweep_horizon(s.sweep_dir)
     s.folds = a.folds if a.folds is not None else _sweep_folds(s.sweep_dir)
-    if a.seeds is not None:
-        s.seeds = list(dict.fromkeys(a.seeds))
+    sweep = _sweep_settings(s.sweep_dir)
+    s.sweep_seed = int(sweep.get("seed", DEFAULT_SEEDS[0]))
+    s.seeds = list(dict.fromkeys(a.seeds if a.seeds is not None else default_seeds(s.sweep_seed)))
     if a.models is not None:
         s.models = list(dict.fromkeys(a.models))
     if a.max_concurrent is not None:
         s.max_concurrent = a.max_concurrent
-    s.cpus_per_trial = 1.0 if a.cpus_per_trial is None else a.cpus_per_trial
-    s.gpus_per_trial = 0.0 if a.gpus_per_trial is None else a.gpus_per_trial
+    # The sweep's resources (and so its thread count) unless told otherwise: a trial's seed
+    # is then repeated bit for bit by the final run with the same seed.
+    s.cpus_per_trial = float(
+        a.cpus_per_trial if a.cpus_per_trial is not None else sweep.get("cpus_per_trial", 1.0)
+    )
+    s.gpus_per_trial = float(
+        a.gpus_per_trial if a.gpus_per_trial is not None else sweep.get("gpus_per_trial", 0.0)
+    )
     s.address = a.address
     s.resume = a.resume
     return s
+
+
+def default_seeds(sweep_seed: int) -> list[int]:
+    """The sweep's own seed first, so the first final run continues its trial, then 42 (or,
+    when the sweep's seed is 42, 0): two seeds, as DEFAULT_SEEDS."""
+    return list(dict.fromkeys([sweep_seed, *DEFAULT_SEEDS[1:], *DEFAULT_SEEDS]))[:2]
+
+
+def _sweep_settings(sweep_dir: Path) -> dict[str, Any]:
+    """The settings the sweep recorded in sweep.json (empty for a sweep without one)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        saved = json.loads((sweep_dir / SWEEP_MANIFEST).read_text(encoding="utf-8"))
+        return dict(saved.get("settings") or {})
+    return {}
 
 
 def _tracking_uri(a: argparse.Namespace, sweep_dir: Path, cwd: Path) -> str:

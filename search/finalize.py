@@ -117,7 +117,7 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False) -> FinalizeOutc
         tracking_uri=settings.tracking_uri,
         units_total=len(plan.units),
         units_reused=len(done),
-        notes=plan.notes,
+        notes=[*plan.notes, repeat_note(settings)],
     )
     say(
         f"finalize {settings.sweep}: {len(plan.candidates)} config(s) x {len(settings.seeds)} "
@@ -240,6 +240,20 @@ def _collect(
     # Tests kill the driver here (CASE_TUNE_FAULT=unit_recorded:N, after this call's Nth
     # unit): a finalize interrupted between units, with others in flight, for --resume.
     fault_point("unit_recorded", outcome.units_run)
+
+
+def repeat_note(settings: FinalizeSettings) -> str:
+    """Which final run continues the sweep's trial (same config, seed, schedule, threads)."""
+    seed = settings.sweep_seed
+    if seed not in settings.seeds:
+        return (
+            f"no final run repeats its trial: the sweep trained with --seed {seed}, which is "
+            f"not among --seeds {' '.join(map(str, settings.seeds))}"
+        )
+    return (
+        f"each config's seed-{seed} run continues its trial (same seed, schedule and "
+        f"{settings.cpus_per_trial:g} CPU / {settings.gpus_per_trial:g} GPU per run)"
+    )
 
 
 def summary(outcome: FinalizeOutcome) -> str:

@@ -37,6 +37,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from data_prep.atomic import write_text_atomic
+from search.trainable import TRIAL_NUMBER
 
 
 # -- the searcher -------------------------------------------------------------------------
@@ -142,6 +143,12 @@ class OrderedASHA(FIFOScheduler):
 
     ``state_path``: a JSON file the record is kept in, so a resumed sweep decides as the
     uninterrupted one would (None: in memory only).
+
+    ``offset`` and ``prior``: a sweep extended with more trials runs them as a Tune experiment
+    of its own; its trials are numbered from ``offset`` (the trials before it) and decided
+    against ``prior``, the rung values of every earlier trial (milestone -> trial number ->
+    value, as `rung_record` reads them from the earlier experiment's file), so an extension's
+    trials meet the same early stopping as in a sweep run in one go.
     """
 
     _supports_buffered_results = False  # decide at every epoch a result arrives for
@@ -157,6 +164,8 @@ class OrderedASHA(FIFOScheduler):
         lag: int,
         time_attr: str = "training_iteration",
         state_path: str | None = None,
+        offset: int = 0,
+        prior: dict[int, dict[int, float]] | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -174,7 +183,11 @@ class OrderedASHA(FIFOScheduler):
         self.milestones = [m for m in rungs if m < max_t]
         self.state_path = state_path
         self.order: dict[str, int] = {}  # trial id -> trial number
+        self.offset = offset
         self.rungs: dict[int, dict[int, float]] = {m: {} for m in self.milestones}
+        for m, rec in (prior or {}).items():
+            if m in self.rungs:
+                self.rungs[m].update(rec)
         self.num_stopped = 0
         self._loaded = False
 
@@ -198,13 +211,23 @@ class OrderedASHA(FIFOScheduler):
         if not self.state_path:
             return
         rungs = {str(m): {str(k): v for k, v in r.items()} for m, r in self.rungs.items()}
-        data = {"order": self.order, "num_stopped": self.num_stopped, "rungs": rungs}
+        data = {
+            "order": self.order,
+            "offset": self.offset,
+            "num_stopped": self.num_stopped,
+            "rungs": rungs,
+        }
         write_text_atomic(Path(self.state_path), json.dumps(data))
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._load()
         if trial.trial_id not in self.order:
-            self.order[trial.trial_id] = len(self.order)
+            # The ledger's number when the searcher gave one (search.trial_search): a trial
+            # restarted under a new Tune id after a killed driver keeps its number here too.
+            number = trial.config.get(TRIAL_NUMBER)
+            self.order[trial.trial_id] = (
+                int(number) if number is not None else self.offset + len(self.order)
+            )
             self._save()
 
     # -- the rule --------------------------------------------------------------------------
@@ -242,3 +265,13 @@ class OrderedASHA(FIFOScheduler):
         state = self.__dict__.copy()
         state["_loaded"] = False  # an unpickled copy re-reads the record file once
         return state
+
+
+def rung_record(state_path: str | os.PathLike[str]) -> dict[int, dict[int, float]]:
+    """The rung values an `OrderedASHA` saved (its earlier experiments' included), by
+    milestone and trial number; empty when it saved none."""
+    path = Path(state_path)
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return {int(m): {int(k): float(v) for k, v in rec.items()} for m, rec in saved["rungs"].items()}

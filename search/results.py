@@ -26,10 +26,12 @@ import yaml
 
 from models import selection
 from search import tracking
+from search.trainable import STAT_METRIC, TIE_METRIC, tie_broken
 
 VAL_METRICS = ("val_macro_f1", "val_weighted_f1", "val_micro_f1", "val_seed_micro_f1", "val_loss")
 CONFIG_TAG = tracking.CONFIG
 TOP_K = 10
+RANKED = ("completed", "stopped_early")  # statuses that rank; failed and killed do not
 log = logging.getLogger(__name__)
 
 
@@ -44,11 +46,23 @@ class TrialRecord:
     best_epoch: int | None = None
     best: dict[str, float] = field(default_factory=dict)  # val metrics at the best epoch
     error: str = ""
+    tie: float = math.nan  # val macro-AUROC at the last epoch: the search's tie-break
+
+    @property
+    def ranks(self) -> bool:
+        """Only trials that ended well rank: a failed trial's finite score up to its failure
+        would otherwise make it the recommendation, and finalize would retrain it into the
+        same failure."""
+        return self.status in RANKED
 
     @property
     def score(self) -> float:
+        """What the search compared: the selection statistic + the AUROC tie-break
+        (search.trainable.tie_broken), -inf when there is none."""
         v = self.best.get("val_macro_f1", float("nan"))
-        return v if math.isfinite(v) else -math.inf
+        if not math.isfinite(v):
+            return -math.inf
+        return tie_broken({STAT_METRIC: v, TIE_METRIC: self.tie}, STAT_METRIC)
 
 
 def _config_of(run: Any) -> dict[str, Any]:
@@ -77,6 +91,9 @@ def score_trial(client: Any, run_id: str, rec: TrialRecord) -> None:
         values = _history(client, run_id, key)
         if values:  # val_seed_micro_f1 is not logged for a store without a neutral class
             rec.best[key] = selection.trial_score(values)
+    auroc = _history(client, run_id, TIE_METRIC)
+    if auroc and len(auroc) == rec.epochs_run:
+        rec.tie = auroc[-1]
     se = _history(client, run_id, "val_macro_f1_se")
     if se and math.isfinite(se[-1]):
         rec.best["val_macro_f1_se"] = se[-1]
@@ -86,7 +103,8 @@ def score_trial(client: Any, run_id: str, rec: TrialRecord) -> None:
 
 
 def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRecord]:
-    """Every trial of the sweep, from MLflow, sorted best first (failed ones last)."""
+    """Every trial of the sweep, from MLflow: those that rank best first, by the search's own
+    score (`TrialRecord.score`), then failed and killed ones."""
     records = []
     for run in tracking.trial_runs(client, exp_id, parent_run_id):
         tags = run.data.tags
@@ -107,10 +125,20 @@ def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRe
         records.append(rec)
     # Ties by config, not by Tune's random trial id, so a rerun of the sweep lists its trials
     # (and picks its best) in the same order.
-    records.sort(
-        key=lambda r: (-r.score, json.dumps(r.config, sort_keys=True, default=str), r.trial_id)
-    )
+    records.sort(key=rank_key)
     return records
+
+
+def rank_key(r: TrialRecord) -> tuple[Any, ...]:
+    """The one order of trials: ranked ones by score, exact ties by config (not by Tune's
+    random trial id, so a rerun of the sweep lists its trials and picks its best in the same
+    order), failed and killed ones last."""
+    return (not r.ranks, -r.score, json.dumps(r.config, sort_keys=True, default=str), r.trial_id)
+
+
+def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials a recommendation may come from, best first: ended well, with a score."""
+    return [r for r in records if r.ranks and math.isfinite(r.score)]
 
 
 def _fmt(v: Any) -> str:
@@ -178,10 +206,12 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
         "val_micro_f1": "val micro-F1",
         "val_seed_micro_f1": "val seed micro-F1",
     }
+    shown_records = ranked(records)
     lines = [
         f"# Sweep `{sweep}` — leaderboard",
         "",
-        f"{len(records)} trials, sorted by the selection statistic: validation macro-F1 "
+        f"{len(records)} trials; the {len(shown_records)} that ended well (completed or "
+        "stopped early) with a score, sorted by the selection statistic: validation macro-F1 "
         f"({selection.STATISTIC}; the mean over session folds when the sweep used folds), "
         "the number the search ranked by. ± is the bootstrap standard error of one epoch's "
         "val macro-F1 (resampling val rows): rows closer than about two of them are not "
@@ -193,7 +223,7 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
         + " | epochs run | status |",
         "|" + "---|" * (8 + len(shown)),
     ]
-    for i, r in enumerate(records[:top], 1):
+    for i, r in enumerate(shown_records[:top], 1):
         params = ", ".join(f"{k}={_fmt(r.config[k])}" for k in KEY_PARAMS if k in r.config)
         extra = [
             f"{k}={_fmt(r.config[k])}"
@@ -214,10 +244,14 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
             f"| {i} | {r.trial_id} | {r.model} | {params} | {score} | {top} | {' | '.join(m)} "
             f"| {r.epochs_run} | {r.status} |"
         )
-    failed = [r for r in records if r.status == "failed"]
-    if failed:
-        lines += ["", f"{len(failed)} trial(s) failed:"]
-        lines += [f"- {r.trial_id} ({r.model}): {r.error}" for r in failed]
+    ended = [r for r in records if not r.ranks]
+    if ended:
+        lines += ["", f"{len(ended)} trial(s) failed or were killed (never recommended):"]
+        lines += [
+            f"- {r.trial_id} ({r.model}, {r.status}, {r.epochs_run} epochs): "
+            f"{r.error or 'no error recorded'}"
+            for r in ended
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -244,7 +278,7 @@ def _entry(rank: int, r: TrialRecord) -> dict[str, Any]:
 def write_best_configs(
     records: list[TrialRecord], path: Path, *, sweep_info: dict[str, Any], top_k: int = TOP_K
 ) -> None:
-    scored = [r for r in records if math.isfinite(r.score)]
+    scored = ranked(records)
     per_model: dict[str, dict[str, Any]] = {}
     for rank, r in enumerate(scored, 1):
         if r.model not in per_model:
@@ -284,9 +318,8 @@ def write_figures(
 
     notes: list[str] = []
     best: dict[str, float] = {}
-    for r in records:
-        if math.isfinite(r.score):
-            best[r.model] = max(best.get(r.model, -math.inf), r.score)
+    for r in ranked(records):
+        best[r.model] = max(best.get(r.model, -math.inf), r.best["val_macro_f1"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if best:
         names = sorted(best, key=best.get, reverse=True)

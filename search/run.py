@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -140,16 +141,20 @@ def init_ray(settings: SweepSettings) -> bool:
     return True
 
 
-def _tpe(settings: SweepSettings) -> Any:
-    """Seeded TPE with Optuna's defaults but the number of random start-up trials.
+def sweep_sampler(settings: SweepSettings) -> Any:
+    """The sweep's Optuna sampler, seeded per trial number (search/samplers.py), so that an
+    extension or a restarted driver never replays an earlier trial's draws.
 
-    Tried on replayed demo learning curves (78 random configs, 30 seeds): 5 or 3 start-up
-    trials, multivariate and group did not beat the defaults; with few trials and noisy val
-    F1, an early TPE model exploits noise.
+    TPE keeps Optuna's defaults but the number of random start-up trials. Tried on replayed
+    demo learning curves (78 random configs, 30 seeds): 5 or 3 start-up trials, multivariate
+    and group did not beat the defaults; with few trials and noisy val F1, an early TPE model
+    exploits noise.
     """
-    import optuna
+    from search.samplers import PerTrialSampler
 
-    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials)
+    if settings.searcher == "random":
+        return PerTrialSampler("random", settings.seed)
+    return PerTrialSampler("tpe", settings.seed, n_startup_trials=settings.startup_trials)
 
 
 def sweep_trainable(settings: SweepSettings, store_path: Path) -> Any:
@@ -172,7 +177,10 @@ def build_tuner(
     callbacks: list[Any],
     *,
     points: list[dict[str, Any]] | None,
+    earlier: Sequence[dict[str, Any]] = (),
 ) -> Any:
+    """The Tuner of one Tune segment; ``earlier``: the sweep's segments before it (their
+    trials count for early stopping in reproducible mode)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -187,11 +195,7 @@ def build_tuner(
         metric=SEARCH_METRIC,
         mode=MODE,
         points_to_evaluate=points or None,
-        sampler=(
-            optuna.samplers.RandomSampler(seed=settings.seed)
-            if settings.searcher == "random"
-            else _tpe(settings)
-        ),
+        sampler=sweep_sampler(settings),
         study_name=settings.name,
         storage=optuna.storages.RDBStorage(settings.optuna_storage),
     )
@@ -208,7 +212,7 @@ def build_tuner(
         )
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
     if settings.reproducible:
-        search_alg, scheduler = _ordered(settings, searcher, scheduler)
+        search_alg, scheduler = _ordered(settings, searcher, scheduler, earlier)
     return tune.Tuner(
         sweep_trainable(settings, store_path),
         tune_config=tune.TuneConfig(
@@ -235,18 +239,25 @@ def build_tuner(
     )
 
 
-def _ordered(settings: SweepSettings, searcher: Any, scheduler: Any) -> tuple[Any, Any]:
+def _ordered(
+    settings: SweepSettings, searcher: Any, scheduler: Any, earlier: Sequence[dict[str, Any]]
+) -> tuple[Any, Any]:
     """--reproducible: suggestions and ASHA's rung decisions by trial order (search/ordered.py),
-    so which of the concurrent trials reports first changes nothing."""
-    from search.ordered import OrderedASHA, OrderedSearcher
+    so which of the concurrent trials reports first changes nothing. An extension's trials
+    are numbered after the earlier segments' and stopped against their rung values."""
+    from search.ordered import OrderedASHA, OrderedSearcher, rung_record
     from search.trainable import MODE, RUNG_METRIC
 
     window = settings.max_concurrent
     ordered = OrderedSearcher(searcher, window=window, total=settings.num_samples)
     if settings.scheduler != "asha":
         return ordered, scheduler
-    state = settings.experiment_path / "ordered_asha.json"
+    state = settings.experiment_path / ORDERED_ASHA_FILE
     state.unlink(missing_ok=True)  # a new Tune experiment: a stale record would misnumber
+    prior = {}
+    if earlier:  # the last earlier segment's record holds every earlier trial's values
+        last = replace(settings, tune_name=earlier[-1]["name"]).experiment_path
+        prior = rung_record(last / ORDERED_ASHA_FILE)
     return ordered, OrderedASHA(
         metric=RUNG_METRIC,
         mode=MODE,
@@ -255,7 +266,12 @@ def _ordered(settings: SweepSettings, searcher: Any, scheduler: Any) -> tuple[An
         reduction_factor=settings.reduction_factor,
         lag=window,
         state_path=str(state),
+        offset=sum(int(seg["num_samples"]) for seg in earlier),
+        prior=prior,
     )
+
+
+ORDERED_ASHA_FILE = "ordered_asha.json"
 
 
 # -- Optuna study bookkeeping ------------------------------------------------------------
@@ -510,8 +526,8 @@ def _fit_segments(
     status = "FAILED"
     try:
         started_ray = init_ray(sweep.settings)
-        for seg in segments:
-            if not _fit_segment(sweep, seg, points, quiet):
+        for i, seg in enumerate(segments):
+            if not _fit_segment(sweep, seg, points, quiet, segments[:i]):
                 break  # interrupted (Tune saved its state on Ctrl-C): the next --resume
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -528,7 +544,11 @@ def _fit_segments(
 
 
 def _fit_segment(
-    sweep: _Sweep, seg: dict[str, Any], points: list[dict[str, Any]] | None, quiet: bool
+    sweep: _Sweep,
+    seg: dict[str, Any],
+    points: list[dict[str, Any]] | None,
+    quiet: bool,
+    earlier: Sequence[dict[str, Any]],
 ) -> bool:
     """Fit one Tune segment (restored if Tune saved its state); False if it did not finish."""
     from ray import tune
@@ -548,13 +568,17 @@ def _fit_segment(
             restart_errored=False,
         )
     else:
-        tuner = _fresh_tuner(sweep, seg_settings, points, quiet)
+        tuner = _fresh_tuner(sweep, seg_settings, points, quiet, earlier)
     tuner.fit()
     return _segment_done(exp_path, seg_settings.num_samples)
 
 
 def _fresh_tuner(
-    sweep: _Sweep, seg_settings: SweepSettings, points: list[dict[str, Any]] | None, quiet: bool
+    sweep: _Sweep,
+    seg_settings: SweepSettings,
+    points: list[dict[str, Any]] | None,
+    quiet: bool,
+    earlier: Sequence[dict[str, Any]],
 ) -> Any:
     """A Tuner for a new sweep or extension, or one killed before Tune saved any state: the
     Optuna study keeps what it had; warm starts only if it has nothing yet."""
@@ -580,7 +604,12 @@ def _fresh_tuner(
         quiet_tune_logs()
         callbacks.append(CompactProgress(seg_settings.num_samples, settings.max_epochs))
     return build_tuner(
-        seg_settings, sweep.space, sweep.store_path, callbacks, points=points if fresh else None
+        seg_settings,
+        sweep.space,
+        sweep.store_path,
+        callbacks,
+        points=points if fresh else None,
+        earlier=earlier,
     )
 
 
@@ -637,7 +666,7 @@ def _conclude(sweep: _Sweep, interrupted: bool) -> SweepOutcome:
         num_failed=sum(r.status == "failed" for r in records),
         notes=notes,
     )
-    best = next((r for r in records if math.isfinite(r.score)), None)
+    best = next(iter(results.ranked(records)), None)
     metrics = {"num_trials": len(records), "num_failed": outcome.num_failed}
     tags = {"case_tune.num_trials": len(records)}
     if best is not None:

@@ -31,7 +31,7 @@ DEFAULT_HORIZON = 150
 DEFAULT_MAX_CONCURRENT = 2
 GRACE_PERIOD = 3
 REDUCTION_FACTOR = 3
-# TPE samples at random for its first trials (Optuna's default, 10; see search.run._tpe).
+# TPE samples at random for its first trials (Optuna's default, 10; see search.run.sweep_sampler).
 STARTUP_TRIALS = 10
 # Order-deterministic search by default (search/ordered.py): the same command and seed give
 # the same sweep; its cost in wall time against the asynchronous way is in results/bench.md.

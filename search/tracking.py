@@ -25,13 +25,14 @@ from ray.tune import Callback
 
 from search.faults import fault_point
 from search.redact import connect_uri, redact_uri, remember
-from search.trainable import TRACEBACK_KEY, own_error
+from search.trainable import TRACEBACK_KEY, TRIAL_NUMBER, own_error, train_config
 
 EXPERIMENT = "case-tune"
 KIND = "case_tune.kind"
 SPACE = "case_tune.space"
 MODEL = "case_tune.model"
 TRIAL_ID = "case_tune.trial_id"
+NUMBER = "case_tune.trial_number"  # the trial's number in the sweep's Optuna study
 SWEEP = "case_tune.sweep"
 STATUS = "case_tune.status"
 ERROR = "case_tune.error"
@@ -273,11 +274,13 @@ class MlflowTrialCallback(Callback):
         old = self.runs.pop(trial.trial_id, None)
         if old is not None:  # its history would mix two starts from scratch
             discard_run(self.client, old)
-        config = dict(trial.config)
+        config = train_config(trial.config)
+        number = trial.config.get(TRIAL_NUMBER)
         run = self.client.create_run(
             self.exp_id,
             run_name=f"{trial.trial_id} {config.get('model', '')}".strip(),
             tags={
+                **({NUMBER: str(number)} if number is not None else {}),
                 PARENT: self.parent_run_id,
                 KIND: "trial",
                 SPACE: self.space,

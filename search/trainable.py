@@ -51,6 +51,9 @@ STAT_METRIC = "val_macro_f1_trailing"  # the selection statistic after this epoc
 RUNG_METRIC = "val_macro_f1_rung"
 SEARCH_METRIC = "val_macro_f1_search"
 MODE = "max"
+# The trial's number in the sweep's Optuna study (its ledger), put into the Tune config by the
+# searcher (search.trial_search) so that every part numbers trials alike; not a TrainConfig key.
+TRIAL_NUMBER = "case_tune_trial_number"
 CHECKPOINT_FILE = "trial.pt"
 # The last result of a trial whose own code raised (see the module docstring).
 ERROR_KEY = "case_tune_error"  # one line: the exception
@@ -63,6 +66,11 @@ def own_error(result: dict[str, Any] | None) -> str | None:
     it did not)."""
     error = (result or {}).get(ERROR_KEY)
     return str(error) if error else None
+
+
+def train_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's config without the sweep's bookkeeping (what TrainConfig takes)."""
+    return {k: v for k, v in config.items() if k != TRIAL_NUMBER}
 
 
 def tie_broken(metrics: dict[str, float], key: str = METRIC) -> float:
@@ -120,6 +128,8 @@ class TrialRun:
         from models.data import fold_rows
         from models.selection import Tracker
         from models.train import Trainer
+
+        config = train_config(config)  # a Tune trial's config carries its ledger number
 
         if folds > 1:
             rows = fold_rows(store, folds, fold_seed)
@@ -290,7 +300,7 @@ def _start(
 
     use_gpu_share(gpus)  # several trials may share one GPU
     store = open_sealed_store(store_path)
-    cfg = TrainConfig.from_dict(config)
+    cfg = TrainConfig.from_dict(train_config(config))
     # A GPU only if the trial asked for one (Ray no longer hides GPUs from CPU trials).
     run = TrialRun(cfg.to_dict(), store, folds, device=run_device(gpus), threads=threads)
     _restore(run)

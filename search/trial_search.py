@@ -12,9 +12,10 @@ import os
 import uuid
 from typing import Any
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from search.trainable import own_error
+from search.trainable import TRIAL_NUMBER, own_error
 
 
 class TrialOptunaSearch(OptunaSearch):
@@ -26,7 +27,33 @@ class TrialOptunaSearch(OptunaSearch):
       result's NaN placeholders as an intermediate value.
     - `save_to_dir` writes its temporary file beside the experiment folder instead of inside
       it (see there).
+    - The study is the sweep's ledger: each config carries its trial's number
+      (``TRIAL_NUMBER``), which the ordered ASHA and MLflow use, and a trial the study has as
+      running that no Tune trial owns (asked by a driver killed before Tune saved its state)
+      is handed out again, under its number and with its parameters, before anything new is
+      asked: a resumed sweep then numbers and suggests as the uninterrupted one, and no
+      stale RUNNING trial sits in the study (see `suggest`).
     """
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if callable(self._space) and trial_id not in self._ot_trials:
+            lost = self._lost_trial()
+            if lost is not None:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, lost)
+        config = super().suggest(trial_id)
+        if config is None or trial_id not in self._ot_trials:
+            return config
+        return {**config, TRIAL_NUMBER: self._ot_trials[trial_id].number}
+
+    def _lost_trial(self) -> int | None:
+        """The storage id of the oldest RUNNING trial of the study that no trial of this
+        searcher owns (None if there is none)."""
+        from optuna.trial import TrialState
+
+        owned = {t._trial_id for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        lost = sorted((t.number, t._trial_id) for t in running if t._trial_id not in owned)
+        return lost[0][1] if lost else None
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if own_error(result):

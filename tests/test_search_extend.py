@@ -17,6 +17,7 @@ from tests.search_helpers import (
     metric_history,
     mlflow_runs,
     ray_runtime,  # noqa: F401 - fixture
+    read_trials_csv,
     search_store,  # noqa: F401 - fixture
     tiny_settings,
 )
@@ -131,3 +132,34 @@ def test_each_sweep_has_its_own_tune_state(tmp_path: Path, monkeypatch, extended
     first = Path(s.storage_path) / manifest["tune_segments"][0]["name"]
     assert first == s.experiment_path and first.name != s.name
     assert len(list(first.glob("case_trial_*"))) == 2
+
+
+def _decisions(settings) -> list[tuple]:
+    """trials.csv without ids, in trial order: config, epochs run, status, every metric."""
+    rows = read_trials_csv(settings.sweep_dir / "trials.csv")
+    drop = {"trial_id", "mlflow_run_id"}
+    return sorted(tuple(sorted((k, v) for k, v in r.items() if k not in drop)) for r in rows)
+
+
+@pytest.mark.slow
+def test_an_extended_sweep_equals_one_run_in_one_go(tmp_path, search_store, ray_runtime):  # noqa: F811
+    """4 trials extended to 8 give the trials.csv of 8 run in one go (reproducible mode, ASHA
+    on, TPE in its start-up phase): no config replayed, the extension's trials stopped against
+    the first segment's rung values. Before issue 21 the extension replayed trials 0-3."""
+    common = dict(max_epochs=3, grace_period=1, reduction_factor=2, warm_start=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = tiny_settings(tmp_path / "a", search_store, "whole", num_samples=8, **common)
+    run_sweep(whole, space=SPACE, quiet=True)
+    grown = tiny_settings(tmp_path / "b", search_store, "grown", num_samples=4, **common)
+    run_sweep(grown, space=SPACE, quiet=True)
+    argv = ["--name", "grown", "--resume", "--results-dir", grown.results_dir]
+    extended = parse_settings([*argv, "--num-samples", "8"], cwd=tmp_path / "b")
+    extended.storage_path = grown.storage_path
+    outcome = run_sweep(extended, quiet=True)
+    assert outcome.num_trials == 8 and not outcome.interrupted
+    assert _decisions(extended) == _decisions(whole)
+    configs = [r["lr"] for r in read_trials_csv(extended.sweep_dir / "trials.csv")]
+    assert len(set(configs)) == 8  # nothing replayed
+    statuses = [r["status"] for r in read_trials_csv(whole.sweep_dir / "trials.csv")]
+    assert "stopped_early" in statuses  # ASHA decided something worth comparing
