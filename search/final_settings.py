@@ -163,8 +163,9 @@ def parse_settings(
             f"--sweep {a.sweep}: no {BEST_CONFIGS} in {sweep_dir}; known sweeps under "
             f"{results_dir}: {_known_sweeps(results_dir)}"
         )
-    s = _from_flags(a, argv, results_dir)
-    s.tracking_uri = _tracking_uri(a, sweep_dir, cwd)
+    manifest = _sweep_manifest(sweep_dir)
+    s = _from_flags(a, argv, results_dir, manifest.get("settings") or {})
+    s.tracking_uri = _tracking_uri(a, manifest, cwd)
     if s.resume and s.state_path.is_file():
         _keep_interrupted_plan(s, a)
     _check(s)
@@ -181,15 +182,17 @@ def _known_sweeps(results_dir: Path) -> str:
     return ", ".join(names) or "none"
 
 
-def _from_flags(a: argparse.Namespace, argv: list[str], results_dir: Path) -> FinalizeSettings:
-    """The flags given, and the sweep's own length and folds where they are not."""
+def _from_flags(
+    a: argparse.Namespace, argv: list[str], results_dir: Path, sweep: dict[str, Any]
+) -> FinalizeSettings:
+    """The flags given, and the sweep's own length, folds, seed and resources (``sweep``: its
+    recorded settings) where they are not."""
     s = FinalizeSettings(sweep=a.sweep, results_dir=str(results_dir))
     s.command = "python -m search.finalize " + redact_text(shlex.join(argv))  # stored in files
     if a.top_k is not None:
         s.top_k = a.top_k
     s.epochs = a.epochs if a.epochs is not None else _sweep_horizon(s.sweep_dir)
     s.folds = a.folds if a.folds is not None else _sweep_folds(s.sweep_dir)
-    sweep = _sweep_settings(s.sweep_dir)
     s.sweep_seed = int(sweep.get("seed", DEFAULT_SEEDS[0]))
     s.seeds = list(dict.fromkeys(a.seeds if a.seeds is not None else default_seeds(s.sweep_seed)))
     if a.models is not None:
@@ -215,24 +218,21 @@ def default_seeds(sweep_seed: int) -> list[int]:
     return list(dict.fromkeys([sweep_seed, *DEFAULT_SEEDS[1:], *DEFAULT_SEEDS]))[:2]
 
 
-def _sweep_settings(sweep_dir: Path) -> dict[str, Any]:
-    """The settings the sweep recorded in sweep.json (empty for a sweep without one)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        saved = json.loads((sweep_dir / SWEEP_MANIFEST).read_text(encoding="utf-8"))
-        return dict(saved.get("settings") or {})
-    return {}
-
-
-def _tracking_uri(a: argparse.Namespace, sweep_dir: Path, cwd: Path) -> str:
-    """--tracking-uri, else the sweep's (which must still hold its password), else the default."""
-    if a.tracking_uri:
-        return absolute_tracking_uri(a.tracking_uri, cwd)
+def _sweep_manifest(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's sweep.json (empty when it has none or it is not JSON)."""
     manifest = sweep_dir / SWEEP_MANIFEST
-    saved = {}
+    saved: Any = {}
     if manifest.is_file():
         with contextlib.suppress(ValueError):
             saved = json.loads(manifest.read_text(encoding="utf-8"))
-    uri = saved.get("tracking_uri") or default_tracking_uri(cwd)
+    return saved if isinstance(saved, dict) else {}
+
+
+def _tracking_uri(a: argparse.Namespace, manifest: dict[str, Any], cwd: Path) -> str:
+    """--tracking-uri, else the sweep's (which must still hold its password), else the default."""
+    if a.tracking_uri:
+        return absolute_tracking_uri(a.tracking_uri, cwd)
+    uri = manifest.get("tracking_uri") or default_tracking_uri(cwd)
     if is_redacted(uri):
         raise UsageError(
             f"sweep {a.sweep!r} tracks to {uri}, whose password is not stored: "

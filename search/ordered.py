@@ -144,9 +144,9 @@ class OrderedASHA(FIFOScheduler):
     ``state_path``: a JSON file the record is kept in, so a resumed sweep decides as the
     uninterrupted one would (None: in memory only).
 
-    ``offset`` and ``prior``: a sweep extended with more trials runs them as a Tune experiment
-    of its own; its trials are numbered from ``offset`` (the trials before it) and decided
-    against ``prior``, the rung values of every earlier trial (milestone -> trial number ->
+    ``prior``: a sweep extended with more trials runs them as a Tune experiment of its own;
+    its trials (numbered by the study, ``TRIAL_NUMBER`` in their configs) are decided against
+    ``prior`` too, the rung values of every earlier trial (milestone -> trial number ->
     value, as `rung_record` reads them from the earlier experiment's file), so an extension's
     trials meet the same early stopping as in a sweep run in one go.
     """
@@ -164,7 +164,6 @@ class OrderedASHA(FIFOScheduler):
         lag: int,
         time_attr: str = "training_iteration",
         state_path: str | None = None,
-        offset: int = 0,
         prior: dict[int, dict[int, float]] | None = None,
     ) -> None:
         if mode not in ("min", "max"):
@@ -183,7 +182,6 @@ class OrderedASHA(FIFOScheduler):
         self.milestones = [m for m in rungs if m < max_t]
         self.state_path = state_path
         self.order: dict[str, int] = {}  # trial id -> trial number
-        self.offset = offset
         self.rungs: dict[int, dict[int, float]] = {m: {} for m in self.milestones}
         for m, rec in (prior or {}).items():
             if m in self.rungs:
@@ -213,7 +211,6 @@ class OrderedASHA(FIFOScheduler):
         rungs = {str(m): {str(k): v for k, v in r.items()} for m, r in self.rungs.items()}
         data = {
             "order": self.order,
-            "offset": self.offset,
             "num_stopped": self.num_stopped,
             "rungs": rungs,
         }
@@ -225,9 +222,7 @@ class OrderedASHA(FIFOScheduler):
             # The ledger's number when the searcher gave one (search.trial_search): a trial
             # restarted under a new Tune id after a killed driver keeps its number here too.
             number = trial.config.get(TRIAL_NUMBER)
-            self.order[trial.trial_id] = (
-                int(number) if number is not None else self.offset + len(self.order)
-            )
+            self.order[trial.trial_id] = int(number) if number is not None else len(self.order)
             self._save()
 
     # -- the rule --------------------------------------------------------------------------

@@ -239,12 +239,15 @@ def build_tuner(
     )
 
 
+ORDERED_ASHA_FILE = "ordered_asha.json"
+
+
 def _ordered(
     settings: SweepSettings, searcher: Any, scheduler: Any, earlier: Sequence[dict[str, Any]]
 ) -> tuple[Any, Any]:
     """--reproducible: suggestions and ASHA's rung decisions by trial order (search/ordered.py),
     so which of the concurrent trials reports first changes nothing. An extension's trials
-    are numbered after the earlier segments' and stopped against their rung values."""
+    are stopped against the earlier segments' rung values too."""
     from search.ordered import OrderedASHA, OrderedSearcher, rung_record
     from search.trainable import MODE, RUNG_METRIC
 
@@ -266,12 +269,8 @@ def _ordered(
         reduction_factor=settings.reduction_factor,
         lag=window,
         state_path=str(state),
-        offset=sum(int(seg["num_samples"]) for seg in earlier),
         prior=prior,
     )
-
-
-ORDERED_ASHA_FILE = "ordered_asha.json"
 
 
 # -- Optuna study bookkeeping ------------------------------------------------------------

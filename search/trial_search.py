@@ -47,13 +47,20 @@ class TrialOptunaSearch(OptunaSearch):
 
     def _lost_trial(self) -> int | None:
         """The storage id of the oldest RUNNING trial of the study that no trial of this
-        searcher owns (None if there is none)."""
+        searcher owns (None if there is none). Such trials exist only from before this
+        searcher was built or restored, so the study is looked at once, not per suggestion."""
         from optuna.trial import TrialState
 
-        owned = {t._trial_id for t in self._ot_trials.values()}
-        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        lost = sorted((t.number, t._trial_id) for t in running if t._trial_id not in owned)
-        return lost[0][1] if lost else None
+        if getattr(self, "_lost", None) is None:
+            owned = {t._trial_id for t in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            lost = sorted((t.number, t._trial_id) for t in running if t._trial_id not in owned)
+            self._lost = [trial_id for _, trial_id in lost]
+        return self._lost.pop(0) if self._lost else None
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._lost = None  # a restored searcher looks at the study anew
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if own_error(result):

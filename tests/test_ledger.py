@@ -18,7 +18,7 @@ from search.final_settings import default_seeds, parse_settings
 from search.ordered import OrderedASHA, rung_record
 from search.results import TrialRecord, rank_key, ranked, write_best_configs, write_leaderboard
 from search.samplers import PerTrialSampler
-from search.trainable import SEARCH_METRIC, STAT_METRIC, TIE_METRIC, tie_broken
+from search.trainable import SEARCH_METRIC, STAT_METRIC, TIE_METRIC, TRIAL_NUMBER, tie_broken
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -86,8 +86,9 @@ def _sched(**kw) -> OrderedASHA:
     )
 
 
-def _report(sched: OrderedASHA, tid: str, t: int, v: float) -> str:
-    trial = Trial("case_trial", trial_id=tid, stub=True)
+def _report(sched: OrderedASHA, tid: str, t: int, v: float, number: int | None = None) -> str:
+    config = {} if number is None else {TRIAL_NUMBER: number}
+    trial = Trial("case_trial", config=config, trial_id=tid, stub=True)
     sched.on_trial_add(None, trial)
     return sched.on_trial_result(None, trial, {"training_iteration": t, "m": v})
 
@@ -101,8 +102,8 @@ def test_an_extension_is_stopped_against_the_earlier_trials(tmp_path: Path) -> N
         _report(first, f"a{i}", 3, v)
     prior = rung_record(first_path)
     assert prior[3] == {0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6}
-    ext = _sched(state_path=str(tmp_path / "seg1.json"), offset=4, prior=prior)
-    assert _report(ext, "b0", 3, 0.5) == TrialScheduler.STOP
+    ext = _sched(state_path=str(tmp_path / "seg1.json"), prior=prior)
+    assert _report(ext, "b0", 3, 0.5, number=4) == TrialScheduler.STOP  # the study's number
     assert ext.order == {"b0": 4}
     # The same trial in a one-go sweep: the same decision.
     whole = _sched()
@@ -227,8 +228,6 @@ def test_a_trial_lost_with_its_driver_comes_back_under_its_number(tmp_path: Path
     number, same parameters) before asking anything new, so the sweep numbers and suggests as
     the uninterrupted one and leaves nothing RUNNING behind."""
     from optuna.trial import TrialState
-
-    from search.trainable import TRIAL_NUMBER
 
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     first = _searcher(storage)
