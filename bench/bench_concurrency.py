@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     del CONFIGS[args.configs :]
     epoch_list = [int(e) for e in args.epochs.split(",")]
+    from search.local_ray import start_local_ray
     from search.run import ray_env_defaults
 
     ray_env_defaults()
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     load_start = os.getloadavg()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(num_cpus=2, logging_level="WARNING")
     # (epochs, trials at once, reuse actors): alternating, then the reuse comparison.
     plan = [(e, c, True) for e in epoch_list for _ in range(args.reps) for c in (1, 2)]
     plan += [(epoch_list[0], 1, False), (epoch_list[0], 1, True)]

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--data", default=None)
     args = p.parse_args(argv)
+    from search.local_ray import start_local_ray
     from search.run import ray_env_defaults
 
     ray_env_defaults()
@@ -97,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Path(args.data) if args.data else Path(prepare_demo())
     budget = args.random_trials * args.epochs
-    ray.init(
-        address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING"
-    )
+    start_local_ray(num_cpus=os.cpu_count(), logging_level="WARNING")
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

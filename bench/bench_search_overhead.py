@@ -50,6 +50,7 @@ def plain_loop(store_path: Path, configs: list[dict], epochs: int) -> float:
 
 
 def through_search(store_path: Path, configs: list[dict], epochs: int, tmp: Path) -> dict:
+    from search.local_ray import start_local_ray
     from search.run import ray_env_defaults
 
     ray_env_defaults()
@@ -59,7 +60,7 @@ def through_search(store_path: Path, configs: list[dict], epochs: int, tmp: Path
     from search.settings import parse_settings
 
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(num_cpus=2, logging_level="WARNING")
     t_init = time.perf_counter() - t0
     keys = sorted({k for c in configs for k in c})
     space = {

@@ -674,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. one per sweep seed, run side by side)",
     )
     args = p.parse_args(argv)
+    from search.local_ray import start_local_ray
     from search.run import ray_env_defaults
 
     ray_env_defaults()
@@ -690,12 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             product, random, folds = (json.loads(a.read_text()) if a else None for a in arms)
             results.append(analyse(seed, product, random, folds, oracle))
     else:
-        ray.init(
-            address="local",
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            logging_level="WARNING",
-        )
+        start_local_ray(num_cpus=os.cpu_count(), logging_level="WARNING")
         with contextlib.ExitStack() as stack:
             tmp = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
             tmp.mkdir(parents=True, exist_ok=True)

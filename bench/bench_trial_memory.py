@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.report import publish
     from data_prep.store import FeatureStore
+    from search.local_ray import start_local_ray
     from search.trainable import make_trainable
 
     with tempfile.TemporaryDirectory(prefix="bench-trial-mem-") as tmp:
@@ -110,10 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         gb = sum(getattr(store, k).nbytes for k in ("audio", "text", "text_pooled")) / 1e9
         train_rows = int((store.table["split"] == "train").sum())
         available = _available()
-        ray.init(
-            address="local",
+        start_local_ray(
             num_cpus=2,
-            include_dashboard=False,
             logging_level="ERROR",
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
         )

@@ -60,6 +60,14 @@ def focal_loss(
     return loss.sum() / weight[target].sum().clamp_min(1e-12)
 
 
+def fp32_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x @ y.T`` in fp32 even under autocast: ``.float()`` on the inputs does not stop
+    autocast from running the matmul in bf16/fp16, whose ~3 significant digits, divided by a
+    temperature of 0.05-0.07, would move the logits by whole units."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return x.float() @ y.float().T
+
+
 def supervised_pairwise_loss(
     vectors: torch.Tensor, target: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -67,7 +75,7 @@ def supervised_pairwise_loss(
     pooled vectors / temperature as a logit, BCE against 1[same label], off-diagonal pairs
     only, averaged. A batch of one has no pair and gives 0 (still attached to the graph)."""
     z = F.normalize(vectors.float(), dim=-1)
-    logits = z @ z.T / temperature
+    logits = fp32_similarity(z, z) / temperature
     same = (target.unsqueeze(0) == target.unsqueeze(1)).float()
     if len(target) < 2:
         return logits.sum() * 0.0
@@ -82,7 +90,7 @@ def infonce_loss(
     text among the batch's texts, and vice versa (CLIP-style cross-entropy both ways)."""
     t = F.normalize(text_vec.float(), dim=-1)
     a = F.normalize(audio_vec.float(), dim=-1)
-    logits = t @ a.T / temperature
+    logits = fp32_similarity(t, a) / temperature
     labels = torch.arange(len(t), device=t.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 

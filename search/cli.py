@@ -4,8 +4,8 @@ report, with the same answers to a usage error and to Ctrl-C."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from search.settings import UsageError
 
@@ -41,3 +41,17 @@ def run_cli(
         return EXIT_INTERRUPTED
     print(summary(outcome), flush=True)
     return exit_code(outcome)
+
+
+# What the summaries leave out of a config: the same for every trial of a sweep.
+SWEEP_KEYS = ("epochs", "seed")
+
+
+def config_text(config: Mapping[str, Any]) -> str:
+    """A config for a summary line: floats to 4 significant digits (dropout=0.2659), the
+    sweep-wide keys left out. Full precision is in trials.csv and best_configs.yaml."""
+    return ", ".join(
+        f"{k}={format(v, '.4g') if isinstance(v, float) else v}"
+        for k, v in config.items()
+        if k not in SWEEP_KEYS
+    )

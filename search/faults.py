@@ -15,7 +15,10 @@ The variables:
 - ``CASE_TUNE_FAULT=POINT`` or ``POINT:AT`` SIGKILLs the process reaching that point, or the
   process it names (``AT`` narrows it, e.g. ``trial_reported:2`` = after a trial's second
   epoch was reported; ``trial_result:2`` = the driver kills the trial's worker as its second
-  epoch's result arrives, before Tune has registered that epoch's checkpoint);
+  epoch's result arrives, before Tune has registered that epoch's checkpoint;
+  ``driver_result:3:2`` = the driver kills itself as trial 3's second epoch arrives, the
+  other trials mid-epoch; ``trial_suggested:3`` = the driver dies once the study has asked
+  trial 3, before Tune has saved it);
 - ``CASE_TUNE_FAULT_ONCE=FILE``: only the first process to create FILE is killed, so a retried
   trial or task passes the point the second time;
 - ``CASE_TUNE_FAULT_TRACE=FILE``: every pass through every point appends a line

@@ -141,6 +141,14 @@ def _new_parent_run(settings: FinalizeSettings, plan: Plan, client: Any, exp_id:
             "gpus_per_trial": settings.gpus_per_trial,
         },
     )
+    command = settings.command or f"python -m search.finalize --sweep {settings.sweep}"
+    tracking.describe(
+        client,
+        exp_id,
+        parent,
+        f"final runs of sweep **{settings.sweep}** ({time.strftime('%Y-%m-%d %H:%M')}): "
+        f"`{command}` on store `{plan.store_path}`",
+    )
     return parent
 
 

@@ -40,7 +40,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search.cli import run_cli  # noqa: E402
+from search.cli import config_text, run_cli  # noqa: E402
 from search.final_plan import Plan, make_plan  # noqa: E402
 from search.final_records import (  # noqa: E402
     UnitRuns,
@@ -56,7 +56,7 @@ from search.final_records import (  # noqa: E402
 )
 from search.final_settings import FinalizeSettings, parse_settings  # noqa: E402
 from search.final_unit import run_unit, unit_task  # noqa: E402
-from search.redact import redact_uri  # noqa: E402
+from search.mlflow_ui import ui_lines  # noqa: E402
 from search.settings import MAX_FAILURES  # noqa: E402
 
 # What other code imports from here (bench/bench_selection.py, tests): the command's API.
@@ -82,6 +82,8 @@ class FinalizeOutcome:
     report: Path | None
     parent_run_id: str
     tracking_uri: str
+    experiment_id: str = ""
+    run_ids: list[str] = field(default_factory=list)  # the final runs, best config first
     units_total: int = 0
     units_run: int = 0
     units_reused: int = 0
@@ -115,6 +117,7 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False) -> FinalizeOutc
         report=None,
         parent_run_id=runs.parent,
         tracking_uri=settings.tracking_uri,
+        experiment_id=exp_id,
         units_total=len(plan.units),
         units_reused=len(done),
         notes=[*plan.notes, repeat_note(settings)],
@@ -131,6 +134,12 @@ def finalize(settings: FinalizeSettings, *, quiet: bool = False) -> FinalizeOutc
         settings, plan.store, plan.candidates, done, state, outcome.failed
     )
     outcome.report = settings.sweep_dir / "final.md"
+    if outcome.best:  # the config the summary shows (rows are labelled like candidates)
+        cand = next((c for c in plan.candidates if c.label == outcome.best["label"]), None)
+        outcome.best["config"] = cand.config if cand else {}
+    # Units are planned best candidate first: the compare link shows the top configs' runs.
+    recs = [done.get(u["unit_id"], {}) for u in plan.units]
+    outcome.run_ids = [r["mlflow_run_id"] for r in recs if r.get("mlflow_run_id")]
     finish_parent_run(runs, outcome.files, len(done), outcome.failed, outcome.best)
     outcome.wall_seconds = time.time() - t0
     return outcome
@@ -276,6 +285,8 @@ def summary(outcome: FinalizeOutcome) -> str:
             f"weighted-F1 {100 * m['test_weighted_f1']:.2f} (mean of seeds {b['seeds']}, "
             f"epochs {b['chosen_epochs']})"
         )
+        if b.get("config"):
+            lines.append(f"           config: {config_text(b['config'])}")
         if b.get("ci"):
             lo, hi = b["ci"]
             lines.append(
@@ -292,7 +303,13 @@ def summary(outcome: FinalizeOutcome) -> str:
             f"Results:   {outcome.report} (+ final.csv, final_runs.csv, final_*.png; "
             f"records in {outcome.out_dir}/units/)"
         )
-    lines.append(f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}")
+    lines += ui_lines(
+        outcome.tracking_uri,
+        outcome.experiment_id,
+        outcome.run_ids,
+        "the final runs, best config first",
+        sweep=outcome.sweep,
+    )
     return "\n".join(lines)
 
 

@@ -17,27 +17,26 @@ trials allowed to run at once):
 The price is idle slots: a freed slot waits for the oldest running trial to finish before
 the next trial can start (measured in results/bench.md, `python -m bench.bench_reproducible`).
 
-Both survive `Tuner.restore` (``--resume``): Tune pickles them with the experiment, saves the
-searcher's `get_state` with its own state, and the scheduler keeps its record in a small JSON
-file beside Tune's (Tune does not save scheduler state).
+Both survive `Tuner.restore` (``--resume``) and extensions: Tune pickles them with the
+experiment and saves the searcher's `get_state` with its own state; the scheduler keeps its
+rung values in the sweep's Optuna study (the ledger, as intermediate values), which outlives
+every driver and every Tune segment (Tune does not save scheduler state).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+from ray.tune.utils import flatten_dict
 
-from data_prep.atomic import write_text_atomic
-from search.trainable import TRIAL_NUMBER
+from search.trainable import TRIAL_NUMBER, own_error
 
 
 # -- the searcher -------------------------------------------------------------------------
@@ -136,19 +135,28 @@ def ordered_cutoff(values: list[float], reduction_factor: float) -> float | None
 
 
 class OrderedASHA(FIFOScheduler):
-    """ASHA's stopping rule, deciding trial ``k`` at a rung from the values recorded there by
-    trials ``0..k-lag`` (trial numbers in the order trials are added, as the searcher
-    suggested them). With `OrderedSearcher(window=lag)` those trials are complete whenever
-    trial ``k`` runs, so every decision is the same in every run.
+    """ASHA's stopping rule with a peer set per trial that is the same in every run.
 
-    ``state_path``: a JSON file the record is kept in, so a resumed sweep decides as the
-    uninterrupted one would (None: in memory only).
+    Trial ``k`` (numbered by the study: ``TRIAL_NUMBER`` in its config) is decided at a rung
+    against the values recorded there by its peers, the trials ``j != k`` with ``j <=
+    peer_bound(k) = max(k - lag, first - 1)``, ``first = min(lag, total)``: the trials at
+    least ``lag`` older, and, for the early trials that have too few of those, the whole
+    first window. Trials ``0..k-lag`` are complete whenever trial ``k`` runs
+    (`OrderedSearcher(window=lag)`); a peer of the first window may still be running, and
+    trial ``k`` then waits at the rung (Tune's PAUSE, its slot freed) until every peer has
+    reported there or ended before it. So every decision is the same in every run, and the
+    first ``lag`` trials, which no trial is ``lag`` older than, can be stopped too (issue
+    21: at ``--max-concurrent 8`` they had cost a third of a 24-trial sweep's epochs).
 
-    ``prior``: a sweep extended with more trials runs them as a Tune experiment of its own;
-    its trials (numbered by the study, ``TRIAL_NUMBER`` in their configs) are decided against
-    ``prior`` too, the rung values of every earlier trial (milestone -> trial number ->
-    value, as `rung_record` reads them from the earlier experiment's file), so an extension's
-    trials meet the same early stopping as in a sweep run in one go.
+    ``lag=None`` is Ray's asynchronous ASHA (``--async``): whatever reached the rung before
+    counts, and nothing waits.
+
+    ``total``: the trials the sweep has (an extension: all segments); ``ledger``: (Optuna
+    storage URL, study name), the sweep's study. Rung values are kept there as the trials'
+    intermediate values (step = epoch, the value Tune's Optuna searcher also reports in
+    ``--async`` mode), and a scheduler built in a new driver or for a new Tune segment (an
+    extension) starts from every value the study holds: a resumed or extended sweep stops
+    trials as the uninterrupted one. None: in memory only (tests).
     """
 
     _supports_buffered_results = False  # decide at every epoch a result arrives for
@@ -161,14 +169,15 @@ class OrderedASHA(FIFOScheduler):
         max_t: int,
         grace_period: int,
         reduction_factor: float,
-        lag: int,
+        lag: int | None,
+        total: int | None = None,
         time_attr: str = "training_iteration",
-        state_path: str | None = None,
-        prior: dict[int, dict[int, float]] | None = None,
+        ledger: tuple[str, str] | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if not (0 < grace_period <= max_t) or reduction_factor <= 1 or lag < 1:
+        bad_lag = lag is not None and lag < 1
+        if not (0 < grace_period <= max_t) or reduction_factor <= 1 or bad_lag:
             raise ValueError("need 0 < grace_period <= max_t, reduction_factor > 1, lag >= 1")
         super().__init__()
         self._metric, self._mode = metric, mode
@@ -177,96 +186,182 @@ class OrderedASHA(FIFOScheduler):
         self.max_t = max_t
         self.rf = reduction_factor
         self.lag = lag
+        self.first = min(lag, total) if lag is not None and total else (lag or 0)
         # Every trial stops at max_t anyway: a rung there decides nothing.
         rungs = rung_milestones(grace_period, max_t, reduction_factor)
         self.milestones = [m for m in rungs if m < max_t]
-        self.state_path = state_path
+        self.ledger = ledger
         self.order: dict[str, int] = {}  # trial id -> trial number
+        self.trials: dict[int, Trial] = {}  # trial number -> Tune's trial (this segment)
         self.rungs: dict[int, dict[int, float]] = {m: {} for m in self.milestones}
-        for m, rec in (prior or {}).items():
-            if m in self.rungs:
-                self.rungs[m].update(rec)
+        self.ended: set[int] = set()  # numbers the study had finished when opened
+        self.waiting: dict[int, int] = {}  # trial number -> the rung it waits at
         self.num_stopped = 0
-        self._loaded = False
+        self._study: Any = None  # the ledger, opened once per driver process
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return not (metric or mode)  # fixed at construction, like ASHA given its metric
 
-    # -- bookkeeping -----------------------------------------------------------------------
-    def _load(self) -> None:
-        """Once per driver process: continue from the record a killed driver left."""
-        if self._loaded:
-            return
-        self._loaded = True
-        if self.state_path and os.path.exists(self.state_path):
-            saved = json.loads(Path(self.state_path).read_text(encoding="utf-8"))
-            self.order = {str(k): int(v) for k, v in saved["order"].items()}
-            for m, rec in saved["rungs"].items():
-                self.rungs.setdefault(int(m), {}).update({int(k): v for k, v in rec.items()})
-            self.num_stopped = int(saved.get("num_stopped", 0))
+    # -- the ledger ------------------------------------------------------------------------
+    def _open(self) -> Any:
+        """The study, opened once per driver process; its rung values join the record, and
+        the trials it has finished (earlier segments') count as ended for `arrived`."""
+        if self._study is None and self.ledger is not None:
+            import optuna
 
-    def _save(self) -> None:
-        if not self.state_path:
+            storage, name = self.ledger
+            self._study = optuna.load_study(study_name=name, storage=storage)
+            for m, rec in ledger_rungs(self._study, self.milestones).items():
+                self.rungs[m].update({k: self.sign * v for k, v in rec.items()})
+            done = self._study.get_trials(deepcopy=False)
+            self.ended |= {t.number for t in done if t.state.is_finished()}
+        return self._study
+
+    def _record(self, number: int, milestone: int, value: float) -> None:
+        """Trial ``number``'s rung value into the study (its trial is running: the searcher
+        tells it only after the trial ends)."""
+        study = self._open()
+        if study is None or math.isnan(value):
             return
-        rungs = {str(m): {str(k): v for k, v in r.items()} for m, r in self.rungs.items()}
-        data = {
-            "order": self.order,
-            "num_stopped": self.num_stopped,
-            "rungs": rungs,
-        }
-        write_text_atomic(Path(self.state_path), json.dumps(data))
+        storage = study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        with contextlib.suppress(RuntimeError):  # finished already: it has its values
+            storage.set_trial_intermediate_value(trial_id, milestone, self.sign * value)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        self._load()
-        if trial.trial_id not in self.order:
-            # The ledger's number when the searcher gave one (search.trial_search): a trial
-            # restarted under a new Tune id after a killed driver keeps its number here too.
-            number = trial.config.get(TRIAL_NUMBER)
-            self.order[trial.trial_id] = int(number) if number is not None else len(self.order)
-            self._save()
+        self._open()
+        if trial.trial_id in self.order:
+            return
+        # The ledger's number when the searcher gave one (search.trial_search): a trial
+        # restarted under a new Tune id after a killed driver keeps its number here too.
+        number = trial.config.get(TRIAL_NUMBER)
+        k = int(number) if number is not None else len(self.order)
+        self.order[trial.trial_id] = k
+        self.trials[k] = trial
+        if self.lag is not None and trial.status == Trial.PENDING:
+            self._hold_restored(k, trial)
+
+    def _hold_restored(self, k: int, trial: Trial) -> None:
+        """A trial a resumed driver restored with its checkpoint at a rung it had no decision
+        for (it was waiting there, or the driver died first): Tune would start it again at
+        once; it waits at the rung instead, paused (status set before Tune files it)."""
+        last = trial.last_result or {}
+        m = last.get(self.time_attr)
+        saved = getattr(trial, "latest_checkpoint_result", None)
+        saved_at = (saved.metrics or {}).get(self.time_attr) if saved is not None else None
+        if m not in self.rungs or saved_at != m or self._metric not in last:
+            return  # not at a rung, or its checkpoint is older: it trains that epoch again
+        self.rungs[m].setdefault(k, self.sign * float(last[self._metric]))
+        self.waiting[k] = int(m)
+        trial.set_status(Trial.PAUSED)
 
     # -- the rule --------------------------------------------------------------------------
-    def decide(self, k: int, milestone: int, value: float) -> str:
-        """Record trial k's (signed) value at ``milestone`` and return CONTINUE or STOP."""
+    def peer_bound(self, k: int) -> int:
+        """Trial k's peers are the trials j != k with j <= this bound."""
+        assert self.lag is not None
+        return max(k - self.lag, self.first - 1)
+
+    def arrived(self, j: int, milestone: int) -> bool:
+        """Trial j has a value at ``milestone``, or ended before reaching it."""
+        if j in self.rungs[milestone] or j in self.ended:
+            return True
+        trial = self.trials.get(j)
+        return trial is not None and trial.status in (Trial.TERMINATED, Trial.ERROR)
+
+    def ready(self, k: int, milestone: int) -> bool:
+        """Every peer of trial k has arrived at ``milestone``."""
+        if self.lag is None:
+            return True
+        # Trials 0..k-lag are complete (the searcher's guarantee): only later peers can be
+        # still on their way.
+        later = range(max(k - self.lag + 1, 0), self.peer_bound(k) + 1)
+        return all(self.arrived(j, milestone) for j in later if j != k)
+
+    def decide(self, k: int, milestone: int) -> str:
+        """CONTINUE or STOP for trial k at ``milestone`` (its value recorded), from its
+        peers' values there."""
         recorded = self.rungs[milestone]
-        recorded[k] = value
-        peers = [v for j, v in sorted(recorded.items()) if j <= k - self.lag]
+        if self.lag is None:  # asynchronous: whatever reached the rung before
+            peers = [v for j, v in sorted(recorded.items()) if j != k]
+        else:
+            bound = self.peer_bound(k)
+            peers = [v for j, v in sorted(recorded.items()) if j <= bound and j != k]
+        value = recorded.get(k, math.nan)
         cutoff = ordered_cutoff(peers, self.rf)
         stop = cutoff is not None and not math.isnan(value) and value < cutoff
+        self.num_stopped += stop
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        if self.time_attr not in result or self._metric not in result:
-            return TrialScheduler.CONTINUE
+        if self.time_attr not in result or self._metric not in result or own_error(result):
+            return TrialScheduler.CONTINUE  # an error result is the trial's last: it ends
         t = result[self.time_attr]
         if t >= self.max_t:
             return TrialScheduler.STOP
         if t not in self.rungs:
             return TrialScheduler.CONTINUE
         self.on_trial_add(tune_controller, trial)  # a trial restored without an add
+        k = self.order[trial.trial_id]
         value = self.sign * float(result[self._metric])
-        action = self.decide(self.order[trial.trial_id], t, value)
-        self.num_stopped += action == TrialScheduler.STOP
-        self._save()
-        return action
+        self.rungs[t][k] = value
+        self._record(k, t, value)
+        if not self.ready(k, t):
+            self.waiting[k] = t
+            return TrialScheduler.PAUSE  # Tune saves it and frees its slot
+        return self.decide(k, t)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        """A waiting trial whose peers have all arrived goes on (oldest first) or is stopped
+        there; then what Tune would run (pending trials). A waiting trial is never run
+        before its decision."""
+        for trial in tune_controller.get_trials():
+            self.on_trial_add(tune_controller, trial)  # restored trials, once
+        for k in sorted(self.waiting):
+            trial, milestone = self.trials.get(k), self.waiting[k]
+            if trial is None or trial.status != Trial.PAUSED or not self.ready(k, milestone):
+                continue
+            del self.waiting[k]
+            if self.decide(k, milestone) == TrialScheduler.CONTINUE:
+                return trial
+            # Tune tells a searcher nothing of a paused trial it stops: tell it the last
+            # result first, as for a running trial stopped at a rung.
+            tune_controller.search_alg.on_trial_complete(
+                trial.trial_id, result=flatten_dict(trial.last_result)
+            )
+            tune_controller.stop_trial(trial)
+            # Ray 2.60 files a stopped trial for its next experiment-state save only when it
+            # still has an actor; a paused one has none, and the saved state would keep it
+            # PAUSED (a resume would run it again, MLflow would wait for it).
+            controller = getattr(tune_controller, "_tune_controller", tune_controller)
+            controller._mark_trial_to_checkpoint(trial)
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.PENDING:
+                return trial
+        waiting = {self.trials[k].trial_id for k in self.waiting if k in self.trials}
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.PAUSED and trial.trial_id not in waiting:
+                return trial
+        return None
 
     def debug_string(self) -> str:
         return (
-            f"Using OrderedASHA (lag {self.lag}): num_stopped={self.num_stopped}, "
-            f"rungs {self.milestones}"
+            f"Using OrderedASHA (lag {self.lag or 'none'}): num_stopped={self.num_stopped}, "
+            f"waiting={len(self.waiting)}, rungs {self.milestones}"
         )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_loaded"] = False  # an unpickled copy re-reads the record file once
+        state["_study"] = None  # an unpickled copy opens the ledger anew, once
         return state
 
 
-def rung_record(state_path: str | os.PathLike[str]) -> dict[int, dict[int, float]]:
-    """The rung values an `OrderedASHA` saved (its earlier experiments' included), by
-    milestone and trial number; empty when it saved none."""
-    path = Path(state_path)
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    return {int(m): {int(k): float(v) for k, v in rec.items()} for m, rec in saved["rungs"].items()}
+def ledger_rungs(study: Any, milestones: list[int]) -> dict[int, dict[int, float]]:
+    """The rung values a study holds (as reported, unsigned), by milestone and trial
+    number."""
+    out: dict[int, dict[int, float]] = {m: {} for m in milestones}
+    for t in study.get_trials(deepcopy=False):
+        for m in milestones:
+            v = t.intermediate_values.get(m)
+            if v is not None and not math.isnan(v):
+                out[m][t.number] = float(v)
+    return out

@@ -47,6 +47,7 @@ class TrialRecord:
     best: dict[str, float] = field(default_factory=dict)  # val metrics at the best epoch
     error: str = ""
     tie: float = math.nan  # val macro-AUROC at the last epoch: the search's tie-break
+    number: int | None = None  # the trial's number in the sweep's Optuna study (its ledger)
 
     @property
     def ranks(self) -> bool:
@@ -120,6 +121,7 @@ def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRe
             status=status,
             config=_config_of(run),
             error=tags.get(tracking.ERROR, ""),
+            number=int(tags[tracking.NUMBER]) if tags.get(tracking.NUMBER) else None,
         )
         score_trial(client, run.info.run_id, rec)
         records.append(rec)
@@ -132,8 +134,10 @@ def collect_trials(client: Any, exp_id: str, parent_run_id: str) -> list[TrialRe
 def rank_key(r: TrialRecord) -> tuple[Any, ...]:
     """The one order of trials: ranked ones by score, exact ties by config (not by Tune's
     random trial id, so a rerun of the sweep lists its trials and picks its best in the same
-    order), failed and killed ones last."""
-    return (not r.ranks, -r.score, json.dumps(r.config, sort_keys=True, default=str), r.trial_id)
+    order), failed and killed ones last; then the ledger's number."""
+    config = json.dumps(r.config, sort_keys=True, default=str)
+    number = -1 if r.number is None else r.number
+    return (not r.ranks, -r.score, config, number, r.trial_id)
 
 
 def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -171,6 +175,7 @@ def write_trials_csv(records: list[TrialRecord], path: Path) -> None:
     for r in records:
         row = {
             "trial_id": r.trial_id,
+            "trial_number": r.number,
             "mlflow_run_id": r.run_id,
             "model": r.model,
             "status": r.status,
@@ -265,6 +270,7 @@ def _entry(rank: int, r: TrialRecord) -> dict[str, Any]:
     return {
         "rank": rank,
         "trial_id": r.trial_id,
+        "trial_number": r.number,
         "mlflow_run_id": r.run_id,
         "model": r.model,
         "status": r.status,

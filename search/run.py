@@ -1,10 +1,10 @@
 """`python -m search.run --space case`: one hyperparameter sweep, end to end.
 
 Ray Tune runs the trials (CPU or fractional GPU each), Optuna's TPE proposes them through a
-define-by-run space (the seed's own configs enqueued first), ASHA stops poor ones early, a
-driver-side callback tracks every trial in MLflow under one sweep run, and results/<sweep>/
-gets a leaderboard, a CSV of all trials, the best configs for `search.finalize`, and figures.
-A killed sweep continues with `--name SWEEP --resume`.
+define-by-run space (with --warm-start, the seed's own configs first), ASHA stops poor ones
+early, a driver-side callback tracks every trial in MLflow under one sweep run, and
+results/<sweep>/ gets a leaderboard, a CSV of all trials, the best configs for
+`search.finalize`, and figures. A killed sweep continues with `--name SWEEP --resume`.
 
 Also runs as a plain script (`python search/run.py ...`, e.g. under `ray submit`).
 """
@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
     sys.path.insert(0, str(Path(_here).parent))
 
 from data_prep.atomic import write_text_atomic  # noqa: E402
-from search.cli import run_cli  # noqa: E402
+from search.cli import config_text, run_cli  # noqa: E402
+from search.mlflow_ui import COMPARE_MAX, ui_lines  # noqa: E402
 from search.redact import redact_uri, remember  # noqa: E402
 from search.settings import SweepSettings, UsageError, parse_settings  # noqa: E402
 from search.spaces import get_space, seed_points, validate_space, with_fixed  # noqa: E402
@@ -43,6 +43,8 @@ class SweepOutcome:
     results_dir: Path
     parent_run_id: str
     tracking_uri: str
+    experiment_id: str = ""
+    top_run_ids: list[str] = field(default_factory=list)  # best first (the compare link)
     num_trials: int = 0
     num_failed: int = 0
     best: dict[str, Any] | None = None
@@ -78,13 +80,18 @@ def resolve_store(settings: SweepSettings) -> Path:
 
 def sweep_space(settings: SweepSettings, space: dict[str, Any] | None = None) -> dict[str, Any]:
     """The named (or given) space with the sweep's fixed values: epochs and training seed."""
-    base = validate_space(space, name="custom") if space is not None else get_space(settings.space)
+    if space is not None:
+        base = validate_space(space, name="custom")
+    elif settings.space_spec is not None:  # --space FILE, read and validated when parsed
+        base = settings.space_spec
+    else:
+        base = get_space(settings.space)
     # epochs = the final run's length (the schedule's horizon); trials stop at max_epochs.
     fixed = {"epochs": settings.horizon, "seed": settings.seed, **settings.fixed}
     return with_fixed(base, fixed)
 
 
-def _check_configs(space: dict[str, Any]) -> None:
+def _check_configs(space: dict[str, Any], label: str) -> None:
     """The warm-start configs must be valid TrainConfigs (catches a bad fixed value early)."""
     from models.config import ConfigError, TrainConfig
     from search.spaces import seed_configs
@@ -93,7 +100,10 @@ def _check_configs(space: dict[str, Any]) -> None:
         try:
             TrainConfig.from_dict(cfg)
         except ConfigError as exc:
-            raise UsageError(f"space {space!r} gives an invalid config: {exc}") from exc
+            raise UsageError(
+                f"--space {label}: the seed's config of model {cfg.get('model')!r} in it is "
+                f"invalid: {exc}"
+            ) from exc
 
 
 # -- Ray -------------------------------------------------------------------------------------
@@ -128,14 +138,14 @@ def init_ray(settings: SweepSettings) -> bool:
         return False
     if settings.address:
         ray.init(address=settings.address, logging_level=logging.WARNING)
+    elif os.environ.get("RAY_ADDRESS"):  # `ray job submit`: the job's cluster
+        ray.init(address=None, logging_level=logging.WARNING)
     else:
-        ray.init(
-            # "local": a new runtime of our own. With no address Ray joins any runtime it finds
-            # running on this machine (another user's sweep); RAY_ADDRESS (`ray job submit`)
-            # still means the job's cluster.
-            address=None if os.environ.get("RAY_ADDRESS") else "local",
+        from search.local_ray import start_local_ray
+
+        # A runtime of our own, on 127.0.0.1 only (search/local_ray.py says why).
+        start_local_ray(
             num_cpus=max(os.cpu_count() or 1, math.ceil(settings.cpus_per_trial)),
-            include_dashboard=False,
             logging_level=logging.WARNING,
         )
     return True
@@ -152,9 +162,10 @@ def sweep_sampler(settings: SweepSettings) -> Any:
     """
     from search.samplers import PerTrialSampler
 
+    window = settings.max_concurrent if settings.reproducible else None
     if settings.searcher == "random":
-        return PerTrialSampler("random", settings.seed)
-    return PerTrialSampler("tpe", settings.seed, n_startup_trials=settings.startup_trials)
+        return PerTrialSampler("random", settings.seed, window)
+    return PerTrialSampler("tpe", settings.seed, window, n_startup_trials=settings.startup_trials)
 
 
 def sweep_trainable(settings: SweepSettings, store_path: Path) -> Any:
@@ -177,17 +188,19 @@ def build_tuner(
     callbacks: list[Any],
     *,
     points: list[dict[str, Any]] | None,
-    earlier: Sequence[dict[str, Any]] = (),
+    first_trials: int | None = None,
 ) -> Any:
-    """The Tuner of one Tune segment; ``earlier``: the sweep's segments before it (their
-    trials count for early stopping in reproducible mode)."""
+    """The Tuner of one Tune segment (its trials meet the earlier segments' through the
+    study: numbers, draws, rung values); ``first_trials``: the size of the sweep's first
+    segment (default: this one's), whose first window is judged among itself."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from search.ordered import OrderedSearcher
     from search.spaces import define_by_run
-    from search.trainable import MODE, RUNG_METRIC, SEARCH_METRIC
+    from search.trainable import MODE, SEARCH_METRIC
     from search.trial_search import TrialOptunaSearch
 
     searcher = TrialOptunaSearch(
@@ -199,20 +212,15 @@ def build_tuner(
         study_name=settings.name,
         storage=optuna.storages.RDBStorage(settings.optuna_storage),
     )
+    search_alg: Any = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
+    if settings.reproducible:
+        search_alg = OrderedSearcher(
+            searcher, window=settings.max_concurrent, total=settings.num_samples
+        )
     if settings.scheduler == "fifo":
         scheduler = FIFOScheduler()
     else:
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            metric=RUNG_METRIC,
-            mode=MODE,
-            max_t=settings.max_epochs,
-            grace_period=min(settings.grace_period, settings.max_epochs),
-            reduction_factor=settings.reduction_factor,
-        )
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
-    if settings.reproducible:
-        search_alg, scheduler = _ordered(settings, searcher, scheduler, earlier)
+        scheduler = sweep_asha(settings, first_trials or settings.num_samples)
     return tune.Tuner(
         sweep_trainable(settings, store_path),
         tune_config=tune.TuneConfig(
@@ -239,37 +247,25 @@ def build_tuner(
     )
 
 
-ORDERED_ASHA_FILE = "ordered_asha.json"
-
-
-def _ordered(
-    settings: SweepSettings, searcher: Any, scheduler: Any, earlier: Sequence[dict[str, Any]]
-) -> tuple[Any, Any]:
-    """--reproducible: suggestions and ASHA's rung decisions by trial order (search/ordered.py),
-    so which of the concurrent trials reports first changes nothing. An extension's trials
-    are stopped against the earlier segments' rung values too."""
-    from search.ordered import OrderedASHA, OrderedSearcher, rung_record
+def sweep_asha(settings: SweepSettings, first_trials: int) -> Any:
+    """ASHA over the sweep's whole history: its rung values live in the Optuna study (the
+    ledger, search/ordered.py), so an extension's or a resumed driver's trials meet every
+    earlier trial's. Reproducible mode decides trial k against trials 0..k-W (W =
+    --max-concurrent), the first window's trials against each other, waiting at the rung
+    for any still running, so which concurrent trial reports first changes nothing;
+    --async against whatever reached the rung before, as Ray's ASHA does."""
+    from search.ordered import OrderedASHA
     from search.trainable import MODE, RUNG_METRIC
 
-    window = settings.max_concurrent
-    ordered = OrderedSearcher(searcher, window=window, total=settings.num_samples)
-    if settings.scheduler != "asha":
-        return ordered, scheduler
-    state = settings.experiment_path / ORDERED_ASHA_FILE
-    state.unlink(missing_ok=True)  # a new Tune experiment: a stale record would misnumber
-    prior = {}
-    if earlier:  # the last earlier segment's record holds every earlier trial's values
-        last = replace(settings, tune_name=earlier[-1]["name"]).experiment_path
-        prior = rung_record(last / ORDERED_ASHA_FILE)
-    return ordered, OrderedASHA(
+    return OrderedASHA(
         metric=RUNG_METRIC,
         mode=MODE,
         max_t=settings.max_epochs,
         grace_period=min(settings.grace_period, settings.max_epochs),
         reduction_factor=settings.reduction_factor,
-        lag=window,
-        state_path=str(state),
-        prior=prior,
+        lag=settings.max_concurrent if settings.reproducible else None,
+        total=first_trials,
+        ledger=(settings.optuna_storage, settings.name),
     )
 
 
@@ -406,7 +402,7 @@ def _sweep_inputs(
         manifest = json.loads(settings.manifest_path.read_text(encoding="utf-8"))
         return manifest["space"], Path(manifest["store_path"]), manifest
     space = sweep_space(settings, space)
-    _check_configs(space)
+    _check_configs(space, settings.space)
     store_path = resolve_store(settings)
     if _study_exists(settings.optuna_storage, settings.name):
         raise UsageError(
@@ -443,9 +439,19 @@ def _open_sweep_run(
         space=settings.space,
         params=_sweep_params(settings, store.key, store_path),
     )
+    tracking.describe(client, exp_id, parent, _description(settings, store_path))
+    if settings.space_text:  # --space FILE: the file as it was, beside its hash (a param)
+        client.log_text(parent, settings.space_text, f"space/{Path(settings.space).name}")
     manifest = _new_manifest(settings, space, store_path, store.key, exp_id, parent)
     _write_manifest(settings, manifest)
     return _Sweep(settings, space, store_path, manifest, client, exp_id, parent)
+
+
+def _description(settings: SweepSettings, store_path: Path) -> str:
+    """What the sweep's run and the experiment say it is (the MLflow UI shows it on top)."""
+    command = settings.command or f"python -m search.run --space {settings.space}"
+    when = time.strftime("%Y-%m-%d %H:%M")
+    return f"sweep **{settings.name}** ({when}): `{command}` on store `{store_path}`"
 
 
 def _sweep_params(settings: SweepSettings, store_key: str, store_path: Path) -> dict[str, Any]:
@@ -454,6 +460,7 @@ def _sweep_params(settings: SweepSettings, store_key: str, store_path: Path) -> 
 
     return {
         "space": settings.space,
+        **({"space_sha256": settings.space_sha256} if settings.space_sha256 else {}),
         "store_key": store_key,
         "store_path": str(store_path),
         "num_samples": settings.num_samples,
@@ -525,8 +532,8 @@ def _fit_segments(
     status = "FAILED"
     try:
         started_ray = init_ray(sweep.settings)
-        for i, seg in enumerate(segments):
-            if not _fit_segment(sweep, seg, points, quiet, segments[:i]):
+        for seg in segments:
+            if not _fit_segment(sweep, seg, points, quiet):
                 break  # interrupted (Tune saved its state on Ctrl-C): the next --resume
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -547,7 +554,6 @@ def _fit_segment(
     seg: dict[str, Any],
     points: list[dict[str, Any]] | None,
     quiet: bool,
-    earlier: Sequence[dict[str, Any]],
 ) -> bool:
     """Fit one Tune segment (restored if Tune saved its state); False if it did not finish."""
     from ray import tune
@@ -567,7 +573,7 @@ def _fit_segment(
             restart_errored=False,
         )
     else:
-        tuner = _fresh_tuner(sweep, seg_settings, points, quiet, earlier)
+        tuner = _fresh_tuner(sweep, seg_settings, points, quiet)
     tuner.fit()
     return _segment_done(exp_path, seg_settings.num_samples)
 
@@ -577,7 +583,6 @@ def _fresh_tuner(
     seg_settings: SweepSettings,
     points: list[dict[str, Any]] | None,
     quiet: bool,
-    earlier: Sequence[dict[str, Any]],
 ) -> Any:
     """A Tuner for a new sweep or extension, or one killed before Tune saved any state: the
     Optuna study keeps what it had; warm starts only if it has nothing yet."""
@@ -608,7 +613,7 @@ def _fresh_tuner(
         sweep.store_path,
         callbacks,
         points=points if fresh else None,
-        earlier=earlier,
+        first_trials=int(sweep.manifest["tune_segments"][0]["num_samples"]),
     )
 
 
@@ -661,6 +666,8 @@ def _conclude(sweep: _Sweep, interrupted: bool) -> SweepOutcome:
         results_dir=settings.sweep_dir,
         parent_run_id=sweep.parent,
         tracking_uri=settings.tracking_uri,
+        experiment_id=sweep.exp_id,
+        top_run_ids=[r.run_id for r in results.ranked(records) if r.run_id][:COMPARE_MAX],
         num_trials=len(records),
         num_failed=sum(r.status == "failed" for r in records),
         notes=notes,
@@ -707,7 +714,7 @@ def summary(outcome: SweepOutcome) -> str:
     ]
     if outcome.best:
         b = outcome.best
-        cfg = ", ".join(f"{k}={v}" for k, v in b["config"].items() if k not in ("epochs", "seed"))
+        cfg = config_text(b["config"])
         lines.append(
             f"Best val macro-F1 {b.get('val_macro_f1', float('nan')):.4f} "
             f"(trial {b['trial_id']}, epoch {b['best_epoch']}): {cfg}"
@@ -723,7 +730,13 @@ def summary(outcome: SweepOutcome) -> str:
             else []
         ),
         f"Finalize:  python -m search.finalize --sweep {outcome.name}",
-        f"MLflow UI: mlflow ui --backend-store-uri {redact_uri(outcome.tracking_uri)}",
+        *ui_lines(
+            outcome.tracking_uri,
+            outcome.experiment_id,
+            outcome.top_run_ids,
+            "the best trials",
+            sweep=outcome.name,
+        ),
     ]
     return "\n".join(lines)
 

@@ -7,15 +7,22 @@ restarts its random stream with every new object: while the study has fewer comp
 than TPE's start-up count, an extension suggested trial 0's, 1's, 2's parameters again
 (issue 21). Here each trial gets a sampler of its own, seeded from (sweep seed, trial number):
 trial ``k`` draws the same numbers whichever process, segment or attempt asks for it, and no
-two trial numbers share a stream. What the model part of TPE learns still comes from the
-study's trials, as before.
+two trial numbers share a stream.
+
+In reproducible mode (``window`` W = --max-concurrent) the sampler of trial ``k`` also sees
+the study as the uninterrupted sweep had it when it asked for ``k``: trials ``0..k-W``
+finished, ``k-W+1..k-1`` still running (`StudyView`). A sweep run in one go has exactly that
+when it asks (search/ordered.py's searcher waits for it); an extension has more (its earlier
+segment finished every trial), and without the view TPE past its start-up trials would learn
+from more than the one-go sweep did and suggest something else.
 
 A module of its own: Tune pickles the searcher (and its sampler) by module path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,16 +40,60 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
 
 
+class StudyView:
+    """The study as trial ``number`` is to be sampled from with a window of ``window``:
+    trials ``0..number-window`` as stored, ``number-window+1..number`` running (a finished
+    one shown without its values), later trials absent. Everything else is the study's."""
+
+    def __init__(self, study: Study, number: int, window: int) -> None:
+        self._study, self._number, self._window = study, number, window
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _shown(self, trial: FrozenTrial) -> FrozenTrial:
+        if trial.number <= self._number - self._window or not trial.state.is_finished():
+            return trial
+        shown = copy.copy(trial)
+        shown.state, shown.values, shown.datetime_complete = TrialState.RUNNING, None, None
+        shown.intermediate_values = {}
+        return shown
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=False, use_cache=use_cache)
+        shown = [self._shown(t) for t in trials if t.number <= self._number]
+        shown = [t for t in shown if states is None or t.state in states]
+        return copy.deepcopy(shown) if deepcopy else shown
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
 class PerTrialSampler(BaseSampler):
     """A TPE or random sampler rebuilt for each trial with `trial_seed(seed, number)`.
 
-    ``options`` are the sampler's keyword arguments other than ``seed`` (for TPE, e.g.
-    ``n_startup_trials``)."""
+    ``window``: reproducible mode's W; each trial is sampled from a `StudyView` (None: from
+    the study as it is, ``--async``). ``options`` are the sampler's keyword arguments other
+    than ``seed`` (for TPE, e.g. ``n_startup_trials``)."""
 
-    def __init__(self, kind: str, seed: int, **options: Any) -> None:
+    def __init__(self, kind: str, seed: int, window: int | None = None, **options: Any) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         self.kind, self.seed, self.options = kind, int(seed), dict(options)
+        self.window = window
         self._number: int | None = None
         self._sampler: BaseSampler = self.build(0)
 
@@ -58,18 +109,23 @@ class PerTrialSampler(BaseSampler):
             self._number, self._sampler = trial.number, self.build(trial.number)
         return self._sampler
 
+    def _seen(self, study: Study, trial: FrozenTrial) -> Study:
+        if self.window is None:
+            return study
+        return StudyView(study, trial.number, self.window)  # type: ignore[return-value]
+
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._for(trial).before_trial(study, trial)
+        self._for(trial).before_trial(self._seen(study, trial), trial)
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self._for(trial).infer_relative_search_space(study, trial)
+        return self._for(trial).infer_relative_search_space(self._seen(study, trial), trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._for(trial).sample_relative(study, trial, search_space)
+        return self._for(trial).sample_relative(self._seen(study, trial), trial, search_space)
 
     def sample_independent(
         self,
@@ -78,7 +134,8 @@ class PerTrialSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+        sampler, seen = self._for(trial), self._seen(study, trial)
+        return sampler.sample_independent(seen, trial, param_name, param_distribution)
 
     def after_trial(
         self,
@@ -95,4 +152,7 @@ class PerTrialSampler(BaseSampler):
         """Nothing to reseed: every trial's stream is fixed by its number."""
 
     def __repr__(self) -> str:
-        return f"PerTrialSampler({self.kind!r}, seed={self.seed}, {self.options})"
+        return (
+            f"PerTrialSampler({self.kind!r}, seed={self.seed}, window={self.window}, "
+            f"{self.options})"
+        )

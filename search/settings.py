@@ -13,6 +13,8 @@ import json
 import math
 import os
 import re
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,8 +22,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from data_prep.paths import case_tune_home
-from search.redact import is_redacted, redact_uri
-from search.spaces import SpaceError, get_space
+from search.redact import is_redacted, redact_text, redact_uri
+from search.spaces import (
+    SpaceError,
+    SpaceFile,
+    get_space,
+    is_space_file,
+    load_space_file,
+    space_names,
+)
 
 DEFAULT_NUM_SAMPLES = 24
 DEFAULT_MAX_EPOCHS = 20
@@ -102,6 +111,12 @@ class SweepSettings:
     reuse_actors: bool = True  # one process per concurrent slot, not per trial
     max_failures: int = MAX_FAILURES  # restarts of a trial whose process or node died
     fixed: dict[str, Any] = field(default_factory=dict)  # extra fixed TrainConfig values
+    # --space FILE: `space` is the file's absolute path; the space it held when the sweep
+    # started (validated), its text and hash (a --resume naming a changed file is refused).
+    space_spec: dict[str, Any] | None = None
+    space_text: str = ""
+    space_sha256: str = ""
+    command: str = ""  # the command line that started the sweep (passwords redacted)
 
     @property
     def sweep_dir(self) -> Path:
@@ -129,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m search.run",
         description="Hyperparameter search (Ray Tune + Optuna TPE + ASHA, tracked in MLflow).",
     )
-    p.add_argument("--space", help="search space: case | baselines | all")
+    p.add_argument(
+        "--space",
+        help="search space: case | baselines | all, or a .yaml/.json file in the spec language "
+        "of search/spaces.py (`python -m search.spaces --dump case` writes one to start from)",
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -324,6 +343,9 @@ def _given_flags(args: argparse.Namespace, cwd: Path) -> dict[str, tuple[str, An
         value = getattr(args, attr.get(field_name, field_name))
         if value is not None:
             given[field_name] = (flag, value)
+    if args.space is not None and is_space_file(args.space, cwd):
+        path = Path(args.space).expanduser()
+        given["space"] = ("--space", str((path if path.is_absolute() else cwd / path).resolve()))
     if args.data is not None:
         given["data"] = ("--data", _data_kind(args.data)[0])
     if args.warm_start is not None:
@@ -345,6 +367,9 @@ def _check_resume_flags(args: argparse.Namespace, saved: SweepSettings, cwd: Pat
         if field_name == "num_samples" and value >= recorded:
             saved.num_samples = value  # more trials: same study, same MLflow sweep run
             continue
+        if field_name == "space" and value == recorded and saved.space_sha256:
+            _check_space_unchanged(value, saved)
+            continue
         if value != recorded:
             shown = redact_uri if field_name == "tracking_uri" else (lambda v: v)
             hint = " (--num-samples can only grow)" if field_name == "num_samples" else ""
@@ -363,9 +388,24 @@ def _check_resume_flags(args: argparse.Namespace, saved: SweepSettings, cwd: Pat
         )
 
 
+def _check_space_unchanged(path: str, saved: SweepSettings) -> None:
+    """--resume --space FILE: the file must still hold the space the sweep started with."""
+    try:
+        now = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        _fail(f"--resume: --space {path}: cannot read it ({exc.strerror or exc})")
+    if now != saved.space_sha256:
+        _fail(
+            f"--resume: --space {path} (sha256 {now[:12]}) differs from sweep {saved.name!r}'s "
+            f"recorded {saved.space} (sha256 {saved.space_sha256[:12]}): the file changed; "
+            "drop the flag to resume the sweep as recorded, or start a new sweep"
+        )
+
+
 def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) -> SweepSettings:
     """Parse and validate the command line. Raises UsageError (never SystemExit) on bad input,
     except for --help."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_cli(build_parser(), argv, "search.run")
     cwd = (cwd or Path.cwd()).resolve()
     results_dir = Path(args.results_dir or cwd / "results").expanduser()
@@ -394,11 +434,8 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         return saved
 
     if not args.space:
-        _fail("--space is required: one of case, baselines, all")
-    try:
-        get_space(args.space)
-    except SpaceError as exc:
-        _fail(str(exc))
+        _fail(f"--space is required: one of {', '.join(space_names())}, or a .yaml/.json file")
+    space_file = _space_file(args.space, cwd)
     data, kind = _data_kind(args.data or "demo")
     num_samples = _positive_int("num-samples", args.num_samples, DEFAULT_NUM_SAMPLES)
     max_epochs = _positive_int("max-epochs", args.max_epochs, DEFAULT_MAX_EPOCHS)
@@ -418,7 +455,8 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     seed = 0 if args.seed is None else args.seed
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
-    name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(args.space).stem) if space_file else args.space
+    name = args.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name("--name", name)
     if (results_dir / name / SWEEP_MANIFEST).exists():
         _fail(
@@ -428,7 +466,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     sweep_dir = results_dir / name
     tune_suffix = hashlib.sha256(f"{sweep_dir}:{time.time_ns()}:{os.getpid()}".encode())
     return SweepSettings(
-        space=args.space,
+        space=space_file.path if space_file else args.space,
         name=name,
         data=data,
         data_kind=kind,
@@ -450,7 +488,27 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         grace_period=min(GRACE_PERIOD, max_epochs),
         warm_start=WARM_START if args.warm_start is None else args.warm_start,
         reproducible=REPRODUCIBLE if args.reproducible is None else args.reproducible,
+        command="python -m search.run " + redact_text(shlex.join(argv)),
+        space_spec=space_file.space if space_file else None,
+        space_text=space_file.text if space_file else "",
+        space_sha256=space_file.sha256 if space_file else "",
     )
+
+
+def _space_file(arg: str, cwd: Path) -> SpaceFile | None:
+    """--space ARG: a named space (None) or a space file, read and validated once, here."""
+    if not is_space_file(arg, cwd):
+        try:
+            get_space(arg)
+        except SpaceError as exc:
+            _fail(f"--space {arg}: {exc}, or a .yaml/.json space file")
+        return None
+    path = Path(arg).expanduser()
+    try:
+        return load_space_file(path if path.is_absolute() else cwd / path, label=arg)
+    except SpaceError as exc:
+        _fail(f"--space {exc}")
+    raise AssertionError  # unreachable
 
 
 def sweep_argv(

@@ -15,13 +15,26 @@ distribution key and optional modifiers:
 `sample_config(trial, space)` turns a spec into Optuna `trial.suggest_*` calls in order, so
 Optuna sees the conditional structure, and returns a flat dict of `TrainConfig` keys holding
 only the parameters that applied plus the space's fixed values.
+
+A space is a named one (`SPACES`) or a user's YAML/JSON file in the same language, under
+`params:` and `fixed:` (`load_space_file`, what `search.run --space FILE` reads);
+`python -m search.spaces --dump NAME` writes a named space as such a file.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import math
+import re
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 MODIFIERS = ("when", "zero_below", "step")
@@ -142,63 +155,258 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def validate_space(space: Mapping[str, Any], *, name: str = "<space>") -> dict[str, Any]:
-    """Check a space spec once; returns it as a plain dict. Raises SpaceError naming the issue."""
-    if not isinstance(space, Mapping) or "params" not in space:
-        raise SpaceError(f"space {name}: expected a mapping with 'params' (and optional 'fixed')")
-    extra = set(space) - {"params", "fixed"}
+def validate_space(
+    space: Mapping[str, Any], *, name: str = "<space>", where: str | None = None
+) -> dict[str, Any]:
+    """Check a space spec once; returns it as a plain dict. Raises SpaceError, one line that
+    starts with ``where`` (default "space NAME"), names the key (``params.lr.loguniform``)
+    and says what is allowed there."""
+    src = where or f"space {name}"
+    if not isinstance(space, Mapping):
+        raise SpaceError(f"{src}: expected a mapping with 'params' (and optional 'fixed')")
+    extra = sorted(str(k) for k in set(space) - {"params", "fixed"})
     if extra:
-        raise SpaceError(f"space {name}: unknown top-level keys {sorted(extra)}")
+        raise SpaceError(f"{src}: unknown key {extra[0]!r}; allowed: params, fixed")
+    if "params" not in space:
+        raise SpaceError(f"{src}: no 'params': the mapping of parameter name -> spec")
     params = space["params"]
-    fixed = dict(space.get("fixed") or {})
+    if not isinstance(params, Mapping):
+        raise SpaceError(f"{src}: params: expected a mapping of parameter name -> spec")
+    fixed = space.get("fixed") or {}
+    if not isinstance(fixed, Mapping):
+        raise SpaceError(f"{src}: fixed: expected a mapping of TrainConfig key -> value")
     seen: dict[str, dict] = {}
     for pname, spec in params.items():
-        where = f"space {name}, parameter {pname!r}"
-        if not isinstance(spec, Mapping):
-            raise SpaceError(f"{where}: spec must be a mapping, got {spec!r}")
-        kinds = [k for k in spec if k in DISTRIBUTIONS]
-        unknown = set(spec) - set(DISTRIBUTIONS) - set(MODIFIERS)
-        if len(kinds) != 1 or unknown:
-            raise SpaceError(
-                f"{where}: needs exactly one of {DISTRIBUTIONS} (modifiers {MODIFIERS}); "
-                f"got keys {sorted(spec)}"
-            )
-        kind = kinds[0]
-        arg = spec[kind]
-        if kind == "choice":
-            if not isinstance(arg, list | tuple) or not arg:
-                raise SpaceError(f"{where}: 'choice' needs a non-empty list, got {arg!r}")
-        else:
-            if not (isinstance(arg, list | tuple) and len(arg) == 2):
-                raise SpaceError(f"{where}: {kind!r} needs [low, high], got {arg!r}")
-            lo, hi = arg
-            if not all(isinstance(v, int | float) and math.isfinite(v) for v in (lo, hi)):
-                raise SpaceError(f"{where}: bounds must be finite numbers, got {arg!r}")
-            if lo > hi:
-                raise SpaceError(f"{where}: low {lo} > high {hi}")
-            if kind == "loguniform" and lo <= 0:
-                raise SpaceError(f"{where}: 'loguniform' needs low > 0, got {lo}")
-            if kind == "int" and not all(isinstance(v, int) for v in (lo, hi)):
-                raise SpaceError(f"{where}: 'int' bounds must be integers, got {arg!r}")
-        if "zero_below" in spec and kind not in ("uniform", "loguniform"):
-            raise SpaceError(f"{where}: 'zero_below' applies to float specs only")
-        for cond, allowed in (spec.get("when") or {}).items():
-            if cond not in seen:
-                raise SpaceError(
-                    f"{where}: condition on {cond!r}, which is not an earlier parameter"
-                )
-            cspec = seen[cond]
-            if "choice" in cspec:
-                bad = [v for v in _as_list(allowed) if v not in cspec["choice"]]
-                if bad:
-                    raise SpaceError(
-                        f"{where}: condition {cond} in {bad} can never hold "
-                        f"(choices {cspec['choice']})"
-                    )
+        where = f"{src}: params.{pname}"
+        _check_spec(where, spec)
+        _check_when(where, spec, seen)
         if pname in fixed:
-            raise SpaceError(f"{where}: both sampled and fixed")
-        seen[pname] = dict(spec)
-    return {"params": {k: dict(v) for k, v in params.items()}, "fixed": fixed}
+            raise SpaceError(f"{where}: both sampled and fixed (fixed.{pname}); keep one")
+        seen[str(pname)] = dict(spec)
+    return {"params": {k: dict(v) for k, v in params.items()}, "fixed": dict(fixed)}
+
+
+def _check_spec(where: str, spec: Any) -> None:
+    """One parameter's distribution and modifiers (not its condition)."""
+    if not isinstance(spec, Mapping):
+        raise SpaceError(
+            f"{where}: expected a spec such as {{uniform: [low, high]}}, got {spec!r} "
+            "(a fixed value goes under 'fixed')"
+        )
+    unknown = sorted(str(k) for k in set(spec) - set(DISTRIBUTIONS) - set(MODIFIERS))
+    if unknown:
+        raise SpaceError(
+            f"{where}: unknown key {unknown[0]!r}; a parameter takes one of "
+            f"{', '.join(DISTRIBUTIONS)} and optionally {', '.join(MODIFIERS)}"
+        )
+    kinds = [k for k in DISTRIBUTIONS if k in spec]
+    if len(kinds) != 1:
+        raise SpaceError(
+            f"{where}: needs exactly one of {', '.join(DISTRIBUTIONS)}; got {sorted(spec)}"
+        )
+    kind = kinds[0]
+    arg = spec[kind]
+    if kind == "choice":
+        if not isinstance(arg, list | tuple) or not arg:
+            raise SpaceError(f"{where}.choice: needs a non-empty list of values, got {arg!r}")
+    else:
+        _check_bounds(f"{where}.{kind}", kind, arg)
+    if "zero_below" in spec:
+        if kind not in ("uniform", "loguniform"):
+            raise SpaceError(f"{where}.zero_below: applies to uniform and loguniform only")
+        if not _is_number(spec["zero_below"]):
+            raise SpaceError(f"{where}.zero_below: needs a number, got {spec['zero_below']!r}")
+    if "step" in spec:
+        step = spec["step"]
+        if kind != "int":
+            raise SpaceError(f"{where}.step: applies to int only")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise SpaceError(f"{where}.step: needs a positive integer, got {step!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_bounds(where: str, kind: str, arg: Any) -> None:
+    if not (isinstance(arg, list | tuple) and len(arg) == 2):
+        raise SpaceError(f"{where}: needs [low, high], got {arg!r}")
+    lo, hi = arg
+    if not (_is_number(lo) and _is_number(hi)):
+        raise SpaceError(f"{where}: bounds must be finite numbers, got {arg!r}")
+    if lo > hi:
+        raise SpaceError(f"{where}: low {lo} > high {hi}")
+    if kind == "loguniform" and lo <= 0:
+        raise SpaceError(f"{where}: 'loguniform' needs low > 0, got {lo}")
+    if kind == "int" and not all(isinstance(v, int) for v in (lo, hi)):
+        raise SpaceError(f"{where}: 'int' bounds must be integers, got {arg!r}")
+
+
+def _check_when(where: str, spec: Mapping[str, Any], seen: Mapping[str, dict]) -> None:
+    """A condition names earlier parameters only, with values they can take."""
+    when = spec.get("when") or {}
+    if not isinstance(when, Mapping):
+        raise SpaceError(f"{where}.when: expected a mapping {{param: value or [values]}}")
+    for cond, allowed in when.items():
+        if cond not in seen:
+            earlier = ", ".join(seen) or "none"
+            raise SpaceError(
+                f"{where}.when: condition on {cond!r}, which is not an earlier parameter "
+                f"(earlier: {earlier})"
+            )
+        cspec = seen[cond]
+        if "choice" in cspec:
+            bad = [v for v in _as_list(allowed) if v not in cspec["choice"]]
+            if bad:
+                raise SpaceError(
+                    f"{where}.when: condition {cond} in {bad} can never hold "
+                    f"(choices {cspec['choice']})"
+                )
+
+
+# -- a space from a file ------------------------------------------------------------------
+SPACE_SUFFIXES = (".yaml", ".yml", ".json")
+# What the sweep fixes itself (the final run's length, the sweep's seed): not a file's to set.
+SWEEP_FIXED = {"epochs": "--final-epochs", "seed": "--seed"}
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader (plain data only), reading `1e-5` as the float it is: YAML
+    1.1, which PyYAML follows, makes it a string, and learning rates are written that way."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes each condition out in full: the named spaces share condition dicts, which
+    YAML would otherwise write once with an anchor (&id001) and refer to (*id001)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class SpaceFile:
+    """A space read from a file: the validated space, the file's text and its hash."""
+
+    path: str
+    space: dict[str, Any]
+    text: str
+    sha256: str
+
+
+def is_space_file(arg: str, cwd: Path | None = None) -> bool:
+    """Whether ``--space ARG`` names a file (by its suffix, or an existing file, relative to
+    ``cwd``); a space's name always means the named space, whatever files the folder holds."""
+    if arg in SPACES:
+        return False
+    path = Path(arg).expanduser()
+    return arg.lower().endswith(SPACE_SUFFIXES) or (Path(cwd or ".") / path).is_file()
+
+
+def load_space_file(path: str | Path, *, label: str | None = None) -> SpaceFile:
+    """Read, parse and validate a space file (YAML or JSON) once: the spec language of this
+    module, every value one `TrainConfig` accepts, a model named. Raises SpaceError, one line
+    naming the file (as ``label``, default its path), the key and what is allowed."""
+    path = Path(path).expanduser()
+    src = label or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpaceError(f"{src}: cannot read the space file ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{src}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    data = _parse(path, text, src)
+    space = validate_space(data, where=src)
+    _check_values(src, space)
+    return SpaceFile(str(path.resolve()), space, text, hashlib.sha256(raw).hexdigest())
+
+
+def _parse(path: Path, text: str, src: str) -> Any:
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpaceError(f"{src}: not valid JSON ({exc})") from exc
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+    except yaml.YAMLError as exc:
+        one_line = " ".join(str(exc).split())
+        raise SpaceError(f"{src}: not valid YAML ({one_line})") from exc
+
+
+def _check_values(src: str, space: Mapping[str, Any]) -> None:
+    """Every key a TrainConfig key, and every value a space can give one TrainConfig accepts
+    (each choice, each end of a range, the 0.0 of zero_below, each fixed value)."""
+    from models.config import ConfigError, TrainConfig
+
+    keys = sorted(set(TrainConfig.__dataclass_fields__) - set(SWEEP_FIXED))
+    for section in ("params", "fixed"):
+        for key, spec in space[section].items():
+            where = f"{src}: {section}.{key}"
+            if key in SWEEP_FIXED:
+                raise SpaceError(
+                    f"{where}: set by the sweep ({SWEEP_FIXED[key]}); remove it from the file"
+                )
+            if key not in keys:
+                raise SpaceError(f"{where}: not a TrainConfig key; allowed: {', '.join(keys)}")
+            for value in _values(spec) if section == "params" else [spec]:
+                try:
+                    TrainConfig.from_dict({key: value})
+                except ConfigError as exc:
+                    raise SpaceError(f"{where}: {exc}") from exc
+    if "model" not in space["params"] and "model" not in space["fixed"]:
+        raise SpaceError(
+            f"{src}: no model: add params.model ({{choice: [...]}}) or fixed.model; models: "
+            f"{', '.join(CASE_MODELS + BASELINE_MODELS)}"
+        )
+
+
+def _values(spec: Mapping[str, Any]) -> list[Any]:
+    if "choice" in spec:
+        return list(spec["choice"])
+    kind = next(k for k in DISTRIBUTIONS if k in spec)
+    return [*spec[kind], *([0.0] if "zero_below" in spec else [])]
+
+
+def dump_space(name: str) -> str:
+    """A named space as a YAML file to start from (`load_space_file` reads it back)."""
+    space = get_space(name)
+    head = (
+        f"# case-tune search space {name!r}, written by `python -m search.spaces --dump {name}`.\n"
+        "# Edit it, then: python -m search.run --space THIS_FILE.yaml\n"
+        "# A parameter: one of choice: [values] | uniform: [lo, hi] | loguniform: [lo, hi] |\n"
+        "# int: [lo, hi] (step: n); optional when: {earlier_param: value or [values]} and\n"
+        "# zero_below: x (a float below x becomes 0.0). Keys are TrainConfig's\n"
+        "# (models/config.py); fixed: values every trial gets. epochs and seed come from\n"
+        "# the sweep (--final-epochs, --seed).\n"
+    )
+    body = yaml.dump(space, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
+    return head + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m search.spaces --dump NAME`: print a named space as a YAML file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m search.spaces",
+        description="Print a named search space as a YAML file for `search.run --space FILE`.",
+    )
+    parser.add_argument("--dump", required=True, metavar="NAME", help=", ".join(space_names()))
+    args = parser.parse_args(argv)
+    try:
+        text = dump_space(args.dump)
+    except SpaceError as exc:
+        print(f"python -m search.spaces: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
 
 
 def _applies(spec: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
@@ -307,3 +515,7 @@ def seed_points(space: Mapping[str, Any]) -> list[dict[str, Any]]:
             point[pname] = value
         points.append(point)
     return points
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,6 +42,7 @@ SPLITS_READ = "case_tune.splits_read"
 NUMERICS = "case_tune.numerics"  # torch threads, CPU kernel path: what explains a CPU difference
 CONFIG = "case_tune.config"  # the trial's config as JSON (typed; params are strings)
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # the description the UI shows for a run or an experiment
 METRIC_PREFIXES = ("train_", "val_")
 LOGGED_SUFFIXES = (
     "_macro_f1",
@@ -223,6 +224,7 @@ class MlflowTrialCallback(Callback):
         self._pending: dict[str, str] = {}  # trial_id -> run_id, complete but not yet FINISHED
         self._unlogged: dict[str, dict] = {}  # trial_id -> its result awaiting its checkpoint
         self._logged_upto: dict[str, int] = {}  # run_id -> last epoch a reopened run holds
+        self._sweep: str | None = None  # the sweep's name (its run's tag), read when needed
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
@@ -243,6 +245,14 @@ class MlflowTrialCallback(Callback):
         if self._client is None:
             self._client = client_for(connect_uri(self.tracking_uri))
         return self._client
+
+    @property
+    def sweep(self) -> str:
+        """The sweep's name, read once from its run's tag, so that its trials carry it too and
+        one filter (`tags.case_tune.sweep`) finds the sweep run with its trials."""
+        if getattr(self, "_sweep", None) is None:
+            self._sweep = self.client.get_run(self.parent_run_id).data.tags.get(SWEEP, "")
+        return self._sweep
 
     @property
     def runs(self) -> dict[str, str]:
@@ -283,6 +293,7 @@ class MlflowTrialCallback(Callback):
                 **({NUMBER: str(number)} if number is not None else {}),
                 PARENT: self.parent_run_id,
                 KIND: "trial",
+                SWEEP: self.sweep,
                 SPACE: self.space,
                 MODEL: str(config.get("model", "")),
                 TRIAL_ID: trial.trial_id,
@@ -301,9 +312,13 @@ class MlflowTrialCallback(Callback):
         restarts the trial from the checkpoint before, which reports this epoch again.
         Logged at once, the epoch would be in the run's history twice."""
         self._unlogged[trial.trial_id] = dict(result)
+        iteration = result.get("training_iteration")
+        # Tests kill the driver here (trial number:epoch), its other trials mid-epoch ...
+        fault_point("driver_result", f"{trial.config.get(TRIAL_NUMBER)}:{iteration}")
+        # ... or the trial's worker, before Tune has registered this epoch's checkpoint.
         fault_point(
             "trial_result",
-            result.get("training_iteration"),
+            iteration,
             trial.trial_id,
             victim=result.get("pid"),
         )
@@ -507,11 +522,34 @@ def finish_sweep_run(
     client.set_terminated(run_id, status)
 
 
+# The experiment's description lists what ran in it, newest last, within MLflow's limit on an
+# experiment tag (20,000 characters): the oldest lines go first.
+_MAX_NOTE = 20000
+_NOTE_HEAD = (
+    "case-tune: hyperparameter sweeps (`python -m search.run`, one run per sweep with its "
+    "trials nested) and their final runs (`python -m search.finalize`). What ran here:"
+)
+
+
+def describe(client: MlflowClient, exp_id: str, run_id: str, text: str) -> None:
+    """``text`` (a command and its store) as the run's description and as a line of the
+    experiment's, which the UI shows above the runs table."""
+    client.set_tag(run_id, NOTE, text[:_MAX_TAG])
+    exp = client.get_experiment(exp_id)
+    old = exp.tags.get(NOTE, "")
+    lines = [ln for ln in old.splitlines()[1:] if ln.strip()] if old.startswith(_NOTE_HEAD) else []
+    lines.append(f"- {text}")
+    while lines and len("\n".join([_NOTE_HEAD, *lines])) > _MAX_NOTE:
+        lines.pop(0)
+    client.set_experiment_tag(exp_id, NOTE, "\n".join([_NOTE_HEAD, *lines]))
+
+
 __all__ = [
     "EXPERIMENT",
     "MlflowTrialCallback",
     "RunStatus",
     "client_for",
+    "describe",
     "end_running_trials",
     "experiment_id",
     "finish_sweep_run",

@@ -36,6 +36,11 @@ from typing import Any
 
 from data_prep.atomic import pid_alive
 
+# Imported in the worker before Tune restores a trial (it unpickles this module's trainable):
+# a trial resumed after waiting at a rung (search/ordered.py) or after a lost node would print
+# "Restored on ... from checkpoint" into the sweep's progress; MLflow counts the restarts.
+logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
+
 METRIC = "val_macro_f1"  # the search metric, per epoch (the fold mean with folds)
 TIE_METRIC = "val_macro_auroc"
 # Early in training, on neutral-heavy data, most heads still predict neutral everywhere: their

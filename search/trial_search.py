@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from search.faults import fault_point
 from search.trainable import TRIAL_NUMBER, own_error
 
 
@@ -43,7 +44,10 @@ class TrialOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if config is None or trial_id not in self._ot_trials:
             return config
-        return {**config, TRIAL_NUMBER: self._ot_trials[trial_id].number}
+        number = self._ot_trials[trial_id].number
+        # Tests kill the driver here: the study has the trial RUNNING, Tune has not saved it.
+        fault_point("trial_suggested", number)
+        return {**config, TRIAL_NUMBER: number}
 
     def _lost_trial(self) -> int | None:
         """The storage id of the oldest RUNNING trial of the study that no trial of this

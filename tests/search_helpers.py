@@ -44,8 +44,10 @@ def ray_runtime():
 
     started = not ray.is_initialized()
     if started:
-        # "local": never join another Ray runtime running on this machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        from search.local_ray import start_local_ray
+
+        # Never another Ray runtime running on this machine; on loopback only, as a sweep's.
+        start_local_ray(num_cpus=2, logging_level="WARNING")
     yield ray
     if started:
         ray.shutdown()

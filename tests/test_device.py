@@ -48,9 +48,9 @@ def ray_with_a_gpu():
 
     if ray.is_initialized():
         pytest.skip("a Ray runtime without the declared GPU is already running")
-    ray.init(
-        address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING"
-    )
+    from search.local_ray import start_local_ray
+
+    start_local_ray(num_cpus=2, num_gpus=1, logging_level="WARNING")
     # Workers cannot import this test module by name: ship its functions by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray

@@ -303,6 +303,46 @@ def test_resume_skips_finished_units_and_leaves_no_stale_runs(finalized: dict) -
     assert {r.info.run_id for r in active} == set(kept.values())
 
 
+def test_the_summary_links_the_sweeps_runs_and_compares_the_final_runs(finalized: dict) -> None:
+    from search.mlflow_ui import compare_url, runs_url
+
+    resumed, client = finalized["resumed"], finalized["client"]
+    lines = fz.summary(resumed).splitlines()
+    db = f"sqlite:///{finalized['tmp'] / 'mlflow.db'}"
+    assert f"MLflow UI: mlflow ui --backend-store-uri {db} --host 127.0.0.1 --port 5000" in lines
+    exp_id = first_exp(client)
+    base = "http://127.0.0.1:5000"
+    assert f"Runs:      {runs_url(base, exp_id, 'tiny')}" in lines
+    # Every final run, in the plan's order (best candidate first, then by seed).
+    records = {u["unit_id"]: u for u in _units(finalized["results"])}
+    state = json.loads((finalized["results"] / "tiny/final/state.json").read_text())
+    order = [c["key"] for c in state["candidates"]]
+    ids = [
+        r["mlflow_run_id"]
+        for r in sorted(records.values(), key=lambda r: (order.index(r["candidate"]), r["seed"]))
+    ]
+    assert resumed.run_ids == ids and len(ids) == 4
+    compare = f"Compare:   {compare_url(base, exp_id, ids)}  (the final runs, best config first, 4)"
+    assert compare in lines
+    # The best row's config, floats to 4 significant digits (best_configs.yaml has them all).
+    best = resumed.best
+    config = next(c["config"] for c in state["candidates"] if c["label"] == best["label"])
+    assert best["config"] == config
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in config.items()
+        if k not in ("epochs", "seed")
+    )
+    assert f"           config: {shown}" in lines
+    # The finalize's parent run and the experiment say what ran: its first command, its store.
+    note = client.get_run(resumed.parent_run_id).data.tags[tracking.NOTE]
+    assert note.startswith("final runs of sweep **tiny** (")
+    assert f"`python -m search.finalize --sweep tiny --results-dir {finalized['results']}" in note
+    described = client.get_experiment(exp_id).tags[tracking.NOTE].splitlines()
+    assert [ln[:20] for ln in described[1:]] == ["- sweep **tiny** (20", "- final runs of swee"]
+    assert described[-1] == f"- {note}"
+
+
 def test_changing_test_labels_does_not_change_the_chosen_epoch(
     demo_store: Path, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import optuna
@@ -14,8 +15,9 @@ import yaml
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
+from search.final_plan import select_candidates
 from search.final_settings import default_seeds, parse_settings
-from search.ordered import OrderedASHA, rung_record
+from search.ordered import OrderedASHA, ledger_rungs
 from search.results import TrialRecord, rank_key, ranked, write_best_configs, write_leaderboard
 from search.samplers import PerTrialSampler
 from search.trainable import SEARCH_METRIC, STAT_METRIC, TIE_METRIC, TRIAL_NUMBER, tie_broken
@@ -79,10 +81,53 @@ def test_tpe_after_start_up_is_seeded_per_trial_too() -> None:
     )
 
 
+def _ordered_ask_tell(study: optuna.Study, n: int, window: int) -> list[dict]:
+    """Trials asked and told as search/ordered.py's searcher does: trial k is asked once
+    trials 0..k-window are told; the rest are told when the segment ends."""
+    asked: dict[int, tuple[optuna.Trial, dict]] = {}
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        asked[t.number] = (t, _space(t))
+        out.append(asked[t.number][1])
+        for j in sorted(asked):
+            if j <= t.number + 1 - window:  # what the next suggestion waits for
+                trial, params = asked.pop(j)
+                study.tell(trial, params["hidden"] + 10 * (params["model"] == "b"))
+    for trial, params in asked.values():
+        study.tell(trial, params["hidden"] + 10 * (params["model"] == "b"))
+    return out
+
+
+def test_past_start_up_an_extension_sees_what_one_go_saw() -> None:
+    """TPE past its 3 start-up trials, window 3: 7 + 7 trials equal 14 in one go on every
+    seed. Trial 7 of the one-go sweep was sampled with trials 5 and 6 running; the extension
+    has them finished, and the view shows them running. Without it most seeds differ."""
+
+    def sweeps(seed: int, window: int | None) -> tuple[list[dict], list[dict]]:
+        def new() -> optuna.Study:
+            sampler = PerTrialSampler("tpe", seed, window, n_startup_trials=3)
+            return optuna.create_study(sampler=sampler, direction="maximize")
+
+        whole = _ordered_ask_tell(new(), 14, 3)
+        grown = new()
+        part = _ordered_ask_tell(grown, 7, 3) + _ordered_ask_tell(grown, 7, 3)
+        return whole, part
+
+    assert all(a == b for a, b in (sweeps(seed, 3) for seed in range(10)))
+    assert sum(a != b for a, b in (sweeps(seed, None) for seed in range(10))) >= 3
+
+
 # -- early stopping across segments ---------------------------------------------------------
-def _sched(**kw) -> OrderedASHA:
+def _sched(ledger: tuple[str, str] | None = None, lag: int | None = 2) -> OrderedASHA:
     return OrderedASHA(
-        metric="m", mode="max", max_t=20, grace_period=3, reduction_factor=3, lag=2, **kw
+        metric="m",
+        mode="max",
+        max_t=20,
+        grace_period=3,
+        reduction_factor=3,
+        lag=lag,
+        ledger=ledger,
     )
 
 
@@ -93,26 +138,52 @@ def _report(sched: OrderedASHA, tid: str, t: int, v: float, number: int | None =
     return sched.on_trial_result(None, trial, {"training_iteration": t, "m": v})
 
 
-def test_an_extension_is_stopped_against_the_earlier_trials(tmp_path: Path) -> None:
+def _ledger(tmp_path: Path, trials: int) -> tuple[str, str]:
+    """A study with ``trials`` running trials, as the searcher leaves it."""
+    storage = f"sqlite:///{tmp_path / 'ledger.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for _ in range(trials):
+        study.ask()
+    return storage, "s"
+
+
+@pytest.mark.parametrize("lag", [2, None])
+def test_an_extension_is_stopped_against_the_earlier_trials(tmp_path: Path, lag) -> None:
     """Segment 1 has trials 0..3; the extension's first trial is number 4 and meets their rung
-    values (lag 2: trials 0..2), as in a sweep run in one go. Before issue 21 it met none."""
-    first_path = tmp_path / "seg0.json"
-    first = _sched(state_path=str(first_path))
+    values (lag 2: trials 0..2; --async: all four) from the study, as in a sweep run in one
+    go. Before issue 21 it met none."""
+    ledger = _ledger(tmp_path, 5)
+    first = _sched(ledger, lag)
     for i, v in enumerate([0.8, 0.7, 0.9, 0.6]):
-        _report(first, f"a{i}", 3, v)
-    prior = rung_record(first_path)
-    assert prior[3] == {0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6}
-    ext = _sched(state_path=str(tmp_path / "seg1.json"), prior=prior)
-    assert _report(ext, "b0", 3, 0.5, number=4) == TrialScheduler.STOP  # the study's number
+        _report(first, f"a{i}", 3, v, number=i)
+    study = optuna.load_study(study_name="s", storage=ledger[0])
+    assert ledger_rungs(study, [3, 9]) == {3: {0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6}, 9: {}}
+    ext = _sched(ledger, lag)  # a new Tune segment or a new driver: nothing in memory
+    assert _report(ext, "b0", 3, 0.5, number=4) == TrialScheduler.STOP
     assert ext.order == {"b0": 4}
     # The same trial in a one-go sweep: the same decision.
-    whole = _sched()
+    whole = _sched(lag=lag)
     for i, v in enumerate([0.8, 0.7, 0.9, 0.6, 0.5]):
         last = _report(whole, f"w{i}", 3, v)
     assert last == TrialScheduler.STOP
-    # And the extension's record carries every earlier value on to a further extension.
-    assert rung_record(tmp_path / "seg1.json")[3] == {0: 0.8, 1: 0.7, 2: 0.9, 3: 0.6, 4: 0.5}
-    assert _report(_sched(), "fresh", 3, 0.5) == TrialScheduler.CONTINUE  # no peers: the bug
+    # Without the study, trial 4 of a new segment meets no peer: the bug.
+    assert _report(_sched(lag=lag), "fresh", 3, 0.5, number=4) == TrialScheduler.CONTINUE
+
+
+def test_rung_values_survive_a_new_driver_and_a_finished_trial(tmp_path: Path) -> None:
+    """--resume: Tune unpickles a fresh copy of the scheduler (what tuner.pkl holds); the
+    study gives it the rung values the killed driver recorded. A value for a trial the study
+    has finished already is kept in memory and not an error."""
+    ledger = _ledger(tmp_path, 3)
+    sched = _sched(ledger, lag=1)
+    copy = pickle.loads(pickle.dumps(sched))
+    _report(sched, "t0", 3, 0.9, number=0)
+    _report(sched, "t1", 3, 0.8, number=1)
+    study = optuna.load_study(study_name="s", storage=ledger[0])
+    study.tell(2, 0.1)
+    assert _report(copy, "t2", 3, 0.1, number=2) == TrialScheduler.STOP
+    assert copy.rungs[3] == {0: 0.9, 1: 0.8, 2: 0.1}
+    assert ledger_rungs(study, [3])[3] == {0: 0.9, 1: 0.8}
 
 
 # -- what ranks, and by what ---------------------------------------------------------------
@@ -148,6 +219,9 @@ def test_a_failed_trial_is_never_the_recommendation(tmp_path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     assert [e["trial_id"] for e in doc["top"]] == ["c", "s"] and doc["num_scored"] == 2
     assert doc["best_per_model"]["case-attention"]["trial_id"] == "c"
+    # finalize's candidates come from that file: the failed 0.9 is never trained
+    picked = select_candidates(doc, top_k=4, models=["all"])
+    assert [c.trial_id for c in picked] == ["c", "s"]
     board = tmp_path / "leaderboard.md"
     write_leaderboard(records, board, sweep="x")
     text = board.read_text()

@@ -144,3 +144,28 @@ def test_batch_of_one() -> None:
     cfg = TrainConfig.from_dict({"loss": "focal", "focal_gamma": 2.0, "class_weights": "inverse"})
     obj = Objective(cfg, class_weights(np.array([3, 3, 1]), 7, "inverse"))
     assert torch.isfinite(obj.classification(torch.randn(1, 7), y))
+
+
+@pytest.mark.parametrize("kind", ["pairwise", "infonce"])
+def test_contrastive_similarity_stays_fp32_under_autocast(kind: str) -> None:
+    """Under CPU bf16 autocast the contrastive losses equal their fp32 values (a bf16 matmul
+    of the normalised vectors, / 0.05, moves them by far more than 1e-5)."""
+    from models.losses import fp32_similarity, infonce_loss, supervised_pairwise_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 64, generator=g), torch.randn(16, 64, generator=g)
+    target = torch.randint(0, 4, (16,), generator=g)
+
+    def loss() -> torch.Tensor:
+        if kind == "pairwise":
+            return supervised_pairwise_loss(a, target, 0.05)
+        return infonce_loss(a, b, 0.05)
+
+    exact = loss()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss()
+        sim = fp32_similarity(a, b)
+        naive = a.float() @ b.float().T  # what the loss computed before
+    assert sim.dtype == torch.float32 and naive.dtype == torch.bfloat16
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, exact, rtol=0, atol=1e-6)

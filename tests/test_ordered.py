@@ -174,63 +174,115 @@ def test_rungs_are_asha_s() -> None:
     assert ordered_cutoff([float("nan")], 3) is None
 
 
-def test_a_trial_is_judged_against_trials_at_least_lag_older_only() -> None:
-    sched = scheduler(2)
-    got = decisions(sched, [(0, 3, 0.5), (1, 3, 0.1), (2, 3, 0.2), (3, 3, 0.05), (4, 3, 0.4)])
-    assert got[(0, 3)] == got[(1, 3)] == TrialScheduler.CONTINUE  # no trial 2 older
-    assert got[(2, 3)] == TrialScheduler.STOP  # 0.2 below trial 0's 0.5
-    assert got[(3, 3)] == TrialScheduler.STOP  # vs trials 0, 1
-    assert got[(4, 3)] == TrialScheduler.CONTINUE  # vs 0, 1, 2: cutoff 0.3 < 0.4
+def test_peers_are_the_trials_lag_older_or_the_first_window() -> None:
+    """Trial k's peers: j != k with j <= max(k - lag, first - 1); the first window (lag 2:
+    trials 0 and 1) is judged among itself, so its trials can be stopped too."""
+    sched = scheduler(2, total=10)
+    assert [sched.peer_bound(k) for k in range(6)] == [1, 1, 1, 1, 2, 3]
+    assert scheduler(2, total=1).peer_bound(0) == 0  # a one-trial sweep: no peer at all
+    sched.rungs[3] = {0: 0.5, 1: 0.1, 2: 0.2, 3: 0.05, 4: 0.4}
+    acts = {k: sched.decide(k, 3) for k in range(5)}
+    assert acts[0] == TrialScheduler.CONTINUE  # vs trial 1's 0.1
+    assert acts[1] == TrialScheduler.STOP  # vs trial 0's 0.5: before issue 21 never stopped
+    assert acts[2] == TrialScheduler.STOP  # vs trials 0, 1: cutoff 0.367
+    assert acts[3] == TrialScheduler.STOP
+    assert acts[4] == TrialScheduler.CONTINUE  # vs 0, 1, 2: cutoff 0.3 < 0.4
     assert decisions(scheduler(2), [(0, 20, 0.1)])[(0, 20)] == TrialScheduler.STOP  # max_t
 
 
+def test_a_first_window_trial_waits_at_the_rung_for_its_peers() -> None:
+    """Trial 0 reaches rung 3 before its peer, trial 1: it pauses there; the decision comes
+    once trial 1 has reported at the rung, or has ended without reaching it."""
+    sched = scheduler(2, total=10)
+    t0, t1 = trial(0), trial(1)
+    for t in (t0, t1):
+        sched.on_trial_add(None, t)
+    act = sched.on_trial_result(None, t0, {"training_iteration": 3, METRIC: 0.2})
+    assert act == TrialScheduler.PAUSE and sched.waiting == {0: 3}
+    assert not sched.ready(0, 3)
+    t1.set_status(Trial.TERMINATED)  # trial 1 ended before rung 3 (it failed, say)
+    assert sched.ready(0, 3) and sched.decide(0, 3) == TrialScheduler.CONTINUE
+    t1.set_status(Trial.RUNNING)
+    assert sched.on_trial_result(None, t1, {"training_iteration": 3, METRIC: 0.9}) == (
+        TrialScheduler.CONTINUE  # trial 0 has its value there: trial 1 need not wait
+    )
+    assert sched.ready(0, 3) and sched.decide(0, 3) == TrialScheduler.STOP  # 0.2 < 0.9
+
+
 def test_decisions_do_not_depend_on_report_order() -> None:
-    """Trials report epochs 1..10 in several interleavings (as two concurrent trials would
-    in different runs); only the order constraint of the searcher holds: a trial starts
-    after every trial ``lag`` older is complete."""
+    """Trials report epochs 1..10 in several interleavings (as concurrent trials would in
+    different runs); only the order constraint of the searcher holds: a trial starts after
+    every trial ``lag`` older is complete. A trial told to wait is resumed once its peers
+    have arrived. The decisions are those of the rule given every peer's curve."""
     rng = random.Random(0)
     curves = {i: [rng.random() for _ in range(10)] for i in range(8)}
 
     def run(seed: int) -> dict:
         order_rng = random.Random(seed)
-        sched = scheduler(2)
-        reports, running, nxt, stopped = [], [], 0, set()
-        cursor = {}
-        acts = {}
-        trials = {}
-        while nxt < 8 or running:
-            while nxt < 8 and len(running) < 2 and all(j not in running for j in range(0, nxt - 1)):
-                running.append(nxt)
-                cursor[nxt] = 1
+        sched = scheduler(2, total=8)
+        running, nxt, acts, trials, cursor = [], 0, {}, {}, {}
+        while nxt < 8 or running or sched.waiting:
+            while (
+                nxt < 8
+                and len(running) + len(sched.waiting) < 2
+                and all(trials[j].status == Trial.TERMINATED for j in range(nxt - 1))
+            ):
                 trials[nxt] = trial(nxt)
                 sched.on_trial_add(None, trials[nxt])
+                running.append(nxt)
+                cursor[nxt] = 1
                 nxt += 1
+            for k in sorted(sched.waiting):  # choose_trial_to_run's part, without Tune
+                m = sched.waiting[k]
+                if sched.ready(k, m):
+                    del sched.waiting[k]
+                    acts[(k, m)] = sched.decide(k, m)
+                    if acts[(k, m)] == TrialScheduler.STOP:
+                        trials[k].set_status(Trial.TERMINATED)
+                    else:
+                        running.append(k)
+            if not running:
+                continue
             i = order_rng.choice(running)
             t = cursor[i]
             act = sched.on_trial_result(
                 None, trials[i], {"training_iteration": t, METRIC: curves[i][t - 1]}
             )
-            acts[(i, t)] = act
-            reports.append((i, t))
             cursor[i] += 1
+            if act == TrialScheduler.PAUSE:
+                running.remove(i)
+                continue
+            acts[(i, t)] = act
             if act == TrialScheduler.STOP or t == 10:
                 running.remove(i)
-                stopped.add(i)
+                trials[i].set_status(Trial.TERMINATED)
         return acts
 
     first = run(1)
-    assert all(run(seed) == first for seed in (2, 3, 4))
-    assert TrialScheduler.STOP in first.values()
+    assert all(run(seed) == first for seed in (2, 3, 4, 5))
+    stopped = {k for (k, _), a in first.items() if a == TrialScheduler.STOP}
+    assert stopped & {0, 1}  # the first window can be stopped
 
 
-def test_the_record_survives_a_new_driver(tmp_path) -> None:
-    """--resume: Tune unpickles a fresh copy of the scheduler and re-adds the trials; the
-    record file gives it the rung values the killed driver had."""
-    path = str(tmp_path / "ordered_asha.json")
-    sched = scheduler(1, state_path=path)
-    copy = pickle.loads(pickle.dumps(sched))  # what tuner.pkl holds: no trials yet
-    decisions(sched, [(0, 3, 0.9), (1, 3, 0.8)])
-    assert copy.rungs[3] == {}
-    again = decisions(copy, [(2, 3, 0.1)])
-    assert copy.rungs[3] == {0: 0.9, 1: 0.8, 2: 0.1}
-    assert again[(2, 3)] == TrialScheduler.STOP
+@pytest.mark.parametrize(("saved_at", "held"), [(3, True), (2, False)])
+def test_a_restored_trial_at_an_undecided_rung_is_held_paused(tmp_path, saved_at, held) -> None:
+    """--resume: Tune files restored trials as PENDING and would start them at once; one whose
+    checkpoint is at a rung waits there, paused, for its decision. One whose checkpoint is
+    older trains the rung's epoch again and is decided when it reports it."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    restored = trial(0)
+    restored.run_metadata.last_result = {"training_iteration": 3, METRIC: 0.4}
+    restored.run_metadata.checkpoint_manager.register_checkpoint(
+        _TrainingResult(
+            checkpoint=Checkpoint.from_directory(str(tmp_path)),
+            metrics={"training_iteration": saved_at, METRIC: 0.4},
+        )
+    )
+    restored.set_status(Trial.PENDING)
+    sched = scheduler(2, total=10)
+    sched.on_trial_add(None, restored)
+    assert (restored.status == Trial.PAUSED) is held
+    assert sched.waiting == ({0: 3} if held else {})
+    assert sched.rungs[3] == ({0: 0.4} if held else {})

@@ -118,3 +118,21 @@ def test_reproducible_and_async_are_one_choice(tmp_path: Path, monkeypatch) -> N
     assert parse_settings([*base, "--async"], cwd=tmp_path).reproducible is False
     with pytest.raises(UsageError, match="not allowed with"):
         parse_settings([*base, "--async", "--reproducible"], cwd=tmp_path)
+
+
+def test_summaries_show_a_config_to_4_significant_digits() -> None:
+    from search.cli import config_text
+
+    config = {
+        "model": "mmm",
+        "dropout": 0.2659025011319377,
+        "lr": 0.0020170071498284135,
+        "hidden": 128,
+        "faithful": False,
+        "weight_decay": 1e-05,
+        "epochs": 150,
+        "seed": 0,
+    }
+    assert config_text(config) == (
+        "model=mmm, dropout=0.2659, lr=0.002017, hidden=128, faithful=False, weight_decay=1e-05"
+    )

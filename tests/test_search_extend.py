@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from search.ordered import ledger_rungs
 from search.run import main, run_sweep
 from search.settings import parse_settings
 from tests.search_helpers import (
@@ -143,23 +144,64 @@ def _decisions(settings) -> list[tuple]:
 
 @pytest.mark.slow
 def test_an_extended_sweep_equals_one_run_in_one_go(tmp_path, search_store, ray_runtime):  # noqa: F811
-    """4 trials extended to 8 give the trials.csv of 8 run in one go (reproducible mode, ASHA
-    on, TPE in its start-up phase): no config replayed, the extension's trials stopped against
-    the first segment's rung values. Before issue 21 the extension replayed trials 0-3."""
-    common = dict(max_epochs=3, grace_period=1, reduction_factor=2, warm_start=False)
+    """8 trials extended to 16 give the trials.csv of 16 run in one go (reproducible mode, ASHA
+    on, TPE past its 4 start-up trials): no config replayed, the extension's trials stopped
+    against the first segment's rung values and suggested from the study as one go saw it.
+    Before issue 21 the extension replayed trials 0-7."""
+    common = dict(
+        max_epochs=3, grace_period=1, reduction_factor=2, warm_start=False, startup_trials=4
+    )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    whole = tiny_settings(tmp_path / "a", search_store, "whole", num_samples=8, **common)
+    whole = tiny_settings(tmp_path / "a", search_store, "whole", num_samples=16, **common)
     run_sweep(whole, space=SPACE, quiet=True)
-    grown = tiny_settings(tmp_path / "b", search_store, "grown", num_samples=4, **common)
+    grown = tiny_settings(tmp_path / "b", search_store, "grown", num_samples=8, **common)
     run_sweep(grown, space=SPACE, quiet=True)
     argv = ["--name", "grown", "--resume", "--results-dir", grown.results_dir]
-    extended = parse_settings([*argv, "--num-samples", "8"], cwd=tmp_path / "b")
+    extended = parse_settings([*argv, "--num-samples", "16"], cwd=tmp_path / "b")
     extended.storage_path = grown.storage_path
     outcome = run_sweep(extended, quiet=True)
-    assert outcome.num_trials == 8 and not outcome.interrupted
+    assert outcome.num_trials == 16 and not outcome.interrupted
     assert _decisions(extended) == _decisions(whole)
     configs = [r["lr"] for r in read_trials_csv(extended.sweep_dir / "trials.csv")]
-    assert len(set(configs)) == 8  # nothing replayed
+    assert len(set(configs)) == 16  # nothing replayed
     statuses = [r["status"] for r in read_trials_csv(whole.sweep_dir / "trials.csv")]
     assert "stopped_early" in statuses  # ASHA decided something worth comparing
+    # The extension's trials were stopped against the first segment's too: one stopped.
+    by_number = sorted(read_trials_csv(extended.sweep_dir / "trials.csv"), key=_number)
+    assert "stopped_early" in [r["status"] for r in by_number[8:]]
+
+
+def _number(row: dict) -> int:
+    return int(row.get("trial_number", 0))
+
+
+@pytest.mark.slow
+def test_an_extended_async_sweep_replays_nothing_and_leaves_nothing_running(
+    tmp_path,
+    search_store,  # noqa: F811
+    ray_runtime,  # noqa: F811
+):
+    """--async: arrival order decides, so an extension need not equal one go, but it must
+    never replay a config or leave a trial RUNNING, and its ASHA starts from every earlier
+    trial's rung values (they are in the study, which the extension's scheduler reads)."""
+    common = dict(max_epochs=3, grace_period=1, reduction_factor=2, warm_start=False)
+    grown = tiny_settings(tmp_path, search_store, "agrown", num_samples=3, **common)
+    grown.reproducible = False
+    run_sweep(grown, space=SPACE, quiet=True)
+    argv = ["--name", "agrown", "--resume", "--results-dir", grown.results_dir]
+    extended = parse_settings([*argv, "--num-samples", "6"], cwd=tmp_path)
+    extended.storage_path = grown.storage_path
+    assert not extended.reproducible  # recorded
+    outcome = run_sweep(extended, quiet=True)
+    assert outcome.num_trials == 6 and not outcome.interrupted
+    rows = read_trials_csv(extended.sweep_dir / "trials.csv")
+    assert len({r["lr"] for r in rows}) == 6  # nothing replayed
+    study = optuna.load_study(study_name="agrown", storage=extended.optuna_storage)
+    assert all(t.state.is_finished() for t in study.trials) and len(study.trials) == 6
+    assert not [
+        r for r in mlflow_runs(extended.tracking_uri, kind="trial") if r.info.status == "RUNNING"
+    ]
+    # Every trial's rung-1 value is in the ledger, the first segment's included: what the
+    # extension's scheduler starts from (that it does: test_ledger's extension test).
+    assert sorted(ledger_rungs(study, [1])[1]) == list(range(6))

@@ -133,6 +133,50 @@ def test_results_files_agree_with_mlflow(sweep) -> None:
     assert top <= study.best_value <= top + TIE_BREAK
 
 
+def test_the_summary_says_how_to_open_the_sweep_in_mlflow(sweep) -> None:
+    """The UI command on loopback, the sweep's runs link and a compare link of its best
+    trials (tests/test_mlflow_ui.py renders both in a browser); the sweep's run, its trials
+    and the experiment say what ran."""
+    from mlflow import MlflowClient
+
+    from search.mlflow_ui import compare_url, runs_url
+
+    settings, outcome = sweep
+    lines = summary(outcome).splitlines()
+    db = settings.tracking_uri
+    assert f"MLflow UI: mlflow ui --backend-store-uri {db} --host 127.0.0.1 --port 5000" in lines
+    client = MlflowClient(db)
+    exp_id = client.get_experiment_by_name("case-tune").experiment_id
+    assert outcome.experiment_id == exp_id
+    base = "http://127.0.0.1:5000"
+    assert f"Runs:      {runs_url(base, exp_id, settings.name)}" in lines
+    trials = mlflow_runs(db, kind="trial")
+    rows = {r["mlflow_run_id"]: r for r in read_trials_csv(settings.sweep_dir / "trials.csv")}
+    ended_well = [
+        r for r in trials if rows[r.info.run_id]["status"] in ("completed", "stopped_early")
+    ]
+    assert len(outcome.top_run_ids) == len(ended_well) >= 1
+    assert set(outcome.top_run_ids) == {r.info.run_id for r in ended_well}
+    assert outcome.top_run_ids[0] == outcome.best["run_id"]
+    compare = f"Compare:   {compare_url(base, exp_id, outcome.top_run_ids)}"
+    assert f"{compare}  (the best trials, {len(ended_well)})" in lines
+    # The best config to 4 significant digits; full precision stays in the results files.
+    best = next(ln for ln in lines if ln.startswith("Best val macro-F1 "))
+    shown = dict(kv.split("=", 1) for kv in best.split("): ", 1)[1].split(", "))
+    config = {k: v for k, v in outcome.best["config"].items() if k not in ("epochs", "seed")}
+    assert shown == {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in config.items()}
+    assert any(isinstance(v, float) and repr(v) != f"{v:.4g}" for v in config.values())
+    # One tag finds the sweep with its trials (what the runs link filters on).
+    assert {r.data.tags.get("case_tune.sweep") for r in trials} == {settings.name}
+    assert settings.command.startswith("python -m search.run --space case --data ")
+    note = client.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
+    assert note.startswith(f"sweep **{settings.name}** (")
+    assert note.endswith(f": `{settings.command}` on store `{settings.data}`")
+    described = client.get_experiment(exp_id).tags["mlflow.note.content"].splitlines()
+    assert described[0].startswith("case-tune: hyperparameter sweeps")
+    assert described[1:] == [f"- {note}"]
+
+
 def test_conditional_params_are_logged_only_where_they_apply(sweep) -> None:
     settings, _ = sweep
     losses = set()
