@@ -247,7 +247,7 @@ class OrderedASHA(FIFOScheduler):
         once; it waits at the rung instead, paused (status set before Tune files it)."""
         last = trial.last_result or {}
         m = last.get(self.time_attr)
-        saved = getattr(trial, "latest_checkpoint_result", None)
+        saved = trial.latest_checkpoint_result
         saved_at = (saved.metrics or {}).get(self.time_attr) if saved is not None else None
         if m not in self.rungs or saved_at != m or self._metric not in last:
             return  # not at a rung, or its checkpoint is older: it trains that epoch again
@@ -314,8 +314,7 @@ class OrderedASHA(FIFOScheduler):
         """A waiting trial whose peers have all arrived goes on (oldest first) or is stopped
         there; then what Tune would run (pending trials). A waiting trial is never run
         before its decision."""
-        for trial in tune_controller.get_trials():
-            self.on_trial_add(tune_controller, trial)  # restored trials, once
+        # Every trial, restored ones too, reached on_trial_add through Tune's add_trial.
         for k in sorted(self.waiting):
             trial, milestone = self.trials.get(k), self.waiting[k]
             if trial is None or trial.status != Trial.PAUSED or not self.ready(k, milestone):

@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Fast heads only, so a tiny sweep takes seconds (case-compressing is ~7x slower per epoch).
 FAST_MODELS = ["case-attention", "case-concat-attention"]
+# The space of the equivalence tests (extension, resume): two fast heads and one float.
+TINY_SPACE = {
+    "params": {"model": {"choice": FAST_MODELS}, "lr": {"loguniform": [1e-3, 5e-3]}},
+    "fixed": {"hidden": 32, "faithful": False, "audio_frames": 32},
+}
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +132,34 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> dict[int, float]
 def read_trials_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def sweep_decisions(sweep_dir: Path) -> list[tuple]:
+    """trials.csv without Tune's and MLflow's ids (fresh every run): config, epochs run,
+    status, every metric; what equal sweeps must share."""
+    rows = read_trials_csv(sweep_dir / "trials.csv")
+    drop = {"trial_id", "mlflow_run_id"}
+    return sorted(tuple(sorted((k, v) for k, v in r.items() if k not in drop)) for r in rows)
+
+
+def run_to_sigkill(
+    cmd: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float
+) -> str:
+    """Run a driver armed with a fault point until it SIGKILLs itself; its output. The Ray
+    runtime it started shares its session: whatever is left of it is killed too."""
+    import signal
+    import subprocess
+
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = log.read_text()
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+    return out

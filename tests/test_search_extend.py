@@ -14,19 +14,17 @@ from search.ordered import ledger_rungs
 from search.run import main, run_sweep
 from search.settings import parse_settings
 from tests.search_helpers import (
-    FAST_MODELS,
+    TINY_SPACE,
     metric_history,
     mlflow_runs,
     ray_runtime,  # noqa: F401 - fixture
     read_trials_csv,
     search_store,  # noqa: F401 - fixture
+    sweep_decisions,
     tiny_settings,
 )
 
-SPACE = {
-    "params": {"model": {"choice": FAST_MODELS}, "lr": {"loguniform": [1e-3, 5e-3]}},
-    "fixed": {"hidden": 32, "faithful": False, "audio_frames": 32},
-}
+SPACE = TINY_SPACE
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +133,6 @@ def test_each_sweep_has_its_own_tune_state(tmp_path: Path, monkeypatch, extended
     assert len(list(first.glob("case_trial_*"))) == 2
 
 
-def _decisions(settings) -> list[tuple]:
-    """trials.csv without ids, in trial order: config, epochs run, status, every metric."""
-    rows = read_trials_csv(settings.sweep_dir / "trials.csv")
-    drop = {"trial_id", "mlflow_run_id"}
-    return sorted(tuple(sorted((k, v) for k, v in r.items() if k not in drop)) for r in rows)
-
-
 @pytest.mark.slow
 def test_an_extended_sweep_equals_one_run_in_one_go(tmp_path, search_store, ray_runtime):  # noqa: F811
     """8 trials extended to 16 give the trials.csv of 16 run in one go (reproducible mode, ASHA
@@ -162,7 +153,7 @@ def test_an_extended_sweep_equals_one_run_in_one_go(tmp_path, search_store, ray_
     extended.storage_path = grown.storage_path
     outcome = run_sweep(extended, quiet=True)
     assert outcome.num_trials == 16 and not outcome.interrupted
-    assert _decisions(extended) == _decisions(whole)
+    assert sweep_decisions(extended.sweep_dir) == sweep_decisions(whole.sweep_dir)
     configs = [r["lr"] for r in read_trials_csv(extended.sweep_dir / "trials.csv")]
     assert len(set(configs)) == 16  # nothing replayed
     statuses = [r["status"] for r in read_trials_csv(whole.sweep_dir / "trials.csv")]

@@ -5,11 +5,7 @@ trials, for a plain sweep and for --folds 3."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,19 +15,18 @@ import pytest
 from search.run import run_sweep
 from search.settings import parse_settings
 from tests.search_helpers import (
-    FAST_MODELS,
+    TINY_SPACE,
     cli_env,
     mlflow_runs,
     ray_runtime,  # noqa: F401 - fixture
     read_trials_csv,
+    run_to_sigkill,
     search_store,  # noqa: F401 - fixture
+    sweep_decisions,
     tiny_settings,
 )
 
-SPACE = {
-    "params": {"model": {"choice": FAST_MODELS}, "lr": {"loguniform": [1e-3, 5e-3]}},
-    "fixed": {"hidden": 32, "faithful": False, "audio_frames": 32},
-}
+SPACE = TINY_SPACE
 SWEEP = dict(
     num_samples=6,
     max_epochs=3,
@@ -52,13 +47,6 @@ run_sweep(s, space=a["space"], quiet=True)
 """
 
 
-def decisions(sweep_dir: Path) -> list[tuple]:
-    """trials.csv without ids: config, epochs run, status, every metric."""
-    rows = read_trials_csv(sweep_dir / "trials.csv")
-    drop = {"trial_id", "mlflow_run_id"}
-    return sorted(tuple(sorted((k, v) for k, v in r.items() if k not in drop)) for r in rows)
-
-
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory, search_store, ray_runtime):  # noqa: F811
     """The uninterrupted sweeps' decisions, by --folds."""
@@ -67,14 +55,13 @@ def whole(tmp_path_factory, search_store, ray_runtime):  # noqa: F811
         tmp = tmp_path_factory.mktemp(f"whole{folds}")
         settings = tiny_settings(tmp, search_store, "whole", folds=folds, **SWEEP)
         run_sweep(settings, space=SPACE, quiet=True)
-        out[folds] = decisions(settings.sweep_dir)
+        out[folds] = sweep_decisions(settings.sweep_dir)
         statuses = [r["status"] for r in read_trials_csv(settings.sweep_dir / "trials.csv")]
         assert "stopped_early" in statuses  # ASHA decided something worth comparing
     return out
 
 
 def _killed_driver(tmp: Path, store: Path, fault: str, folds: int) -> str:
-    env = {**cli_env(tmp), "CASE_TUNE_FAULT": fault}
     args = {
         "tmp": str(tmp),
         "store": str(store),
@@ -82,26 +69,9 @@ def _killed_driver(tmp: Path, store: Path, fault: str, folds: int) -> str:
         "sweep": {**SWEEP, "folds": folds},
         "space": SPACE,
     }
-    log = tmp / "killed.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, json.dumps(args)],
-            cwd=tmp,
-            env=env,
-            start_new_session=True,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            proc.wait(timeout=400)
-        finally:
-            # The Ray runtime the driver started shares its session: kill what is left.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    out = log.read_text()
-    assert proc.returncode == -signal.SIGKILL, out[-3000:]
-    return out
+    cmd = [sys.executable, "-c", DRIVER, json.dumps(args)]
+    env = {**cli_env(tmp), "CASE_TUNE_FAULT": fault}
+    return run_to_sigkill(cmd, tmp, env, tmp / "killed.log", timeout=400)
 
 
 @pytest.mark.slow
@@ -134,7 +104,7 @@ def test_a_resumed_sweep_equals_the_uninterrupted_one(
     settings.storage_path = str(tmp_path / "ray_results")
     outcome = run_sweep(settings, quiet=True)
     assert outcome.num_trials == 6 and not outcome.interrupted
-    assert decisions(settings.sweep_dir) == whole[folds]
+    assert sweep_decisions(settings.sweep_dir) == whole[folds]
     # The ledger and MLflow end clean: nothing RUNNING, one run per trial number.
     study = optuna.load_study(study_name="cut", storage=settings.optuna_storage)
     assert [t.number for t in study.trials] == list(range(6))

@@ -3,9 +3,6 @@ rerun, no MLflow run is duplicated or left RUNNING, and the Optuna study stays c
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -13,7 +10,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.search_helpers import cli, cli_env, metric_history, mlflow_runs, search_store  # noqa: F401
+from tests.search_helpers import (  # noqa: F401
+    cli,
+    cli_env,
+    metric_history,
+    mlflow_runs,
+    run_to_sigkill,
+    search_store,
+)
 
 NAME = "killed"
 
@@ -41,38 +45,21 @@ def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) ->
     env = {**cli_env(tmp_path), "CASE_TUNE_FAULT": fault}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--results-dir", str(tmp_path / "results"), "--tracking-uri", uri, "--name", NAME]
-    log = tmp_path / "first.log"
-    with open(log, "w") as sink:
-        first = subprocess.Popen(
-            cli(
-                "--space",
-                "case",
-                "--data",
-                str(search_store),
-                "--num-samples",
-                "6",
-                "--max-epochs",
-                "3",
-                "--max-concurrent",
-                "2",
-                "--warm-start",
-                *common,
-            ),
-            cwd=tmp_path,
-            env=env,
-            start_new_session=True,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            first.wait(timeout=300)
-        finally:
-            # The local Ray runtime the driver started shares its session: kill what is left.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-    out = log.read_text()
-    assert first.returncode == -signal.SIGKILL, out[-3000:]
+    first_cmd = cli(
+        "--space",
+        "case",
+        "--data",
+        str(search_store),
+        "--num-samples",
+        "6",
+        "--max-epochs",
+        "3",
+        "--max-concurrent",
+        "2",
+        "--warm-start",
+        *common,
+    )
+    run_to_sigkill(first_cmd, tmp_path, env, tmp_path / "first.log", timeout=300)
     finished_at_kill = _finished_trial_runs(tmp_path / "mlflow.db")
     # run_finished: exactly one run FINISHED, the kill right after it; trial_complete: the
     # first trial completed in Tune's eyes, but its run is not FINISHED before Tune saved.
