@@ -1,0 +1,372 @@
+"""Replay benchmark of the search itself: which searcher picks the best config for its compute,
+over a hundred sweep seeds, in minutes.
+
+    python bench/bench_replay.py [--seeds 100] [--budgets 24 50 100 200] [--arms ...]
+                                 [--store DIR] [--slots 2] [--check]
+
+The table (bench/replay_table.py: configs drawn at random from the `case` space, each trained
+as a trial is, val scores at every epoch and oracle macro-F1) is built first if it is not
+cached; a surrogate (bench/replay_surrogate.py) gives any config a curve; each arm's sweeps
+run in virtual time with the product's own searcher and scheduler objects
+(bench/replay_sim.py). Per arm, sweep seed and budget B (trials):
+
+- **pick**: the expected oracle macro-F1 of the sweep's top trial among its first B (trial
+  protocol: the weights at its last epoch), its compute the epochs those B trials used;
+- **vs random**: whether pick >= the pick of random search without early stopping at equal
+  epochs (round(epochs / 20) trials of 20), same sweep seed;
+- **efficiency**: random's epochs / the epochs the arm needed until its running pick (best
+  finished trial so far) was as good on the oracle as random's pick (0 if it never was).
+
+In reproducible mode the first B trials of a longer sweep are the B-trial sweep (trial k's
+draws and decisions depend only on trials 0..k-W: tests/test_replay.py checks it), so one
+200-trial sweep per seed gives every budget. `--async` arms are cut the same way (close, not
+equal). `--check` scores the surrogate on held-out table configs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import publish  # noqa: E402
+
+EPOCHS = 20
+BUDGETS = (24, 50, 100, 200)
+BASELINE = "random"
+
+
+# -- the arms -----------------------------------------------------------------------------
+def _tpe(**opts: Any) -> Callable[[int, int | None], Any]:
+    def make(seed: int, window: int | None) -> Any:
+        from search.samplers import PerTrialSampler
+
+        return PerTrialSampler("tpe", seed, window, **opts)
+
+    return make
+
+
+def _random(seed: int, window: int | None) -> Any:
+    from search.samplers import PerTrialSampler
+
+    return PerTrialSampler("random", seed, window)
+
+
+def _gp(seed: int, window: int | None) -> Any:
+    from bench.replay_samplers import PerTrialGP
+
+    return PerTrialGP(seed, window)
+
+
+def _pruned_search() -> type:
+    from bench.replay_samplers import PrunedStopSearch
+
+    return PrunedStopSearch
+
+
+# name -> (sampler factory, ASHA?, reproducible?, searcher class factory or None)
+ARMS: dict[str, tuple[Callable[[int, int | None], Any], bool, bool, Any]] = {
+    "random": (_random, False, True, None),
+    "random+asha": (_random, True, True, None),
+    "tpe": (_tpe(n_startup_trials=10), True, True, None),  # the product's default today
+    "tpe-fifo": (_tpe(n_startup_trials=10), False, True, None),
+    "tpe-s5": (_tpe(n_startup_trials=5), True, True, None),
+    "tpe-s20": (_tpe(n_startup_trials=20), True, True, None),
+    "tpe-mv": (_tpe(n_startup_trials=10, multivariate=True, group=True), True, True, None),
+    "tpe-liar": (_tpe(n_startup_trials=10, constant_liar=True), True, True, None),
+    "tpe-pruned": (_tpe(n_startup_trials=10), True, True, _pruned_search),
+    "tpe-async": (_tpe(n_startup_trials=10), True, False, None),
+    "gp": (_gp, True, True, None),
+}
+
+
+# -- one sweep ----------------------------------------------------------------------------
+_S: dict[str, Any] = {}
+
+
+def _setup(store: str, space: str, epochs: int) -> None:
+    from bench.replay_surrogate import Surrogate
+    from bench.replay_table import HORIZON, oracle_epochs, read_table, table_dir
+    from search.spaces import get_space, with_fixed
+
+    rows = read_table(table_dir(Path(store), space))
+    _S["space"] = with_fixed(get_space(space), {"epochs": HORIZON, "seed": 0})
+    _S["surrogate"] = Surrogate(_S["space"], rows, epochs, oracle_epochs(epochs))
+    _S["epochs"] = epochs
+
+
+def run_sweep(arm: str, seed: int, trials: int, slots: int) -> dict[str, Any]:
+    """One arm's sweep of ``trials`` trials on sweep seed ``seed``: per trial (in number
+    order) its score, epochs and expected oracle; the trials' ends in time order."""
+    import optuna
+
+    from bench.replay_sim import build_asha, build_search, simulate
+    from search.ordered import FIFOScheduler
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    make, asha, reproducible, cls = ARMS[arm]
+    sur, epochs = _S["surrogate"], _S["epochs"]
+    sampler = make(seed, slots if reproducible else None)
+    search_alg, study = build_search(
+        _S["space"],
+        sampler,
+        num_samples=trials,
+        window=slots,
+        reproducible=reproducible,
+        searcher_cls=cls() if cls else None,
+    )
+    scheduler = (
+        build_asha(study, max_epochs=epochs, window=slots, reproducible=reproducible, total=trials)
+        if asha
+        else FIFOScheduler()
+    )
+    preds: dict[int, Any] = {}
+
+    def curve_of(config: dict[str, Any], number: int) -> Any:
+        preds[number] = sur.predict([config])[0]
+        return sur.curve(preds[number], config, (seed, number))
+
+    t0 = time.perf_counter()
+    out = simulate(
+        search_alg, scheduler, curve_of, num_samples=trials, slots=slots, max_epochs=epochs
+    )
+    return {
+        "arm": arm,
+        "seed": seed,
+        "score": [out.score(t) for t in out.trials],
+        "epochs": [t.epoch for t in out.trials],
+        "oracle": [sur.oracle(preds[t.number], t.epoch) for t in out.trials],
+        "ends": out.ends,
+        "wall": time.perf_counter() - t0,
+    }
+
+
+# -- what a sweep's record says at a budget --------------------------------------------------
+def pick_at(rec: dict[str, Any], n: int) -> int | None:
+    """The top trial's number among trials 0..n-1 (ties to the lower number)."""
+    ranked = [k for k in range(min(n, len(rec["score"]))) if rec["score"][k] > -math.inf]
+    return min(ranked, key=lambda k: (-rec["score"][k], k)) if ranked else None
+
+
+def oracle_of_pick(rec: dict[str, Any], n: int) -> float:
+    k = pick_at(rec, n)
+    return rec["oracle"][k] if k is not None else math.nan
+
+
+def random_at_epochs(rec: dict[str, Any], epochs: int) -> tuple[float, int]:
+    """Random search's pick at ``epochs`` (round(epochs / 20) trials): (oracle, its epochs)."""
+    n = max(1, round(epochs / EPOCHS))
+    return oracle_of_pick(rec, n), sum(rec["epochs"][:n])
+
+
+def epochs_to_reach(rec: dict[str, Any], n: int, target: float) -> int | None:
+    """Epochs until the running pick among trials < n is as good as ``target``."""
+    done: list[int] = []
+    for _, epochs, k in rec["ends"]:
+        if k >= n:
+            continue
+        done.append(k)
+        best = min(
+            (j for j in done if rec["score"][j] > -math.inf),
+            key=lambda j: (-rec["score"][j], j),
+            default=None,
+        )
+        if best is not None and rec["oracle"][best] >= target - 1e-12:
+            return epochs
+    return None
+
+
+def summarise(records: list[dict[str, Any]], budgets: list[int]) -> list[dict[str, Any]]:
+    """Per arm and budget: pick (mean ± sd), share of seeds >= random, efficiency quartiles."""
+    base = {r["seed"]: r for r in records if r["arm"] == BASELINE}
+    rows = []
+    for arm in dict.fromkeys(r["arm"] for r in records):
+        recs = [r for r in records if r["arm"] == arm]
+        for b in budgets:
+            picks, wins, effs, epochs = [], [], [], []
+            for r in recs:
+                used = sum(r["epochs"][:b])
+                mine = oracle_of_pick(r, b)
+                rand, rand_epochs = random_at_epochs(base[r["seed"]], used)
+                need = epochs_to_reach(r, b, rand)
+                picks.append(mine)
+                wins.append(mine >= rand - 1e-12)
+                effs.append(rand_epochs / need if need else 0.0)
+                epochs.append(used)
+            q = (
+                statistics.quantiles(effs, n=4, method="inclusive")
+                if len(effs) > 1
+                else [effs[0]] * 3
+            )
+            rows.append(
+                {
+                    "arm": arm,
+                    "budget": b,
+                    "seeds": len(recs),
+                    "pick": statistics.mean(picks),
+                    "pick_sd": statistics.stdev(picks) if len(picks) > 1 else 0.0,
+                    "win": sum(wins) / len(wins),
+                    "eff_q1": q[0],
+                    "eff_median": q[1],
+                    "eff_q3": q[2],
+                    "epochs": statistics.mean(epochs),
+                }
+            )
+    return rows
+
+
+# -- the surrogate's check ----------------------------------------------------------------
+def check_surrogate(store: Path, space: str, epochs: int, folds: int = 5) -> dict[str, float]:
+    """K-fold over the table's configs: predicted vs measured trial score (trailing mean at
+    the last epoch) and oracle; and the same between two training seeds (the ceiling)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from bench.replay_surrogate import Surrogate
+    from bench.replay_table import HORIZON, oracle_epochs, read_table, table_dir
+    from models.selection import trial_score
+    from search.spaces import get_space, with_fixed
+
+    rows = [r for r in read_table(table_dir(store, space)) if not r["error"]]
+    seed0 = [r for r in rows if r["seed"] == 0]
+    sp = with_fixed(get_space(space), {"epochs": HORIZON, "seed": 0})
+    rng = np.random.default_rng(0)
+    fold = rng.integers(folds, size=len(seed0))
+    pred_s, true_s, pred_o, true_o = [], [], [], []
+    for f in range(folds):
+        train = [r for r, g in zip(seed0, fold, strict=True) if g != f]
+        test = [r for r, g in zip(seed0, fold, strict=True) if g == f]
+        if not test:
+            continue
+        sur = Surrogate(sp, train, epochs, oracle_epochs(epochs))
+        p = sur.predict([r["config"] for r in test])
+        pred_s += [trial_score(list(x[:epochs])) for x in p]
+        true_s += [trial_score(r["val"]) for r in test]
+        pred_o += [float(x[2 * epochs + len(sur.oracle_epochs) - 1]) for x in p]
+        true_o += [r["oracle"][str(epochs)] for r in test]
+    by: dict[int, dict[int, dict]] = {}
+    for r in rows:
+        by.setdefault(r["index"], {})[r["seed"]] = r
+    pairs = [(v[0], v[1]) for v in by.values() if 0 in v and 1 in v]
+    return {
+        "configs": len(seed0),
+        "score_spearman": float(spearmanr(pred_s, true_s).statistic),
+        "score_mae": float(np.mean(np.abs(np.array(pred_s) - true_s))),
+        "oracle_spearman": float(spearmanr(pred_o, true_o).statistic),
+        "oracle_mae": float(np.mean(np.abs(np.array(pred_o) - true_o))),
+        "noise_pairs": len(pairs),
+        "seed_score_spearman": float(
+            spearmanr(
+                [trial_score(a["val"]) for a, _ in pairs], [trial_score(b["val"]) for _, b in pairs]
+            ).statistic
+        )
+        if len(pairs) > 2
+        else math.nan,
+        "seed_score_mae": float(
+            np.mean([abs(trial_score(a["val"]) - trial_score(b["val"])) for a, b in pairs])
+        )
+        if pairs
+        else math.nan,
+    }
+
+
+def write_csv(rows: list[dict[str, Any]]) -> Path:
+    import csv
+
+    path = Path(__file__).resolve().parent.parent / "results" / "bench_replay.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+# -- the report ---------------------------------------------------------------------------
+def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any) -> str:
+    lines = [
+        f"Replay benchmark: {args.seeds} sweep seeds, budgets {args.budgets} trials of "
+        f"{EPOCHS} epochs, --max-concurrent {args.slots}, space `{args.space}`; the table "
+        f"has {check['configs'] if check else '?'} configs. pick = expected oracle macro-F1 "
+        "of the sweep's top trial (mean ± sd over seeds); >= random = share of seeds where "
+        "it is at least random search's pick at equal epochs; efficiency = random's epochs / "
+        "epochs to reach random's pick (quartiles; 0 = never).",
+        "",
+    ]
+    if check:
+        lines += [
+            "Surrogate (5-fold over table configs): trial score Spearman "
+            f"{check['score_spearman']:.2f}, MAE {check['score_mae']:.3f}; oracle Spearman "
+            f"{check['oracle_spearman']:.2f}, MAE {check['oracle_mae']:.3f}. Two training seeds "
+            f"of one config ({check['noise_pairs']} configs): score Spearman "
+            f"{check['seed_score_spearman']:.2f}, mean |difference| {check['seed_score_mae']:.3f}.",
+            "",
+        ]
+    lines += [
+        "| arm | trials | epochs | pick (oracle) | >= random | efficiency q1 / median / q3 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arm']} | {r['budget']} | {r['epochs']:.0f} | {r['pick']:.3f} ± "
+            f"{r['pick_sd']:.3f} | {r['win']:.0%} | {r['eff_q1']:.2f} / {r['eff_median']:.2f} / "
+            f"{r['eff_q3']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/bench_replay.py", description=__doc__)
+    p.add_argument("--store", help="feature store (default: the demo store)")
+    p.add_argument("--space", default="case")
+    p.add_argument("--seeds", type=int, default=100)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    p.add_argument("--arms", nargs="+", default=[a for a in ARMS if a != "gp"], choices=ARMS)
+    p.add_argument("--slots", type=int, default=2, help="--max-concurrent of the sweeps")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--check", action="store_true", help="score the surrogate first")
+    p.add_argument("--no-publish", action="store_true")
+    args = p.parse_args(argv)
+    if args.store:
+        store = Path(args.store)
+    else:
+        from data_prep.prepare import prepare_demo
+
+        store = Path(prepare_demo())
+    from bench.replay_table import read_table, table_dir
+
+    if not read_table(table_dir(store, args.space)):
+        print("no replay table yet: python -m bench.replay_table (resumable, ~1 h here)")
+        return 2
+    check = check_surrogate(store, args.space, EPOCHS) if args.check else None
+    arms = list(dict.fromkeys([BASELINE, *args.arms]))
+    trials = max(args.budgets)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(a, s) for s in seeds for a in arms]
+    records, t0 = [], time.perf_counter()
+    with ProcessPoolExecutor(
+        args.workers, initializer=_setup, initargs=(str(store), args.space, EPOCHS)
+    ) as pool:
+        futures = [pool.submit(run_sweep, a, s, trials, args.slots) for a, s in jobs]
+        for n, f in enumerate(futures, 1):
+            records.append(f.result())
+            if n % max(1, len(jobs) // 20) == 0 or n == len(jobs):
+                print(f"  {n}/{len(jobs)} sweeps, {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = summarise(records, args.budgets)
+    text = report(rows, check, args)
+    publish("replay", text, write=not args.no_publish)
+    if not args.no_publish:
+        write_csv(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The replay benchmark's simulator (bench/replay_sim.py) drives the product's searcher and
+scheduler: ASHA stops trials, paused trials resume, a diverging curve fails its trial in the
+study, and in reproducible mode the first B trials of a longer sweep are the B-trial sweep
+(what lets one 200-trial sweep per seed answer every budget)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+
+from bench.replay_sim import Curve, build_asha, build_search, simulate
+from bench.replay_surrogate import encode
+from bench.replay_table import jobs, oracle_epochs
+from search.samplers import PerTrialSampler
+from search.trainable import TRIAL_NUMBER
+
+SPACE = {
+    "params": {
+        "model": {"choice": ["a", "b", "c"]},
+        "lr": {"loguniform": [1e-4, 1e-1]},
+        "warm": {"uniform": [0.0, 0.3], "when": {"model": "b"}},
+    },
+    "fixed": {"epochs": 150, "seed": 0},
+}
+EPOCHS = 10
+
+
+def curve_of(config: dict, number: int) -> Curve:
+    """A deterministic curve: better near lr 1e-2, model b best; model c diverges at 6."""
+    quality = (
+        0.6
+        - 0.15 * abs(math.log10(config["lr"]) + 2)
+        + {"a": 0.0, "b": 0.1, "c": 0}[config["model"]]
+    )
+    val = [quality * (1 - 0.5**e) + 0.01 * ((number * 7 + e) % 3) for e in range(1, EPOCHS + 1)]
+    n = 5 if config["model"] == "c" else EPOCHS
+    return Curve(val=val[:n], auroc=[0.5] * n, seconds=[1.0 + 0.1 * (number % 4)] * EPOCHS)
+
+
+def sweep(trials: int, *, seed: int = 0, slots: int = 3, reproducible: bool = True):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sampler = PerTrialSampler("tpe", seed, slots if reproducible else None, n_startup_trials=4)
+    search_alg, study = build_search(
+        SPACE, sampler, num_samples=trials, window=slots, reproducible=reproducible
+    )
+    asha = build_asha(
+        study, max_epochs=EPOCHS, window=slots, reproducible=reproducible, total=trials
+    )
+    out = simulate(search_alg, asha, curve_of, num_samples=trials, slots=slots, max_epochs=EPOCHS)
+    return out, study
+
+
+def test_asha_stops_trials_and_failed_curves_fail_in_the_study() -> None:
+    out, study = sweep(20)
+    assert [t.number for t in out.trials] == list(range(20))
+    assert out.epochs == sum(t.epoch for t in out.trials)
+    epochs = {t.epoch for t in out.trials if not t.error}
+    assert epochs >= {3, EPOCHS}  # some stopped at the first rung, some ran to the end
+    assert out.pauses > 0  # the first window's trials waited for each other at a rung
+    states = {t.number: t.state for t in study.get_trials()}
+    for t in out.trials:
+        assert t.config[TRIAL_NUMBER] == t.number
+        want = optuna.trial.TrialState.FAIL if t.error else optuna.trial.TrialState.COMPLETE
+        assert states[t.number] == want, t.number
+        assert t.error == (t.config["model"] == "c" and t.epoch == 6)
+    # the rung values are the ledger's intermediate values, as in search.run
+    stopped = [t for t in out.trials if t.epoch == 3]
+    assert all(3 in study.trials[t.number].intermediate_values for t in stopped)
+    assert sorted(n for *_, n in out.ends) == list(range(20))
+    best = out.pick()
+    assert best is not None and not best.error and best.epoch == EPOCHS
+
+
+def test_first_trials_of_a_longer_sweep_are_the_shorter_sweep() -> None:
+    short, _ = sweep(12, seed=3)
+    long, _ = sweep(30, seed=3)
+
+    def seen(out, n):
+        return [(t.config, t.epoch, t.error, out.score(t)) for t in out.trials[:n]]
+
+    assert seen(short, 12) == seen(long, 12)
+
+
+def test_async_mode_runs_every_trial() -> None:
+    out, _ = sweep(15, reproducible=False)
+    assert len(out.trials) == 15 and all(t.epoch for t in out.trials)
+
+
+def test_encoding_and_table_jobs() -> None:
+    # one-hot choice, log10 value, inactive conditional below its range
+    assert encode(SPACE, {"model": "a", "lr": 1e-2}) == [1.0, 0.0, 0.0, -2.0, -0.3]
+    assert encode(SPACE, {"model": "b", "lr": 1e-3, "warm": 0.1}) == [0.0, 1.0, 0.0, -3.0, 0.1]
+    assert jobs(3, 2) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    assert oracle_epochs(20) == [3, 9, 20]
+    assert oracle_epochs(2) == [2]
+
+
+def test_pick_is_the_top_score() -> None:
+    out, _ = sweep(10)
+    scores = [out.score(t) for t in out.trials]
+    assert out.pick() is out.trials[scores.index(max(scores))]
