@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +73,32 @@ def _pruned_search() -> type:
     return PrunedStopSearch
 
 
-# name -> (sampler factory, ASHA?, reproducible?, searcher class factory or None)
-ARMS: dict[str, tuple[Callable[[int, int | None], Any], bool, bool, Any]] = {
-    "random": (_random, False, True, None),
-    "random+asha": (_random, True, True, None),
-    "tpe": (_tpe(n_startup_trials=10), True, True, None),  # the product's default today
-    "tpe-fifo": (_tpe(n_startup_trials=10), False, True, None),
-    "tpe-s5": (_tpe(n_startup_trials=5), True, True, None),
-    "tpe-s20": (_tpe(n_startup_trials=20), True, True, None),
-    "tpe-mv": (_tpe(n_startup_trials=10, multivariate=True, group=True), True, True, None),
-    "tpe-liar": (_tpe(n_startup_trials=10, constant_liar=True), True, True, None),
-    "tpe-pruned": (_tpe(n_startup_trials=10), True, True, _pruned_search),
-    "tpe-async": (_tpe(n_startup_trials=10), True, False, None),
-    "gp": (_gp, True, True, None),
+@dataclass(frozen=True)
+class Arm:
+    """A searcher as the benchmark runs it: its sampler (sweep seed, window or None), ASHA
+    or none, reproducible or --async, and what else differs from the product."""
+
+    sampler: Callable[[int, int | None], Any]
+    asha: bool = True
+    reproducible: bool = True
+    searcher_cls: Callable[[], type] | None = None
+    first_window: bool = True  # False: the first window's trials are never stopped (before 21)
+
+
+ARMS: dict[str, Arm] = {
+    "random": Arm(_random, asha=False),
+    "random+asha": Arm(_random),
+    "tpe": Arm(_tpe(n_startup_trials=10)),  # the product's default today
+    "tpe-fifo": Arm(_tpe(n_startup_trials=10), asha=False),
+    "tpe-s5": Arm(_tpe(n_startup_trials=5)),
+    "tpe-s20": Arm(_tpe(n_startup_trials=20)),
+    "tpe-mv": Arm(_tpe(n_startup_trials=10, multivariate=True, group=True)),
+    "tpe-mv-s20": Arm(_tpe(n_startup_trials=20, multivariate=True, group=True)),
+    "tpe-liar": Arm(_tpe(n_startup_trials=10, constant_liar=True)),
+    "tpe-pruned": Arm(_tpe(n_startup_trials=10), searcher_cls=_pruned_search),
+    "tpe-nofirst": Arm(_tpe(n_startup_trials=10), first_window=False),
+    "tpe-async": Arm(_tpe(n_startup_trials=10), reproducible=False),
+    "gp": Arm(_gp),
 }
 
 
@@ -112,22 +126,25 @@ def run_sweep(arm: str, seed: int, trials: int, slots: int) -> dict[str, Any]:
     from search.ordered import FIFOScheduler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    make, asha, reproducible, cls = ARMS[arm]
+    spec = ARMS[arm]
+    reproducible = spec.reproducible
     sur, epochs = _S["surrogate"], _S["epochs"]
-    sampler = make(seed, slots if reproducible else None)
+    sampler = spec.sampler(seed, slots if reproducible else None)
     search_alg, study = build_search(
         _S["space"],
         sampler,
         num_samples=trials,
         window=slots,
         reproducible=reproducible,
-        searcher_cls=cls() if cls else None,
+        searcher_cls=spec.searcher_cls() if spec.searcher_cls else None,
     )
-    scheduler = (
-        build_asha(study, max_epochs=epochs, window=slots, reproducible=reproducible, total=trials)
-        if asha
-        else FIFOScheduler()
-    )
+    scheduler: Any = FIFOScheduler()
+    if spec.asha:
+        scheduler = build_asha(
+            study, max_epochs=epochs, window=slots, reproducible=reproducible, total=trials
+        )
+        if not spec.first_window:
+            scheduler.first = 0
     preds: dict[int, Any] = {}
 
     def curve_of(config: dict[str, Any], number: int) -> Any:

@@ -6,7 +6,8 @@ log seconds per epoch), in the manner of surrogate HPO benchmarks (YAHPO Gym, LC
 surrogates). The forest's prediction is the config's expected curve; a trial's curve adds seed
 noise: the difference between the two training seeds of one of the table's noise configs,
 over sqrt(2) (the noise of one seed), drawn per (sweep seed, trial number). The oracle is
-never noised: it is the config's expected quality, the thing a search is judged on.
+never noised: it is the config's expected quality, the thing a search is judged on. A
+table without oracle scores (a user's store) puts the selection statistic (val) in its place.
 
 Where a config's nearest table neighbours mostly diverged, so does its trial (at the epoch
 they did).
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.replay_sim import Curve
+from models.selection import trailing_means
 
 NEIGHBOURS = 5
 
@@ -81,7 +83,10 @@ class Surrogate:
 
     def _target(self, row: dict[str, Any]) -> list[float]:
         e = self.epochs
-        oracle = [row["oracle"][str(k)] for k in self.oracle_epochs]  # JSON keys
+        if row["oracle"]:
+            oracle = [row["oracle"][str(k)] for k in self.oracle_epochs]  # JSON keys
+        else:  # a user's store: judged by the expected validation statistic
+            oracle = [trailing_means(row["val"])[k - 1] for k in self.oracle_epochs]
         secs = math.log(max(float(np.mean(row["seconds"])), 1e-3))
         return [*row["val"][:e], *np.nan_to_num(row["auroc"][:e], nan=0.5), *oracle, secs]
 

@@ -100,7 +100,18 @@ def read_table(folder: Path) -> list[dict[str, Any]]:
 _W: dict[str, Any] = {}
 
 
-def _init(store: str, epochs: int) -> None:
+def has_oracle(store: Path) -> bool:
+    """Only the demo has an oracle set (more sessions from its generator); on a user's store
+    the table keeps validation scores only, and the benchmark judges a pick by its expected
+    validation score: nothing held out is read."""
+    from data_prep.paths import corpora_root
+    from data_prep.store import FeatureStore
+
+    corpus = Path(FeatureStore.open(store).manifest["corpus"]["path"])
+    return corpus.parent == corpora_root() and corpus.name.startswith("demo-")
+
+
+def _init(store: str, epochs: int, oracle: bool) -> None:
     import torch
 
     from bench.bench_selection import Oracle, oracle_store
@@ -108,7 +119,7 @@ def _init(store: str, epochs: int) -> None:
 
     torch.set_num_threads(1)
     _W["store"] = open_sealed_store(store)
-    _W["oracle"] = Oracle(oracle_store(Path(store)))
+    _W["oracle"] = Oracle(oracle_store(Path(store))) if oracle else None
     _W["epochs"] = epochs
 
 
@@ -129,7 +140,7 @@ def train_row(job: tuple[int, int, dict[str, Any]]) -> dict[str, Any]:
             curves["seconds"].append(time.perf_counter() - t0)
             curves["val"].append(float(metrics.get(METRIC, math.nan)))
             curves["auroc"].append(float(metrics.get(TIE_METRIC, math.nan)))
-            if run.epoch in oracle_epochs(_W["epochs"]):
+            if _W["oracle"] is not None and run.epoch in oracle_epochs(_W["epochs"]):
                 oracle[run.epoch] = _W["oracle"].score(config, run.trainers[0].weights())
     except Exception as exc:  # a config that diverges: its epochs so far and the error
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -153,7 +164,9 @@ def build(
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
     with (
-        ctx.Pool(workers, initializer=_init, initargs=(str(store), epochs)) as pool,
+        ctx.Pool(
+            workers, initializer=_init, initargs=(str(store), epochs, has_oracle(store))
+        ) as pool,
         open(folder / TABLE_FILE, "a", encoding="utf-8") as out,
     ):
         for n, row in enumerate(_rows(pool, todo), 1):
