@@ -106,14 +106,14 @@ ARMS: dict[str, Arm] = {
 _S: dict[str, Any] = {}
 
 
-def _setup(store: str, space: str, epochs: int) -> None:
+def _setup(store: str, space: str, epochs: int, kind: str = "forest") -> None:
     from bench.replay_surrogate import Surrogate
     from bench.replay_table import HORIZON, oracle_epochs, read_table, table_dir
     from search.spaces import get_space, with_fixed
 
     rows = read_table(table_dir(Path(store), space))
     _S["space"] = with_fixed(get_space(space), {"epochs": HORIZON, "seed": 0})
-    _S["surrogate"] = Surrogate(_S["space"], rows, epochs, oracle_epochs(epochs))
+    _S["surrogate"] = Surrogate(_S["space"], rows, epochs, oracle_epochs(epochs), kind=kind)
     _S["epochs"] = epochs
 
 
@@ -241,7 +241,9 @@ def summarise(records: list[dict[str, Any]], budgets: list[int]) -> list[dict[st
 
 
 # -- the surrogate's check ----------------------------------------------------------------
-def check_surrogate(store: Path, space: str, epochs: int, folds: int = 5) -> dict[str, float]:
+def check_surrogate(
+    store: Path, space: str, epochs: int, kind: str = "forest", folds: int = 5
+) -> dict[str, float]:
     """K-fold over the table's configs: predicted vs measured trial score (trailing mean at
     the last epoch) and oracle; and the same between two training seeds (the ceiling)."""
     import numpy as np
@@ -263,7 +265,7 @@ def check_surrogate(store: Path, space: str, epochs: int, folds: int = 5) -> dic
         test = [r for r, g in zip(seed0, fold, strict=True) if g == f]
         if not test:
             continue
-        sur = Surrogate(sp, train, epochs, oracle_epochs(epochs))
+        sur = Surrogate(sp, train, epochs, oracle_epochs(epochs), kind=kind)
         p = sur.predict([r["config"] for r in test])
         pred_s += [trial_score(list(x[:epochs])) for x in p]
         true_s += [trial_score(r["val"]) for r in test]
@@ -319,7 +321,7 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
     ]
     if check:
         lines += [
-            "Surrogate (5-fold over table configs): trial score Spearman "
+            f"Surrogate ({args.surrogate}, 5-fold over table configs): trial score Spearman "
             f"{check['score_spearman']:.2f}, MAE {check['score_mae']:.3f}; oracle Spearman "
             f"{check['oracle_spearman']:.2f}, MAE {check['oracle_mae']:.3f}. Two training seeds "
             f"of one config ({check['noise_pairs']} configs): score Spearman "
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=2, help="--max-concurrent of the sweeps")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--check", action="store_true", help="score the surrogate first")
+    p.add_argument("--surrogate", default="forest", choices=("forest", "knn"))
     p.add_argument("--no-publish", action="store_true")
     args = p.parse_args(argv)
     if args.store:
@@ -363,14 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     if not read_table(table_dir(store, args.space)):
         print("no replay table yet: python -m bench.replay_table (resumable, ~1 h here)")
         return 2
-    check = check_surrogate(store, args.space, EPOCHS) if args.check else None
+    check = check_surrogate(store, args.space, EPOCHS, args.surrogate) if args.check else None
     arms = list(dict.fromkeys([BASELINE, *args.arms]))
     trials = max(args.budgets)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(a, s) for s in seeds for a in arms]
     records, t0 = [], time.perf_counter()
     with ProcessPoolExecutor(
-        args.workers, initializer=_setup, initargs=(str(store), args.space, EPOCHS)
+        args.workers, initializer=_setup, initargs=(str(store), args.space, EPOCHS, args.surrogate)
     ) as pool:
         futures = [pool.submit(run_sweep, a, s, trials, args.slots) for a, s in jobs]
         for n, f in enumerate(futures, 1):
