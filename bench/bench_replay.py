@@ -43,6 +43,7 @@ from bench.report import publish  # noqa: E402
 EPOCHS = 20
 BUDGETS = (24, 50, 100, 200)
 BASELINE = "random"
+DEFAULT = "tpe"  # the product's searcher (search.run.sweep_sampler)
 
 
 # -- the arms -----------------------------------------------------------------------------
@@ -201,43 +202,68 @@ def epochs_to_reach(rec: dict[str, Any], n: int, target: float) -> int | None:
     return None
 
 
-def summarise(records: list[dict[str, Any]], budgets: list[int]) -> list[dict[str, Any]]:
-    """Per arm and budget: pick (mean ± sd), share of seeds >= random, efficiency quartiles."""
+def per_seed(records: list[dict[str, Any]], budgets: list[int]) -> list[dict[str, Any]]:
+    """Per arm, seed and budget: the pick's oracle, random's at equal epochs, efficiency."""
     base = {r["seed"]: r for r in records if r["arm"] == BASELINE}
-    rows = []
-    for arm in dict.fromkeys(r["arm"] for r in records):
-        recs = [r for r in records if r["arm"] == arm]
+    out = []
+    for r in records:
         for b in budgets:
-            picks, wins, effs, epochs = [], [], [], []
-            for r in recs:
-                used = sum(r["epochs"][:b])
-                mine = oracle_of_pick(r, b)
-                rand, rand_epochs = random_at_epochs(base[r["seed"]], used)
-                need = epochs_to_reach(r, b, rand)
-                picks.append(mine)
-                wins.append(mine >= rand - 1e-12)
-                effs.append(rand_epochs / need if need else 0.0)
-                epochs.append(used)
-            q = (
-                statistics.quantiles(effs, n=4, method="inclusive")
-                if len(effs) > 1
-                else [effs[0]] * 3
-            )
-            rows.append(
+            used = sum(r["epochs"][:b])
+            mine = oracle_of_pick(r, b)
+            rand, rand_epochs = random_at_epochs(base[r["seed"]], used)
+            need = epochs_to_reach(r, b, rand)
+            out.append(
                 {
-                    "arm": arm,
+                    "arm": r["arm"],
+                    "seed": r["seed"],
                     "budget": b,
-                    "seeds": len(recs),
-                    "pick": statistics.mean(picks),
-                    "pick_sd": statistics.stdev(picks) if len(picks) > 1 else 0.0,
-                    "win": sum(wins) / len(wins),
-                    "eff_q1": q[0],
-                    "eff_median": q[1],
-                    "eff_q3": q[2],
-                    "epochs": statistics.mean(epochs),
+                    "epochs": used,
+                    "pick": mine,
+                    "random": rand,
+                    "efficiency": rand_epochs / need if need else 0.0,
                 }
             )
-    return rows
+    return out
+
+
+def _ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its normal 95 % interval."""
+    m = statistics.mean(values)
+    return m, 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, Any]], default: str = DEFAULT) -> list[dict[str, Any]]:
+    """Per arm and budget: pick (mean, sd), gain over random and over ``default`` (paired by
+    seed, mean and 95 % half-width), share of seeds >= random, efficiency quartiles."""
+    ref = {(r["seed"], r["budget"]): r["pick"] for r in rows if r["arm"] == default}
+    out = []
+    for arm, b in dict.fromkeys((r["arm"], r["budget"]) for r in rows):
+        rs = [r for r in rows if r["arm"] == arm and r["budget"] == b]
+        picks = [r["pick"] for r in rs]
+        effs = [r["efficiency"] for r in rs]
+        q = statistics.quantiles(effs, n=4, method="inclusive") if len(effs) > 1 else effs * 3
+        gain, gain_ci = _ci([r["pick"] - r["random"] for r in rs])
+        vs = [r["pick"] - ref[(r["seed"], b)] for r in rs if (r["seed"], b) in ref]
+        vs_default, vs_ci = _ci(vs) if vs else (math.nan, math.nan)
+        out.append(
+            {
+                "arm": arm,
+                "budget": b,
+                "seeds": len(rs),
+                "epochs": statistics.mean(r["epochs"] for r in rs),
+                "pick": statistics.mean(picks),
+                "pick_sd": statistics.stdev(picks) if len(picks) > 1 else 0.0,
+                "gain": gain,
+                "gain_ci": gain_ci,
+                "vs_default": vs_default,
+                "vs_default_ci": vs_ci,
+                "win": sum(r["pick"] >= r["random"] - 1e-12 for r in rs) / len(rs),
+                "eff_q1": q[0],
+                "eff_median": q[1],
+                "eff_q3": q[2],
+            }
+        )
+    return out
 
 
 # -- the surrogate's check ----------------------------------------------------------------
@@ -316,7 +342,8 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
         f"has {check['configs'] if check else '?'} configs. pick = expected oracle macro-F1 "
         "of the sweep's top trial (mean ± sd over seeds); >= random = share of seeds where "
         "it is at least random search's pick at equal epochs; efficiency = random's epochs / "
-        "epochs to reach random's pick (quartiles; 0 = never).",
+        "epochs to reach random's pick (quartiles; 0 = never). Differences are paired by "
+        "sweep seed (mean ± 95 % half-width); pick − tpe is at equal trials (arms without ASHA use more epochs).",
         "",
     ]
     if check:
@@ -329,14 +356,16 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
             "",
         ]
     lines += [
-        "| arm | trials | epochs | pick (oracle) | >= random | efficiency q1 / median / q3 |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| arm | trials | epochs | pick (oracle) | pick − random | pick − {DEFAULT} | >= random "
+        "| efficiency q1 / median / q3 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["budget"], -r["pick"])):
         lines.append(
             f"| {r['arm']} | {r['budget']} | {r['epochs']:.0f} | {r['pick']:.3f} ± "
-            f"{r['pick_sd']:.3f} | {r['win']:.0%} | {r['eff_q1']:.2f} / {r['eff_median']:.2f} / "
-            f"{r['eff_q3']:.2f} |"
+            f"{r['pick_sd']:.3f} | {r['gain']:+.3f} ± {r['gain_ci']:.3f} | "
+            f"{r['vs_default']:+.3f} ± {r['vs_default_ci']:.3f} | {r['win']:.0%} | "
+            f"{r['eff_q1']:.2f} / {r['eff_median']:.2f} / {r['eff_q3']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -380,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             records.append(f.result())
             if n % max(1, len(jobs) // 20) == 0 or n == len(jobs):
                 print(f"  {n}/{len(jobs)} sweeps, {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = summarise(records, args.budgets)
+    rows = summarise(per_seed(records, args.budgets))
     text = report(rows, check, args)
     publish("replay", text, write=not args.no_publish)
     if not args.no_publish:
