@@ -323,10 +323,10 @@ def check_surrogate(
     }
 
 
-def write_csv(rows: list[dict[str, Any]]) -> Path:
+def write_csv(rows: list[dict[str, Any]], section: str) -> Path:
     import csv
 
-    path = Path(__file__).resolve().parent.parent / "results" / "bench_replay.csv"
+    path = Path(__file__).resolve().parent.parent / "results" / f"bench_{section}.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -337,7 +337,7 @@ def write_csv(rows: list[dict[str, Any]]) -> Path:
 # -- the report ---------------------------------------------------------------------------
 def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any) -> str:
     lines = [
-        f"Replay benchmark: {args.seeds} sweep seeds, budgets {args.budgets} trials of "
+        f"Replay benchmark ({args.surrogate} surrogate): {args.seeds} sweep seeds, budgets {args.budgets} trials of "
         f"{EPOCHS} epochs, --max-concurrent {args.slots}, space `{args.space}`; the table "
         f"has {check['configs'] if check else '?'} configs. pick = expected oracle macro-F1 "
         "of the sweep's top trial (mean ± sd over seeds); >= random = share of seeds where "
@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="score the surrogate first")
     p.add_argument("--surrogate", default="forest", choices=("forest", "knn"))
     p.add_argument("--no-publish", action="store_true")
+    p.add_argument("--section", default="replay", help="results/bench.md section (and CSV name)")
     args = p.parse_args(argv)
     if args.store:
         store = Path(args.store)
@@ -409,11 +410,13 @@ def main(argv: list[str] | None = None) -> int:
             records.append(f.result())
             if n % max(1, len(jobs) // 20) == 0 or n == len(jobs):
                 print(f"  {n}/{len(jobs)} sweeps, {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = summarise(per_seed(records, args.budgets))
+    seeds_rows = per_seed(records, args.budgets)
+    rows = summarise(seeds_rows)
     text = report(rows, check, args)
-    publish("replay", text, write=not args.no_publish)
+    publish(args.section, text, write=not args.no_publish)
     if not args.no_publish:
-        write_csv(rows)
+        write_csv(rows, args.section)
+        write_csv(seeds_rows, f"{args.section}_seeds")
     return 0
 
 

@@ -195,6 +195,23 @@ def bootstrap_weights(n_rows: int, groups=None, n_boot: int = 1000, seed: int = 
     return counts[:, group_of_row]
 
 
+MIN_GROUPS = 3  # fewer sessions than this and a session bootstrap has almost no resamples
+
+
+def session_groups(sessions, split: str) -> tuple[np.ndarray | None, str | None]:
+    """The groups a split's standard errors resample: its rows' sessions (rows of one
+    session are not independent, so resampling rows gives too narrow an interval), or None
+    (rows) with a note when the split has fewer than ``MIN_GROUPS`` sessions."""
+    sessions = np.asarray(sessions)
+    n = len(np.unique(sessions))
+    if n >= MIN_GROUPS:
+        return sessions, None
+    return None, (
+        f"{split} split has {n} session(s): its val_macro_f1_se resamples rows, not "
+        f"sessions (needs {MIN_GROUPS}), and is too narrow"
+    )
+
+
 SCORES = ("macro_f1", "seed_micro_f1", "weighted_f1", "micro_f1")
 
 

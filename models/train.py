@@ -39,6 +39,7 @@ from models.metrics import (
     bootstrap_scores,
     classification_metrics,
     macro_auroc,
+    session_groups,
 )
 from models.registry import create_model
 from models.repro import reproducible
@@ -285,6 +286,12 @@ class Trainer:
         for s, labels in self.eval_labels_cpu.items():  # small corpora: what macro-F1 means
             if note := absent_note(labels, s, store.num_classes, store.label_names):
                 self._note(note)
+        sessions = store.table["session"].to_numpy()
+        self.eval_groups = {}
+        for s, d in self.evals.items():
+            self.eval_groups[s], note = session_groups(sessions[d.rows], s)
+            if note:
+                self._note(note)
 
     def _build_optimization(self) -> None:
         """Loss, optimizer, learning-rate schedule and (on CUDA with amp) the grad scaler."""
@@ -401,7 +408,12 @@ class Trainer:
         if len(labels):
             # macro-F1 needs no neutral class; None skips the seed's micro-F1 altogether.
             reps = bootstrap_scores(
-                [pred.numpy()], labels.numpy(), n_cls, n_boot=200, neutral_index=None
+                [pred.numpy()],
+                labels.numpy(),
+                n_cls,
+                groups=self.eval_groups[split],
+                n_boot=200,
+                neutral_index=None,
             )["macro_f1"]
             out[f"{split}_macro_f1_se"] = float(reps.std(ddof=1))
         return out

@@ -219,7 +219,9 @@ def write_leaderboard(records: list[TrialRecord], path: Path, *, sweep: str, top
         "stopped early) with a score, sorted by the selection statistic: validation macro-F1 "
         f"({selection.STATISTIC}; the mean over session folds when the sweep used folds), "
         "the number the search ranked by. ± is the bootstrap standard error of one epoch's "
-        "val macro-F1 (resampling val rows): rows closer than about two of them are not "
+        "val macro-F1, resampling whole val sessions (rows of one session are not "
+        "independent); where val has fewer than 3 sessions (the demo has 2) it resamples "
+        "rows and is too narrow. Rows closer than about two of them are not "
         "distinguishable on this validation data. *max* is the luckiest single epoch, shown "
         "only to see how much a maximum over noisy epochs flatters. Test data was not read.",
         "",

@@ -353,3 +353,41 @@ def test_a_short_run_is_the_start_of_the_long_one(tiny) -> None:
     assert same(strip_time(short.history), strip_time(full.history[:3]))
     other = train(config.replace(epochs=3), tiny)  # a run *scheduled* for 3 epochs differs
     assert not same(strip_time(other.history), strip_time(full.history[:3]))
+
+
+def test_val_se_resamples_sessions(tmp_path) -> None:
+    """val_macro_f1_se is a bootstrap over val sessions (3 here), not rows; with fewer
+    sessions it falls back to rows and says so."""
+    from models.metrics import bootstrap_scores
+    from models.train import evaluate
+
+    path = make_synthetic_store(tmp_path, n=300, val_sessions=(5, 6, 7), seed=3)
+    store = FeatureStore.open(path, sealed=("test",))
+    trainer = Trainer(cfg(), store)
+    metrics = trainer.run_epoch()
+    assert not any("resamples rows" in n for n in trainer.notes)
+    data = trainer.evals["val"]
+    _, pred, _ = evaluate(
+        trainer.model, data, trainer.objective, trainer.config.batch_size, trainer.autocast
+    )
+    labels = data.labels.cpu().numpy()
+    sessions = store.table["session"].to_numpy()[data.rows]
+    assert sorted(set(sessions)) == [5, 6, 7]
+
+    def se(groups) -> float:
+        reps = bootstrap_scores(
+            [pred.numpy()],
+            labels,
+            store.num_classes,
+            groups=groups,
+            n_boot=200,
+            neutral_index=None,
+        )["macro_f1"]
+        return float(reps.std(ddof=1))
+
+    assert metrics["val_macro_f1_se"] == pytest.approx(se(sessions), abs=0, rel=1e-12)
+    assert se(sessions) != pytest.approx(se(None), rel=1e-3)
+    two = Trainer(
+        cfg(), FeatureStore.open(make_synthetic_store(tmp_path / "b", n=300), sealed=("test",))
+    )
+    assert any("val split has 2 session(s)" in n for n in two.notes)
