@@ -100,3 +100,36 @@ def test_pick_is_the_top_score() -> None:
     out, _ = sweep(10)
     scores = [out.score(t) for t in out.trials]
     assert out.pick() is out.trials[scores.index(max(scores))]
+
+
+def test_simulator_decides_as_real_tune() -> None:
+    """tests/test_ordered_tune.py runs these curves through a real Tune sweep and gets
+    `expected_epochs()`; the simulator must stop every trial at the same epoch, whatever
+    order its trials' epochs end in."""
+    from search.ordered import OrderedASHA, OrderedSearcher
+    from search.trainable import METRIC
+    from tests import test_ordered_tune as tt
+
+    for speed in (1, 2, 3):
+
+        def curve_of(config: dict, number: int, speed: int = speed) -> Curve:
+            k = config["k"]
+            secs = [1.0 + 0.37 * ((k * speed) % 4)] * tt.MAX_T
+            return Curve(
+                val=[tt.curve(k, e) for e in range(1, tt.MAX_T + 1)], auroc=secs, seconds=secs
+            )
+
+        asha = OrderedASHA(
+            metric=METRIC,
+            mode="max",
+            max_t=tt.MAX_T,
+            grace_period=tt.GRACE,
+            reduction_factor=tt.RF,
+            lag=tt.WINDOW,
+            total=tt.TRIALS,
+        )
+        search_alg = OrderedSearcher(tt.Numbered(), window=tt.WINDOW, total=tt.TRIALS)
+        out = simulate(
+            search_alg, asha, curve_of, num_samples=tt.TRIALS, slots=tt.WINDOW, max_epochs=tt.MAX_T
+        )
+        assert {t.config["k"]: t.epoch for t in out.trials} == tt.expected_epochs(), speed
