@@ -95,6 +95,7 @@ ARMS: dict[str, Arm] = {
     "tpe-s20": Arm(_tpe(n_startup_trials=20)),
     "tpe-mv": Arm(_tpe(n_startup_trials=10, multivariate=True, group=True)),
     "tpe-mv-s20": Arm(_tpe(n_startup_trials=20, multivariate=True, group=True)),
+    "tpe-prior2": Arm(_tpe(n_startup_trials=10, prior_weight=2.0)),  # a wider prior: explores
     "tpe-liar": Arm(_tpe(n_startup_trials=10, constant_liar=True)),
     "tpe-pruned": Arm(_tpe(n_startup_trials=10), searcher_cls=_pruned_search),
     "tpe-nofirst": Arm(_tpe(n_startup_trials=10), first_window=False),
