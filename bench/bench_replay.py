@@ -84,6 +84,7 @@ class Arm:
     reproducible: bool = True
     searcher_cls: Callable[[], type] | None = None
     first_window: bool = True  # False: the first window's trials are never stopped (before 21)
+    reduction_factor: int | None = None  # None: the product's (search.settings)
 
 
 ARMS: dict[str, Arm] = {
@@ -96,6 +97,14 @@ ARMS: dict[str, Arm] = {
     "tpe-mv": Arm(_tpe(n_startup_trials=10, multivariate=True, group=True)),
     "tpe-mv-s20": Arm(_tpe(n_startup_trials=20, multivariate=True, group=True)),
     "tpe-prior2": Arm(_tpe(n_startup_trials=10, prior_weight=2.0)),  # a wider prior: explores
+    "tpe-prior3": Arm(_tpe(n_startup_trials=10, prior_weight=3.0)),
+    "tpe-prior2-s20": Arm(_tpe(n_startup_trials=20, prior_weight=2.0)),
+    "tpe-prior2-mv": Arm(
+        _tpe(n_startup_trials=10, prior_weight=2.0, multivariate=True, group=True)
+    ),
+    "tpe-ei8": Arm(_tpe(n_startup_trials=10, n_ei_candidates=8)),  # fewer candidates: explores
+    "tpe-prior2-rf2": Arm(_tpe(n_startup_trials=10, prior_weight=2.0), reduction_factor=2),
+    "tpe-prior2-rf4": Arm(_tpe(n_startup_trials=10, prior_weight=2.0), reduction_factor=4),
     "tpe-liar": Arm(_tpe(n_startup_trials=10, constant_liar=True)),
     "tpe-pruned": Arm(_tpe(n_startup_trials=10), searcher_cls=_pruned_search),
     "tpe-nofirst": Arm(_tpe(n_startup_trials=10), first_window=False),
@@ -108,12 +117,12 @@ ARMS: dict[str, Arm] = {
 _S: dict[str, Any] = {}
 
 
-def _setup(store: str, space: str, epochs: int, kind: str = "forest") -> None:
+def _setup(table: str, space: str, epochs: int, kind: str = "forest") -> None:
     from bench.replay_surrogate import Surrogate
-    from bench.replay_table import HORIZON, oracle_epochs, read_table, table_dir
+    from bench.replay_table import HORIZON, oracle_epochs, read_table
     from search.spaces import get_space, with_fixed
 
-    rows = read_table(table_dir(Path(store), space))
+    rows = read_table(Path(table))
     _S["space"] = with_fixed(get_space(space), {"epochs": HORIZON, "seed": 0})
     _S["surrogate"] = Surrogate(_S["space"], rows, epochs, oracle_epochs(epochs), kind=kind)
     _S["epochs"] = epochs
@@ -143,7 +152,12 @@ def run_sweep(arm: str, seed: int, trials: int, slots: int) -> dict[str, Any]:
     scheduler: Any = FIFOScheduler()
     if spec.asha:
         scheduler = build_asha(
-            study, max_epochs=epochs, window=slots, reproducible=reproducible, total=trials
+            study,
+            max_epochs=epochs,
+            window=slots,
+            reproducible=reproducible,
+            total=trials,
+            reduction_factor=spec.reduction_factor,
         )
         if not spec.first_window:
             scheduler.first = 0
@@ -269,7 +283,7 @@ def summarise(rows: list[dict[str, Any]], default: str = DEFAULT) -> list[dict[s
 
 # -- the surrogate's check ----------------------------------------------------------------
 def check_surrogate(
-    store: Path, space: str, epochs: int, kind: str = "forest", folds: int = 5
+    table: Path, space: str, epochs: int, kind: str = "forest", folds: int = 5
 ) -> dict[str, float]:
     """K-fold over the table's configs: predicted vs measured trial score (trailing mean at
     the last epoch) and oracle; and the same between two training seeds (the ceiling)."""
@@ -277,11 +291,11 @@ def check_surrogate(
     from scipy.stats import spearmanr
 
     from bench.replay_surrogate import Surrogate
-    from bench.replay_table import HORIZON, oracle_epochs, read_table, table_dir
+    from bench.replay_table import HORIZON, oracle_epochs, read_table
     from models.selection import trial_score
     from search.spaces import get_space, with_fixed
 
-    rows = [r for r in read_table(table_dir(store, space)) if not r["error"]]
+    rows = [r for r in read_table(table) if not r["error"]]
     seed0 = [r for r in rows if r["seed"] == 0]
     sp = with_fixed(get_space(space), {"epochs": HORIZON, "seed": 0})
     rng = np.random.default_rng(0)
@@ -371,10 +385,39 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
     return "\n".join(lines)
 
 
+def _cached_table(store_arg: str | None, space: str) -> Path | None:
+    """The store's cached table folder (the demo store by default), None (said why) if it
+    has no table yet."""
+    from bench.replay_table import read_table, table_dir
+
+    if store_arg:
+        store = Path(store_arg)
+    else:
+        from data_prep.prepare import prepare_demo
+
+        store = Path(prepare_demo())
+    folder = table_dir(store, space)
+    if read_table(folder):
+        return folder
+    store_flag = f" --store {store_arg}" if store_arg else ""
+    print(
+        f"no replay table for {store.name} and space {space!r} yet: build it with "
+        f"python -m bench.replay_table{store_flag} --space {space} (resumable, ~1 h here), "
+        "or pass --table FILE",
+        file=sys.stderr,
+    )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/bench_replay.py", description=__doc__)
     p.add_argument("--store", help="feature store (default: the demo store)")
     p.add_argument("--space", default="case")
+    p.add_argument(
+        "--table",
+        help="a table file instead of the store's cached table (e.g. results/replay/"
+        "demo-case.jsonl.gz, the table behind results/bench.md's replay figures)",
+    )
     p.add_argument("--seeds", type=int, default=100)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
@@ -386,25 +429,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-publish", action="store_true")
     p.add_argument("--section", default="replay", help="results/bench.md section (and CSV name)")
     args = p.parse_args(argv)
-    if args.store:
-        store = Path(args.store)
-    else:
-        from data_prep.prepare import prepare_demo
-
-        store = Path(prepare_demo())
-    from bench.replay_table import read_table, table_dir
-
-    if not read_table(table_dir(store, args.space)):
-        print("no replay table yet: python -m bench.replay_table (resumable, ~1 h here)")
+    table = Path(args.table) if args.table else _cached_table(args.store, args.space)
+    if table is None:
         return 2
-    check = check_surrogate(store, args.space, EPOCHS, args.surrogate) if args.check else None
+    from bench.replay_table import read_table
+
+    if not read_table(table):
+        print(f"--table {table}: no table rows there (a .jsonl or .jsonl.gz file)", file=sys.stderr)
+        return 2
+    check = check_surrogate(table, args.space, EPOCHS, args.surrogate) if args.check else None
     arms = list(dict.fromkeys([BASELINE, *args.arms]))
     trials = max(args.budgets)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(a, s) for s in seeds for a in arms]
     records, t0 = [], time.perf_counter()
     with ProcessPoolExecutor(
-        args.workers, initializer=_setup, initargs=(str(store), args.space, EPOCHS, args.surrogate)
+        args.workers, initializer=_setup, initargs=(str(table), args.space, EPOCHS, args.surrogate)
     ) as pool:
         futures = [pool.submit(run_sweep, a, s, trials, args.slots) for a, s in jobs]
         for n, f in enumerate(futures, 1):

@@ -236,9 +236,16 @@ def build_search(
 
 
 def build_asha(
-    study: Any, *, max_epochs: int, window: int, reproducible: bool, total: int
+    study: Any,
+    *,
+    max_epochs: int,
+    window: int,
+    reproducible: bool,
+    total: int,
+    reduction_factor: int | None = None,
 ) -> TrialScheduler:
-    """`search.run.sweep_asha`'s scheduler, its ledger the in-memory study."""
+    """`search.run.sweep_asha`'s scheduler, its ledger the in-memory study (``reduction_factor``
+    None: the product's)."""
     from search.ordered import OrderedASHA
     from search.settings import GRACE_PERIOD, REDUCTION_FACTOR
 
@@ -247,7 +254,7 @@ def build_asha(
         mode=MODE,
         max_t=max_epochs,
         grace_period=min(GRACE_PERIOD, max_epochs),
-        reduction_factor=REDUCTION_FACTOR,
+        reduction_factor=reduction_factor or REDUCTION_FACTOR,
         lag=window if reproducible else None,
         total=total,
         ledger=(study._storage, study.study_name),

@@ -19,6 +19,7 @@ where it stopped. A config that diverges keeps the epochs it had and the error.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import multiprocessing as mp
@@ -82,12 +83,19 @@ def jobs(n_configs: int, n_noise: int) -> list[tuple[int, int]]:
     return out
 
 
-def read_table(folder: Path) -> list[dict[str, Any]]:
-    path = folder / TABLE_FILE
+def read_table(where: Path) -> list[dict[str, Any]]:
+    """The rows of a table: its cache folder, or a table file (``.jsonl`` or ``.jsonl.gz``,
+    e.g. the copy results/replay/ keeps of the table behind results/bench.md's figures)."""
+    path = Path(where)
+    if path.is_dir() or not path.name.endswith((".jsonl", ".jsonl.gz")):
+        path = path / TABLE_FILE
     if not path.is_file():
         return []
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if line.strip():
             try:
                 rows.append(json.loads(line))

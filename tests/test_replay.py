@@ -133,3 +133,19 @@ def test_simulator_decides_as_real_tune() -> None:
             search_alg, asha, curve_of, num_samples=tt.TRIALS, slots=tt.WINDOW, max_epochs=tt.MAX_T
         )
         assert {t.config["k"]: t.epoch for t in out.trials} == tt.expected_epochs(), speed
+
+
+def test_a_table_reads_alike_from_its_cache_folder_and_a_gzip_copy(tmp_path) -> None:
+    import gzip
+    import json
+
+    from bench.replay_table import TABLE_FILE, read_table
+
+    rows = [{"index": 0, "seed": 0, "val": [0.5]}, {"index": 1, "seed": 0, "val": [0.25]}]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / TABLE_FILE).write_text(text + '{"index": 2, "se', encoding="utf-8")
+    with gzip.open(tmp_path / "copy.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    assert read_table(tmp_path) == rows  # a line cut by a killed build is dropped
+    assert read_table(tmp_path / "copy.jsonl.gz") == rows
+    assert read_table(tmp_path / "missing.jsonl") == []
