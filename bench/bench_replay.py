@@ -4,11 +4,11 @@ over a hundred sweep seeds, in minutes.
     python bench/bench_replay.py [--seeds 100] [--budgets 24 50 100 200] [--arms ...]
                                  [--store DIR] [--slots 2] [--check]
 
-The table (bench/replay_table.py: configs drawn at random from the `case` space, each trained
+The table (bench/replay/table.py: configs drawn at random from the `case` space, each trained
 as a trial is, val scores at every epoch and oracle macro-F1) is built first if it is not
-cached; a surrogate (bench/replay_surrogate.py) gives any config a curve; each arm's sweeps
+cached; a surrogate (bench/replay/surrogate.py) gives any config a curve; each arm's sweeps
 run in virtual time with the product's own searcher and scheduler objects
-(bench/replay_sim.py). Per arm, sweep seed and budget B (trials):
+(bench/replay/sim.py). Per arm, sweep seed and budget B (trials):
 
 - **pick**: the expected oracle macro-F1 of the sweep's top trial among its first B (trial
   protocol: the weights at its last epoch), its compute the epochs those B trials used;
@@ -63,13 +63,13 @@ def _random(seed: int, window: int | None) -> Any:
 
 
 def _gp(seed: int, window: int | None) -> Any:
-    from bench.replay_samplers import PerTrialGP
+    from bench.replay.samplers import PerTrialGP
 
     return PerTrialGP(seed, window)
 
 
 def _pruned_search() -> type:
-    from bench.replay_samplers import PrunedStopSearch
+    from bench.replay.samplers import PrunedStopSearch
 
     return PrunedStopSearch
 
@@ -118,8 +118,8 @@ _S: dict[str, Any] = {}
 
 
 def _setup(table: str, space: str, epochs: int, kind: str = "forest") -> None:
-    from bench.replay_surrogate import Surrogate
-    from bench.replay_table import HORIZON, oracle_epochs, read_table
+    from bench.replay.surrogate import Surrogate
+    from bench.replay.table import HORIZON, oracle_epochs, read_table
     from search.spaces import get_space, with_fixed
 
     rows = read_table(Path(table))
@@ -133,7 +133,7 @@ def run_sweep(arm: str, seed: int, trials: int, slots: int) -> dict[str, Any]:
     order) its score, epochs and expected oracle; the trials' ends in time order."""
     import optuna
 
-    from bench.replay_sim import build_asha, build_search, simulate
+    from bench.replay.sim import build_asha, build_search, simulate
     from search.ordered import FIFOScheduler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -290,8 +290,8 @@ def check_surrogate(
     import numpy as np
     from scipy.stats import spearmanr
 
-    from bench.replay_surrogate import Surrogate
-    from bench.replay_table import HORIZON, oracle_epochs, read_table
+    from bench.replay.surrogate import Surrogate
+    from bench.replay.table import HORIZON, oracle_epochs, read_table
     from models.selection import trial_score
     from search.spaces import get_space, with_fixed
 
@@ -388,7 +388,7 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
 def _cached_table(store_arg: str | None, space: str) -> Path | None:
     """The store's cached table folder (the demo store by default), None (said why) if it
     has no table yet."""
-    from bench.replay_table import read_table, table_dir
+    from bench.replay.table import read_table, table_dir
 
     if store_arg:
         store = Path(store_arg)
@@ -402,7 +402,7 @@ def _cached_table(store_arg: str | None, space: str) -> Path | None:
     store_flag = f" --store {store_arg}" if store_arg else ""
     print(
         f"no replay table for {store.name} and space {space!r} yet: build it with "
-        f"python -m bench.replay_table{store_flag} --space {space} (resumable, ~1 h here), "
+        f"python -m bench.replay.table{store_flag} --space {space} (resumable, ~1 h here), "
         "or pass --table FILE",
         file=sys.stderr,
     )
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Path(args.table) if args.table else _cached_table(args.store, args.space)
     if table is None:
         return 2
-    from bench.replay_table import read_table
+    from bench.replay.table import read_table
 
     if not read_table(table):
         print(f"--table {table}: no table rows there (a .jsonl or .jsonl.gz file)", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The replay benchmark's simulator (bench/replay_sim.py) drives the product's searcher and
+"""The replay benchmark's simulator (bench/replay/sim.py) drives the product's searcher and
 scheduler: ASHA stops trials, paused trials resume, a diverging curve fails its trial in the
 study, and in reproducible mode the first B trials of a longer sweep are the B-trial sweep
 (what lets one 200-trial sweep per seed answer every budget)."""
@@ -9,9 +9,9 @@ import math
 
 import optuna
 
-from bench.replay_sim import Curve, build_asha, build_search, simulate
-from bench.replay_surrogate import encode
-from bench.replay_table import jobs, oracle_epochs
+from bench.replay.sim import Curve, build_asha, build_search, simulate
+from bench.replay.surrogate import encode
+from bench.replay.table import jobs, oracle_epochs
 from search.samplers import PerTrialSampler
 from search.trainable import TRIAL_NUMBER
 
@@ -139,7 +139,7 @@ def test_a_table_reads_alike_from_its_cache_folder_and_a_gzip_copy(tmp_path) -> 
     import gzip
     import json
 
-    from bench.replay_table import TABLE_FILE, read_table
+    from bench.replay.table import TABLE_FILE, read_table
 
     rows = [{"index": 0, "seed": 0, "val": [0.5]}, {"index": 1, "seed": 0, "val": [0.25]}]
     text = "".join(json.dumps(r) + "\n" for r in rows)

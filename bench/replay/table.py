@@ -1,7 +1,7 @@
 """The replay benchmark's table: configs drawn at random from a space, each trained as a sweep
 trains a trial, with every epoch's validation scores and oracle macro-F1.
 
-    python -m bench.replay_table [--store DIR] [--configs 300] [--noise 40] [--epochs 20]
+    python -m bench.replay.table [--store DIR] [--configs 300] [--noise 40] [--epochs 20]
 
 A row is one (config, training seed): the config as `search.run` gives it to a trial (the
 space's values plus the sweep's fixed ``epochs`` = the 150-epoch final schedule and ``seed``),
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 TABLE_SEED = 20261203  # the configs' draws: one table per store and space
 EPOCHS = 20  # as many as a sweep's trial runs (--max-epochs)
@@ -197,7 +197,7 @@ def _rows(pool: Any, todo: list[tuple[int, int, dict[str, Any]]]) -> Iterator[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.replay_table", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.replay.table", description=__doc__)
     p.add_argument("--store", help="feature store (default: the demo store)")
     p.add_argument("--space", default="case")
     p.add_argument("--configs", type=int, default=300)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.replay_sim import Curve
+from bench.replay.sim import Curve
 from models.selection import trailing_means
 
 NEIGHBOURS = 5
