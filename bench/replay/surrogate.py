@@ -49,8 +49,10 @@ def encode(space: Mapping[str, Any], config: Mapping[str, Any]) -> list[float]:
 
 
 def _mean_rows(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Rows by config index, in (index, seed) order: a table's lines are in the order its
+    workers finished, and the surrogate must not depend on that."""
     by: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["index"], r["seed"])):
         by.setdefault(r["index"], []).append(r)
     return by
 

@@ -49,6 +49,15 @@ def oracle_epochs(epochs: int) -> list[int]:
     return sorted({*(m for m in rungs if m < epochs), epochs})
 
 
+def scored_epochs(rows: list[dict[str, Any]], epochs: int) -> list[int]:
+    """The epochs a table's rows carry oracle scores for (fixed when it was built, whatever
+    ASHA's settings are now); a table without an oracle: `oracle_epochs`."""
+    for r in rows:
+        if r.get("oracle"):
+            return sorted(int(k) for k in r["oracle"])
+    return oracle_epochs(epochs)
+
+
 def table_dir(store: Path, space: str) -> Path:
     """Where the table of ``store`` and ``space`` is cached."""
     from data_prep.paths import case_tune_home
