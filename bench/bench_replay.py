@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import statistics
 import sys
 import time
@@ -62,6 +63,15 @@ def _random(seed: int, window: int | None) -> Any:
     return PerTrialSampler("random", seed, window)
 
 
+def _mix(fraction: float) -> Callable[[int, int | None], Any]:
+    def make(seed: int, window: int | None) -> Any:
+        from bench.replay.samplers import InterleavedRandom
+
+        return InterleavedRandom(seed, window, random_fraction=fraction, n_startup_trials=10)
+
+    return make
+
+
 def _gp(seed: int, window: int | None) -> Any:
     from bench.replay.samplers import PerTrialGP
 
@@ -84,7 +94,7 @@ class Arm:
     reproducible: bool = True
     searcher_cls: Callable[[], type] | None = None
     first_window: bool = True  # False: the first window's trials are never stopped (before 21)
-    reduction_factor: int | None = None  # None: the product's (search.settings)
+    reduction_factor: int = 3  # ASHA's; Ray's and the product's before the replay chose 4
 
 
 # Optuna 5's TPE is always multivariate and runs a constant liar by default; its prior
@@ -109,6 +119,10 @@ ARMS: dict[str, Arm] = {
     "tpe-rf4": Arm(_tpe(n_startup_trials=10), reduction_factor=4),
     "tpe-prior2-rf2": Arm(_tpe(n_startup_trials=10, prior_weight=2.0), reduction_factor=2),
     "tpe-prior2-rf4": Arm(_tpe(n_startup_trials=10, prior_weight=2.0), reduction_factor=4),
+    "tpe-mix20": Arm(_mix(0.2)),  # a fifth of the trials at random (SMAC's interleaving)
+    "tpe-mix33": Arm(_mix(1 / 3)),
+    "tpe-mix20-rf4": Arm(_mix(0.2), reduction_factor=4),
+    "tpe-mix33-rf4": Arm(_mix(1 / 3), reduction_factor=4),
     "tpe-pruned": Arm(_tpe(n_startup_trials=10), searcher_cls=_pruned_search),
     "tpe-nofirst": Arm(_tpe(n_startup_trials=10), first_window=False),
     "tpe-async": Arm(_tpe(n_startup_trials=10), reproducible=False),
@@ -454,8 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(a, s) for s in seeds for a in arms]
     records, t0 = [], time.perf_counter()
+    # spawn, not fork: the surrogate check ran OpenMP in this process, and a forked worker
+    # hangs in its first kNN query waiting for the parent's OpenMP threads
     with ProcessPoolExecutor(
-        args.workers, initializer=_setup, initargs=(str(table), args.space, EPOCHS, args.surrogate)
+        args.workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_setup,
+        initargs=(str(table), args.space, EPOCHS, args.surrogate),
     ) as pool:
         futures = [pool.submit(run_sweep, a, s, trials, args.slots) for a, s in jobs]
         for n, f in enumerate(futures, 1):

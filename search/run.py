@@ -155,17 +155,20 @@ def sweep_sampler(settings: SweepSettings) -> Any:
     """The sweep's Optuna sampler, seeded per trial number (search/samplers.py), so that an
     extension or a restarted driver never replays an earlier trial's draws.
 
-    TPE keeps Optuna's defaults but the number of random start-up trials. Tried on replayed
-    demo learning curves (78 random configs, 30 seeds): 5 or 3 start-up trials, multivariate
-    and group did not beat the defaults; with few trials and noisy val F1, an early TPE model
-    exploits noise.
+    TPE keeps Optuna's defaults (multivariate, constant liar) but its start-up trials and
+    the prior's weight (search.settings.PRIOR_WEIGHT), chosen on bench/bench_replay.py's
+    100 sweep seeds: start-up counts of 5 or 20, `group`, no liar, 8 or 64 EI candidates,
+    random configs interleaved, GP and BOHB-style telling of stopped trials did not beat it.
     """
     from search.samplers import PerTrialSampler
 
     window = settings.max_concurrent if settings.reproducible else None
     if settings.searcher == "random":
         return PerTrialSampler("random", settings.seed, window)
-    return PerTrialSampler("tpe", settings.seed, window, n_startup_trials=settings.startup_trials)
+    options: dict[str, Any] = {"n_startup_trials": settings.startup_trials}
+    if settings.prior_weight != 1.0:  # Optuna's default: not passed (the option is deprecated)
+        options["prior_weight"] = settings.prior_weight
+    return PerTrialSampler("tpe", settings.seed, window, **options)
 
 
 def sweep_trainable(settings: SweepSettings, store_path: Path) -> Any:
@@ -473,7 +476,7 @@ def _sweep_params(settings: SweepSettings, store_key: str, store_path: Path) -> 
         "gpus_per_trial": settings.gpus_per_trial,
         "seed": settings.seed,
         "searcher": (
-            f"optuna-tpe(startup={settings.startup_trials})"
+            f"optuna-tpe(startup={settings.startup_trials},prior_weight={settings.prior_weight})"
             if settings.searcher == "tpe"
             else f"optuna-{settings.searcher}"
         ),

@@ -22,6 +22,7 @@ A module of its own: Tune pickles the searcher (and its sampler) by module path.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -102,7 +103,9 @@ class PerTrialSampler(BaseSampler):
         seed = trial_seed(self.seed, number)
         if self.kind == "random":
             return optuna.samplers.RandomSampler(seed=seed, **self.options)
-        return optuna.samplers.TPESampler(seed=seed, **self.options)
+        with warnings.catch_warnings():  # one per trial: said once, in search.settings
+            warnings.filterwarnings("ignore", "`prior_weight`", FutureWarning)
+            return optuna.samplers.TPESampler(seed=seed, **self.options)
 
     def _for(self, trial: FrozenTrial) -> BaseSampler:
         if trial.number != self._number:

@@ -92,7 +92,7 @@ def test_encoding_and_table_jobs() -> None:
     assert encode(SPACE, {"model": "a", "lr": 1e-2}) == [1.0, 0.0, 0.0, -2.0, -0.3]
     assert encode(SPACE, {"model": "b", "lr": 1e-3, "warm": 0.1}) == [0.0, 1.0, 0.0, -3.0, 0.1]
     assert jobs(3, 2) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
-    assert oracle_epochs(20) == [3, 9, 20]
+    assert oracle_epochs(20) == [3, 9, 12, 20]  # rungs at rf 3 and the product's 4, and the last
     assert oracle_epochs(2) == [2]
 
 

@@ -108,6 +108,27 @@ def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
     assert http.optuna_storage == f"sqlite:///{(tmp_path / 'out' / 'optuna.db').resolve()}"
 
 
+def test_the_searcher_is_the_replay_benchmarks_choice_and_old_sweeps_resume_as_they_ran(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from search.run import sweep_sampler
+    from search.settings import SweepSettings
+
+    monkeypatch.setenv("CASE_TUNE_HOME", str(tmp_path / "home"))
+    s = parse_settings(["--space", "case", "--seed", "3"], cwd=tmp_path)
+    assert (s.prior_weight, s.reduction_factor, s.startup_trials) == (2.0, 4, 10)
+    tpe = sweep_sampler(s).build(11)
+    assert tpe._parzen_estimator_parameters.prior_weight == 2.0
+    assert tpe._n_startup_trials == 10
+    # A sweep.json written before the prior weight was a setting resumes with Optuna's 1.0,
+    # and its recorded reduction factor stays.
+    old = {k: v for k, v in s.to_dict().items() if k != "prior_weight"}
+    restored = SweepSettings.from_dict({**old, "reduction_factor": 3})
+    assert (restored.prior_weight, restored.reduction_factor) == (1.0, 3)
+    assert sweep_sampler(restored).options == {"n_startup_trials": 10}
+    assert SweepSettings.from_dict(s.to_dict()) == s
+
+
 def test_reproducible_and_async_are_one_choice(tmp_path: Path, monkeypatch) -> None:
     from search.settings import REPRODUCIBLE
 

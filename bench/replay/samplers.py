@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 
 from search.samplers import PerTrialSampler, trial_seed
@@ -24,6 +25,23 @@ class PerTrialGP(PerTrialSampler):
         return optuna.samplers.GPSampler(
             seed=trial_seed(self.seed, number), warn_independent_sampling=False, **self.options
         )
+
+
+class InterleavedRandom(PerTrialSampler):
+    """TPE with a share of trials drawn at random instead, as SMAC interleaves random
+    configurations; which trials is decided by (seed, number) on a stream of its own."""
+
+    def __init__(
+        self, seed: int, window: int | None = None, random_fraction: float = 0.2, **options: Any
+    ) -> None:
+        self.random_fraction = random_fraction  # build(0) runs in the base's __init__
+        super().__init__("tpe", seed, window, **options)
+
+    def build(self, number: int) -> optuna.samplers.BaseSampler:
+        u = np.random.default_rng(np.random.SeedSequence([self.seed, number, 1])).random()
+        if u < self.random_fraction:
+            return optuna.samplers.RandomSampler(seed=trial_seed(self.seed, number))
+        return super().build(number)
 
 
 class PrunedStopSearch(TrialOptunaSearch):

@@ -245,7 +245,7 @@ def build_asha(
     reduction_factor: int | None = None,
 ) -> TrialScheduler:
     """`search.run.sweep_asha`'s scheduler, its ledger the in-memory study (``reduction_factor``
-    None: the product's)."""
+    None: the product's, search.settings)."""
     from search.ordered import OrderedASHA
     from search.settings import GRACE_PERIOD, REDUCTION_FACTOR
 

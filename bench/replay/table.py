@@ -40,12 +40,14 @@ TABLE_FILE = "table.jsonl"
 
 def oracle_epochs(epochs: int) -> list[int]:
     """The epochs whose weights are scored on the oracle: where ASHA can stop a trial (its
-    rungs) and the last, the only epochs whose weights a sweep's pick can have (an oracle
-    score costs three epochs of training here)."""
+    rungs, at the product's reduction factor and at 3, the benchmark's other arms') and the
+    last, the only epochs whose weights a sweep's pick can have (an oracle score costs three
+    epochs of training here)."""
     from search.ordered import rung_milestones
     from search.settings import GRACE_PERIOD, REDUCTION_FACTOR
 
-    rungs = rung_milestones(min(GRACE_PERIOD, epochs), epochs, REDUCTION_FACTOR)
+    grace = min(GRACE_PERIOD, epochs)
+    rungs = {m for rf in {3, REDUCTION_FACTOR} for m in rung_milestones(grace, epochs, rf)}
     return sorted({*(m for m in rungs if m < epochs), epochs})
 
 
