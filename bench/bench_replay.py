@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.replay.table import BASE_REDUCTION_FACTOR  # noqa: E402
 from bench.report import publish  # noqa: E402
 
 EPOCHS = 20
@@ -95,7 +96,7 @@ class Arm:
     reproducible: bool = True
     searcher_cls: Callable[[], type] | None = None
     first_window: bool = True  # False: the first window's trials are never stopped (before 21)
-    reduction_factor: int = 3  # ASHA's; Ray's and the product's before the replay chose 4
+    reduction_factor: int = BASE_REDUCTION_FACTOR  # ASHA's (the product's: 4, PRODUCT's arm)
 
 
 # Optuna 5's TPE is always multivariate and runs a constant liar by default; its prior
@@ -321,9 +322,7 @@ def check_surrogate(
     from models.selection import trial_score
     from search.spaces import get_space, with_fixed
 
-    rows = sorted(
-        (r for r in read_table(table) if not r["error"]), key=lambda r: (r["index"], r["seed"])
-    )
+    rows = [r for r in read_table(table) if not r["error"]]
     seed0 = [r for r in rows if r["seed"] == 0]
     sp = with_fixed(get_space(space), {"epochs": HORIZON, "seed": 0})
     rng = np.random.default_rng(0)
@@ -413,28 +412,26 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
     return "\n".join(lines)
 
 
-def _cached_table(store_arg: str | None, space: str) -> Path | None:
-    """The store's cached table folder (the demo store by default), None (said why) if it
-    has no table yet."""
-    from bench.replay.table import read_table, table_dir
+def _cached_table(store_arg: str | None, space: str) -> Path:
+    """The cache folder of the store's table (the demo store by default)."""
+    from bench.replay.table import table_dir
 
     if store_arg:
-        store = Path(store_arg)
-    else:
-        from data_prep.prepare import prepare_demo
+        return table_dir(Path(store_arg), space)
+    from data_prep.prepare import prepare_demo
 
-        store = Path(prepare_demo())
-    folder = table_dir(store, space)
-    if read_table(folder):
-        return folder
-    store_flag = f" --store {store_arg}" if store_arg else ""
-    print(
-        f"no replay table for {store.name} and space {space!r} yet: build it with "
-        f"python -m bench.replay.table{store_flag} --space {space} (resumable, ~1 h here), "
-        "or pass --table FILE",
-        file=sys.stderr,
+    return table_dir(Path(prepare_demo()), space)
+
+
+def _no_table(args: argparse.Namespace) -> str:
+    if args.table:
+        return f"--table {args.table}: no table rows there (a .jsonl or .jsonl.gz file)"
+    store = f" --store {args.store}" if args.store else ""
+    return (
+        f"no replay table for {args.store or 'the demo store'} and space {args.space!r} yet: "
+        f"build it with python -m bench.replay.table{store} --space {args.space} (resumable, "
+        "~1 h here), or pass --table FILE"
     )
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,12 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--section", default="replay", help="results/bench.md section (and CSV name)")
     args = p.parse_args(argv)
     table = Path(args.table) if args.table else _cached_table(args.store, args.space)
-    if table is None:
-        return 2
     from bench.replay.table import read_table
 
     if not read_table(table):
-        print(f"--table {table}: no table rows there (a .jsonl or .jsonl.gz file)", file=sys.stderr)
+        print(_no_table(args), file=sys.stderr)
         return 2
     check = check_surrogate(table, args.space, EPOCHS, args.surrogate) if args.check else None
     arms = list(dict.fromkeys([BASELINE, *args.arms]))

@@ -49,10 +49,9 @@ def encode(space: Mapping[str, Any], config: Mapping[str, Any]) -> list[float]:
 
 
 def _mean_rows(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Rows by config index, in (index, seed) order: a table's lines are in the order its
-    workers finished, and the surrogate must not depend on that."""
+    """Rows by config index (rows as `read_table` gives them: in (index, seed) order)."""
     by: dict[int, list[dict[str, Any]]] = {}
-    for r in sorted(rows, key=lambda r: (r["index"], r["seed"])):
+    for r in rows:
         by.setdefault(r["index"], []).append(r)
     return by
 

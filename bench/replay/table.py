@@ -36,6 +36,7 @@ TABLE_SEED = 20261203  # the configs' draws: one table per store and space
 EPOCHS = 20  # as many as a sweep's trial runs (--max-epochs)
 HORIZON = 150  # the final run's schedule, which trials share
 TABLE_FILE = "table.jsonl"
+BASE_REDUCTION_FACTOR = 3  # the benchmark arms' ASHA (Ray's default; the product's before 22)
 
 
 def oracle_epochs(epochs: int) -> list[int]:
@@ -47,7 +48,8 @@ def oracle_epochs(epochs: int) -> list[int]:
     from search.settings import GRACE_PERIOD, REDUCTION_FACTOR
 
     grace = min(GRACE_PERIOD, epochs)
-    rungs = {m for rf in {3, REDUCTION_FACTOR} for m in rung_milestones(grace, epochs, rf)}
+    rfs = {BASE_REDUCTION_FACTOR, REDUCTION_FACTOR}
+    rungs = {m for rf in rfs for m in rung_milestones(grace, epochs, rf)}
     return sorted({*(m for m in rungs if m < epochs), epochs})
 
 
@@ -95,8 +97,10 @@ def jobs(n_configs: int, n_noise: int) -> list[tuple[int, int]]:
 
 
 def read_table(where: Path) -> list[dict[str, Any]]:
-    """The rows of a table: its cache folder, or a table file (``.jsonl`` or ``.jsonl.gz``,
-    e.g. the copy results/replay/ keeps of the table behind results/bench.md's figures)."""
+    """The rows of a table in (config index, seed) order: its cache folder, or a table file
+    (``.jsonl`` or ``.jsonl.gz``, e.g. the copy results/replay/ keeps of the table behind
+    results/bench.md's figures). A file's lines are in the order its build's workers
+    finished; whatever reads the table (the surrogate, its check) must not depend on that."""
     path = Path(where)
     if path.is_dir() or not path.name.endswith((".jsonl", ".jsonl.gz")):
         path = path / TABLE_FILE
@@ -112,7 +116,7 @@ def read_table(where: Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by a killed build: trained again
                 continue
-    return rows
+    return sorted(rows, key=lambda r: (r["index"], r["seed"]))
 
 
 # -- the workers --------------------------------------------------------------------------
