@@ -45,9 +45,8 @@ def first_stop(values: dict[int, float], peers: dict[int, list[float]], rf: floa
 
 def cost(settings: Any, parent: str, window: int) -> dict[str, float]:
     """Epochs of the sweep, and the never-stoppable trials' excess over the counterfactual."""
-    import optuna
-
     from search import results, tracking
+    from search.ledger import load_study
     from search.ordered import ledger_rungs, rung_milestones
 
     client = tracking.client_for(settings.tracking_uri)
@@ -58,7 +57,7 @@ def cost(settings: Any, parent: str, window: int) -> dict[str, float]:
         settings.grace_period, settings.max_epochs, settings.reduction_factor
     )
     milestones = [m for m in rungs_at if m < settings.max_epochs]
-    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_storage)
+    study = load_study(settings.optuna_storage, settings.name)
     rungs = ledger_rungs(study, milestones)
     excess = stoppable = 0
     for k in range(window):

@@ -207,10 +207,10 @@ class OrderedASHA(FIFOScheduler):
         """The study, opened once per driver process; its rung values join the record, and
         the trials it has finished (earlier segments') count as ended for `arrived`."""
         if self._study is None and self.ledger is not None:
-            import optuna
+            from search.ledger import load_study
 
             storage, name = self.ledger
-            self._study = optuna.load_study(study_name=name, storage=storage)
+            self._study = load_study(storage, name)
             for m, rec in ledger_rungs(self._study, self.milestones).items():
                 self.rungs[m].update({k: self.sign * v for k, v in rec.items()})
             done = self._study.get_trials(deepcopy=False)

@@ -346,7 +346,9 @@ def write_figures(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+        from search.ledger import load_study
+
+        study = load_study(optuna_storage, study_name)
     except Exception as exc:  # noqa: BLE001 - a missing study only costs figures
         return [f"Optuna study {study_name} unreadable: {exc}"]
     from optuna.visualization import matplotlib as ovm

@@ -192,15 +192,17 @@ def build_tuner(
     *,
     points: list[dict[str, Any]] | None,
     first_trials: int | None = None,
+    trainable: Any = None,
 ) -> Any:
     """The Tuner of one Tune segment (its trials meet the earlier segments' through the
     study: numbers, draws, rung values); ``first_trials``: the size of the sweep's first
-    segment (default: this one's), whose first window is judged among itself."""
-    import optuna
+    segment (default: this one's), whose first window is judged among itself; ``trainable``:
+    in place of the sweep's (`sweep_trainable`; benchmarks run a stand-in)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from search.ledger import open_storage
     from search.ordered import OrderedSearcher
     from search.spaces import define_by_run
     from search.trainable import MODE, SEARCH_METRIC
@@ -213,7 +215,7 @@ def build_tuner(
         points_to_evaluate=points or None,
         sampler=sweep_sampler(settings),
         study_name=settings.name,
-        storage=optuna.storages.RDBStorage(settings.optuna_storage),
+        storage=open_storage(settings.optuna_storage),
     )
     search_alg: Any = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
     if settings.reproducible:
@@ -225,7 +227,7 @@ def build_tuner(
     else:
         scheduler = sweep_asha(settings, first_trials or settings.num_samples)
     return tune.Tuner(
-        sweep_trainable(settings, store_path),
+        trainable or sweep_trainable(settings, store_path),
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             scheduler=scheduler,
@@ -274,22 +276,20 @@ def sweep_asha(settings: SweepSettings, first_trials: int) -> Any:
 
 # -- Optuna study bookkeeping ------------------------------------------------------------
 def _study_exists(storage: str, name: str) -> bool:
-    import optuna
+    from search.ledger import study_exists
 
-    try:
-        return name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    except Exception:
-        return False
+    return study_exists(storage, name)
 
 
 def fail_stale_optuna_trials(storage: str, name: str) -> int:
     """Mark RUNNING Optuna trials FAIL once no trial runs (a dead driver's leftovers)."""
-    import optuna
     from optuna.trial import TrialState
+
+    from search.ledger import load_study
 
     if not _study_exists(storage, name):
         return 0
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = load_study(storage, name)
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -367,6 +367,10 @@ class _Sweep:
     client: Any
     exp_id: str
     parent: str
+    trainable: Any = None  # in place of the sweep's (benchmarks: a stand-in)
+
+    def tune_trainable(self) -> Any:
+        return self.trainable or sweep_trainable(self.settings, self.store_path)
 
 
 def run_sweep(
@@ -375,16 +379,19 @@ def run_sweep(
     space: dict[str, Any] | None = None,
     points: list[dict[str, Any]] | None = None,
     quiet: bool = False,
+    trainable: Any = None,
 ) -> SweepOutcome:
     """Run (or resume) one sweep. Raises UsageError for anything wrong before Ray starts.
 
     ``space`` replaces the named space (tests, benchmarks); ``points`` replaces the seed's
-    configs as the Optuna parameter values tried first.
+    configs as the Optuna parameter values tried first; ``trainable`` replaces the trials'
+    code (bench/bench_scale.py's stand-in: the driver's cost at width without training).
     """
     t0 = time.time()
     remember(settings.tracking_uri)  # Tune's pickled callbacks hold the redacted form
     space, store_path, manifest = _sweep_inputs(settings, space)
     sweep = _open_sweep_run(settings, space, store_path, manifest)
+    sweep.trainable = trainable
     segments = tune_segments(settings, sweep.manifest)
     _write_manifest(settings, sweep.manifest)  # a resume may have added trials
     _fit_segments(sweep, segments, points, quiet)
@@ -570,13 +577,18 @@ def _fit_segment(
     if restorable:
         tuner = tune.Tuner.restore(
             str(exp_path),
-            trainable=sweep_trainable(settings, sweep.store_path),
+            trainable=sweep.tune_trainable(),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
         )
     else:
         tuner = _fresh_tuner(sweep, seg_settings, points, quiet)
+    # Tune keeps one trial pending at a time for a searcher it does not see wrapped in a
+    # ConcurrencyLimiter (the ordered searcher): trials then started one per controller
+    # step, ~0.8 s apart, and a 16-wide sweep never had more than two running
+    # (bench/bench_scale.py). The window is the limit the searchers keep themselves.
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(settings.max_concurrent)
     tuner.fit()
     return _segment_done(exp_path, seg_settings.num_samples)
 
@@ -617,6 +629,7 @@ def _fresh_tuner(
         callbacks,
         points=points if fresh else None,
         first_trials=int(sweep.manifest["tune_segments"][0]["num_samples"]),
+        trainable=sweep.tune_trainable(),
     )
 
 

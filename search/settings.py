@@ -77,13 +77,15 @@ def default_tracking_uri(cwd: Path | None = None) -> str:
 
 
 def optuna_storage_for(tracking_uri: str, results_dir: Path) -> str:
-    """Optuna's sqlite beside MLflow's when MLflow is a local sqlite file, else in the results
-    folder, beside the sweep manifests that --resume needs anyway (not the cwd, which under
-    `ray job submit` is a temporary copy of the working directory)."""
+    """Optuna's journal (search/ledger.py) beside MLflow's sqlite when MLflow is a local file,
+    else in the results folder, beside the sweep manifests that --resume needs anyway (not the
+    cwd, which under `ray job submit` is a temporary copy of the working directory)."""
+    from search.ledger import JOURNAL_FILE, journal_spec
+
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
-        return f"sqlite:///{db.with_name('optuna.db')}"
-    return f"sqlite:///{(results_dir / 'optuna.db').resolve()}"
+        return journal_spec(db.with_name(JOURNAL_FILE))
+    return journal_spec(results_dir / JOURNAL_FILE)
 
 
 @dataclass

@@ -198,7 +198,17 @@ class MlflowTrialCallback(Callback):
     same `case_tune.trial_id` exists (a resumed sweep restarting an unfinished trial from
     scratch) gets a fresh run and the old
     one is deleted, so each trial has exactly one run with a clean history.
+
+    Epochs are written in batches, one `log_batch` per run with every epoch it has waiting
+    (at 64 concurrent trials one write per result was a tenth of the driver's time,
+    bench/bench_scale.py): every ``FLUSH_S`` seconds, when a trial ends or restarts, and
+    whenever Tune saves its experiment state (`get_state`). So whatever checkpoint the saved
+    state names, every epoch up to it is in MLflow: a killed driver loses only epochs that a
+    resumed sweep trains and logs again.
     """
+
+    FLUSH_S = 5.0
+    SAVED_CHECK_S = 0.25  # how often pending runs look for a newer saved Tune state
 
     def __init__(
         self,
@@ -225,6 +235,9 @@ class MlflowTrialCallback(Callback):
         self._unlogged: dict[str, dict] = {}  # trial_id -> its result awaiting its checkpoint
         self._logged_upto: dict[str, int] = {}  # run_id -> last epoch a reopened run holds
         self._sweep: str | None = None  # the sweep's name (its run's tag), read when needed
+        self._batch: dict[str, tuple[list[Metric], dict[str, RunTag]]] = {}  # run_id -> unwritten
+        self._flushed = time.monotonic()
+        self._saved = SavedStates(self.experiment_dir)
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
@@ -234,11 +247,14 @@ class MlflowTrialCallback(Callback):
         state["_pending"] = {}
         state["_unlogged"] = {}
         state["_logged_upto"] = {}
+        state["_batch"] = {}
+        state["_saved"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         fresh = {"experiment_dir": None, "_pending": {}, "_unlogged": {}, "_logged_upto": {}}
-        self.__dict__.update({**fresh, **state})
+        self.__dict__.update({**fresh, **state, "_batch": {}, "_flushed": time.monotonic()})
+        self._saved = SavedStates(self.experiment_dir)
 
     @property
     def client(self) -> MlflowClient:
@@ -277,6 +293,7 @@ class MlflowTrialCallback(Callback):
             # restart from a checkpoint older than the run's last epoch (Tune's saved state
             # can lag its newest checkpoint by one); the epochs trained again are not logged
             # twice (see _log_result).
+            self.flush(old)
             reopen_run(self.client, old)
             history = self.client.get_metric_history(old, "val_macro_f1")
             self._logged_upto[old] = max((m.step for m in history), default=0)
@@ -344,19 +361,32 @@ class MlflowTrialCallback(Callback):
         if step <= self._logged_upto.get(run_id, 0):
             return  # an epoch a restart trained again: the run has it (same config and seed)
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in trial_metrics(result).items()]
-        tags = []
+        metrics, tags = self._batch.setdefault(run_id, ([], {}))
+        metrics += [Metric(k, v, now, step) for k, v in trial_metrics(result).items()]
         if result.get("splits_read"):
-            tags.append(RunTag(SPLITS_READ, str(result["splits_read"])))
+            tags[SPLITS_READ] = RunTag(SPLITS_READ, str(result["splits_read"]))
         if result.get("numerics"):
-            tags.append(RunTag(NUMERICS, str(result["numerics"])[:_MAX_TAG]))
-        for i in range(0, max(len(metrics), 1), _MAX_BATCH):
-            self.client.log_batch(
-                run_id,
-                metrics=metrics[i : i + _MAX_BATCH],
-                tags=tags if i == 0 else [],
-                synchronous=True,
-            )
+            tags[NUMERICS] = RunTag(NUMERICS, str(result["numerics"])[:_MAX_TAG])
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write the epochs waiting for ``run_id`` (all runs: None) to MLflow."""
+        runs = list(self._batch) if run_id is None else [run_id]
+        for rid in runs:
+            metrics, tags = self._batch.pop(rid, ([], {}))
+            tag_list = list(tags.values())
+            for i in range(0, max(len(metrics), 1), _MAX_BATCH):
+                chunk = metrics[i : i + _MAX_BATCH]
+                if chunk or (i == 0 and tag_list):
+                    self.client.log_batch(
+                        rid, metrics=chunk, tags=tag_list if i == 0 else [], synchronous=True
+                    )
+        if run_id is None:
+            self._flushed = time.monotonic()
+
+    def get_state(self) -> None:
+        """Tune is saving its experiment state: everything it will name is written first."""
+        self.flush()
+        return None
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tag the run now; mark it FINISHED only after Tune has saved the trial as
@@ -369,6 +399,7 @@ class MlflowTrialCallback(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
+        self.flush(run_id)
         if own_error(trial.last_result):
             self._fail(run_id, trial)
             return
@@ -377,15 +408,18 @@ class MlflowTrialCallback(Callback):
         fault_point("trial_complete")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._flushed >= self.FLUSH_S:
+            self.flush()
         self._flush_finished()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._flush_finished()
+        self.flush()
+        self._flush_finished(force=True)
 
-    def _flush_finished(self) -> None:
+    def _flush_finished(self, force: bool = False) -> None:
         if not self._pending:
             return
-        saved = saved_trial_states(self.experiment_dir) if self.experiment_dir else None
+        saved = self._saved.states(force) if self.experiment_dir else None
         for trial_id, run_id in list(self._pending.items()):
             if saved is None or saved.get(trial_id) == "TERMINATED":
                 self.client.set_terminated(run_id, "FINISHED")
@@ -401,6 +435,7 @@ class MlflowTrialCallback(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
+        self.flush(run_id)
         # Counted here, not from trial.num_failures: Tune does not count a node Ray knows was
         # preempted (a reclaimed spot instance).
         before = self.client.get_run(run_id).data.tags.get(RESTARTS, "0")
@@ -413,6 +448,7 @@ class MlflowTrialCallback(Callback):
         self._flush_unlogged(trial)
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
+            self.flush(run_id)
             self._fail(run_id, trial)
 
     def _fail(self, run_id: str, trial: Any) -> None:
@@ -431,6 +467,38 @@ def finish_status(trial: Any, max_epochs: int | None = None) -> str:
     epochs = int(max_epochs or trial.config.get("epochs", 0) or 0)
     done = int((trial.last_result or {}).get("training_iteration", 0) or 0)
     return "stopped_early" if epochs and done < epochs else "completed"
+
+
+class SavedStates:
+    """`saved_trial_states` of the newest state Tune has saved, read again only when the file
+    changed (at 1,000 trials a state is megabytes of JSON; reading it at every controller step
+    was a quarter of the driver's time, bench/bench_scale.py), looked at no more often than
+    every ``MlflowTrialCallback.SAVED_CHECK_S`` seconds unless forced."""
+
+    def __init__(self, experiment_dir: str | None) -> None:
+        self.folder = experiment_dir
+        self._key: tuple[str, int, int] | None = None
+        self._states: dict[str, str] = {}
+        self._checked = -math.inf
+
+    def states(self, force: bool = False) -> dict[str, str]:
+        now = time.monotonic()
+        if self.folder is None or (
+            not force and now - self._checked < MlflowTrialCallback.SAVED_CHECK_S
+        ):
+            return self._states
+        self._checked = now
+        files = sorted(Path(self.folder).glob("experiment_state-*.json"))
+        try:
+            st = files[-1].stat()
+        except (IndexError, OSError):
+            return self._states
+        key = (files[-1].name, st.st_mtime_ns, st.st_size)
+        if key != self._key:
+            states = saved_trial_states(self.folder)
+            if states:  # else being written: looked at again next time
+                self._key, self._states = key, states
+        return self._states
 
 
 def saved_trial_states(experiment_dir: str | Path) -> dict[str, str]:

@@ -192,7 +192,7 @@ def _restore(run: TrialRun) -> None:
 CHECKPOINT_PREFIX = "case-tune-trial-"
 
 
-def _epoch_folder() -> tempfile.TemporaryDirectory:
+def epoch_folder() -> tempfile.TemporaryDirectory:
     """The temporary folder of one epoch's checkpoint, named after this process: ASHA stops a
     trial by killing its worker, usually while `tune.report` still holds the folder, so no
     `finally` can remove it; `remove_orphan_checkpoints` does, later, by the process name."""
@@ -200,7 +200,7 @@ def _epoch_folder() -> tempfile.TemporaryDirectory:
 
 
 def remove_orphan_checkpoints(folder: str | None = None) -> int:
-    """Remove the epoch folders (`_epoch_folder`) of trial processes on this machine that are
+    """Remove the epoch folders (`epoch_folder`) of trial processes on this machine that are
     gone, and return how many. Called where a trial starts and where a sweep ends, so stopped
     trials do not leave a checkpoint each in the temporary folder. Folders of live processes
     (another sweep's running trial) are left alone."""
@@ -261,11 +261,11 @@ def run_trial(
     except Exception as exc:  # the trial's own code: not retried (see the module docstring)
         if trial_id is None:
             raise  # no Tune to report to: the caller gets the error
-        _report_own_error(exc, None)
+        report_own_error(exc, None)
         return
     while run.epoch < last:
         epoch = run.epoch + 1
-        with _epoch_folder() as folder:
+        with epoch_folder() as folder:
             try:
                 metrics = run.run_epoch()
                 value = tie_broken(metrics, STAT_METRIC)
@@ -282,7 +282,7 @@ def run_trial(
             except Exception as exc:  # the trial's own code: not retried
                 if trial_id is None:
                     raise
-                _report_own_error(exc, epoch)
+                report_own_error(exc, epoch)
                 return
             # Outside the try: a failing report or checkpoint upload is Tune's (storage,
             # network), and Tune retries it from the last checkpoint.
@@ -312,7 +312,7 @@ def _start(
     return run, store, min(cfg.epochs, max_epochs or cfg.epochs)
 
 
-def _report_own_error(exc: Exception, epoch: int | None) -> None:
+def report_own_error(exc: Exception, epoch: int | None) -> None:
     """The trial's last result: the error, and NaN where Tune's searcher and scheduler expect
     their metrics (Tune rejects a result without them; NaN is "no value" to both)."""
     from ray import tune

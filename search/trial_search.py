@@ -26,6 +26,7 @@ class TrialOptunaSearch(OptunaSearch):
       than as a Tune failure, so that Tune does not retry it. Optuna must still record it as
       FAIL (as it would a Tune failure), not as a completed trial, and must not take the
       result's NaN placeholders as an intermediate value.
+    - Intermediate values are not written per epoch (see `on_trial_result`).
     - `save_to_dir` writes its temporary file beside the experiment folder instead of inside
       it (see there).
     - The study is the sweep's ledger: each config carries its trial's number
@@ -67,9 +68,10 @@ class TrialOptunaSearch(OptunaSearch):
         self._lost = None  # a restored searcher looks at the study anew
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if own_error(result):
-            return
-        super().on_trial_result(trial_id, result)
+        """Not stored: Ray's OptunaSearch writes every epoch's value into the study (one RDB
+        write per result, and rows every later suggestion reads back: at 64 concurrent trials
+        that was most of the driver's time, bench/bench_scale.py). TPE reads only the final
+        values; the rung values ASHA decides on are in the study already (search.ordered)."""
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -52,7 +52,7 @@ def test_search_run_on_a_kemdy20_folder_that_cannot_be_prepared(tmp_path: Path) 
     )
     err = _one_line_error(proc, f"--data {corpus}: cannot prepare this corpus")
     assert err.startswith("search.run: error:") and "no SessNN_eval.csv" in err
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.journal").exists()
     assert not (tmp_path / "results").exists() and not _files(tmp_path / "home" / "stores")
 
 

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -355,58 +354,13 @@ def test_job_submitted_to_a_started_cluster_runs_the_sweep(demo_store, tmp_path)
 # -- 3. an MLflow tracking server ------------------------------------------------------------
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    env = dict(
-        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true"
-    )
-    db = tmp_path / "srv.db"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--artifacts-destination",
-            str(tmp_path / "art"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: uvicorn's workers go with it
-    )
-    url = f"http://127.0.0.1:{port}"
+    from bench.mlflow_server import mlflow_server as serve
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 120 s")
-            time.sleep(0.5)
-        yield url, db
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        with serve(tmp_path) as server:
+            yield server.url, server.db
+    except RuntimeError as exc:  # it did not start
+        pytest.fail(str(exc))
 
 
 @pytest.mark.slow

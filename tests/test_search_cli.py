@@ -88,7 +88,8 @@ def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
     s = parse_settings(["--space", "case"], cwd=tmp_path)
     assert s.data_kind == "demo" and s.num_samples >= 24 and s.max_concurrent == 2
     assert s.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert s.optuna_storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"  # beside MLflow
+    # Optuna's journal file, beside MLflow (search/ledger.py)
+    assert s.optuna_storage == f"journal:///{str(tmp_path.resolve() / 'optuna.journal')[1:]}"
     assert s.storage_path == str((tmp_path / "home" / "ray_results").resolve())
     assert Path(s.results_dir) == (tmp_path / "results").resolve()
     assert s.name.startswith("case-")
@@ -105,7 +106,8 @@ def test_defaults_and_paths_are_resolved(tmp_path: Path, monkeypatch) -> None:
         ],
         cwd=tmp_path / "home",
     )
-    assert http.optuna_storage == f"sqlite:///{(tmp_path / 'out' / 'optuna.db').resolve()}"
+    journal = (tmp_path / "out" / "optuna.journal").resolve()
+    assert http.optuna_storage == f"journal:///{str(journal)[1:]}"
 
 
 def test_the_searcher_is_the_replay_benchmarks_choice_and_old_sweeps_resume_as_they_ran(

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import optuna
 import pytest
 
+from search.ledger import load_study
 from search.ordered import ledger_rungs
 from search.run import main, run_sweep
 from search.settings import parse_settings
@@ -102,7 +102,7 @@ def test_larger_num_samples_extends_the_same_sweep(extended: dict) -> None:
         assert by_id[tid].info.run_id == run_id
         assert metric_history(s.tracking_uri, run_id, "val_macro_f1") == extended["history"][tid]
     # Same Optuna study, now with the third trial.
-    study = optuna.load_study(study_name=s.name, storage=s.optuna_storage)
+    study = load_study(s.optuna_storage, s.name)
     assert [t.state.name for t in study.trials].count("COMPLETE") == 3
     manifest = json.loads(s.manifest_path.read_text())
     assert manifest["settings"]["num_samples"] == 3
@@ -188,7 +188,7 @@ def test_an_extended_async_sweep_replays_nothing_and_leaves_nothing_running(
     assert outcome.num_trials == 6 and not outcome.interrupted
     rows = read_trials_csv(extended.sweep_dir / "trials.csv")
     assert len({r["lr"] for r in rows}) == 6  # nothing replayed
-    study = optuna.load_study(study_name="agrown", storage=extended.optuna_storage)
+    study = load_study(extended.optuna_storage, "agrown")
     assert all(t.state.is_finished() for t in study.trials) and len(study.trials) == 6
     assert not [
         r for r in mlflow_runs(extended.tracking_uri, kind="trial") if r.info.status == "RUNNING"

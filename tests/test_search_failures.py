@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import optuna
 import pytest
 from mlflow import MlflowClient
 
 from search.faults import FAULT_ENV, FAULT_ONCE_ENV, FAULT_TRACE_ENV, read_trace
+from search.ledger import load_study
 from tests.search_helpers import metric_history, mlflow_runs, read_trials_csv, tiny_settings
 
 ABSURD_LR = 1e30  # NonFiniteLossError in the first epoch
@@ -97,7 +97,7 @@ def test_a_trial_whose_code_raises_is_tried_once_and_recorded_failed(failures) -
     text = Path(error_txt).read_text()
     assert "Traceback" in text and "NonFiniteLossError" in text
     # Optuna learnt it as a failure, not as a completed trial with a value.
-    study = optuna.load_study(study_name="failures", storage=settings.optuna_storage)
+    study = load_study(settings.optuna_storage, "failures")
     states = {t.params["lr"]: t.state.name for t in study.trials}
     assert states == {ABSURD_LR: "FAIL", 3e-3: "COMPLETE"}
     rows = {float(r["lr"]): r for r in read_trials_csv(settings.sweep_dir / "trials.csv")}

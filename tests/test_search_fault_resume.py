@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 
+from search.ledger import journal_spec, load_study
 from search.run import run_sweep
 from search.settings import parse_settings
 from tests.search_helpers import (
@@ -93,8 +93,8 @@ def test_a_resumed_sweep_equals_the_uninterrupted_one(
     folds: int,
 ) -> None:
     _killed_driver(tmp_path, search_store, fault, folds)
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    left = optuna.load_study(study_name="cut", storage=storage).trials
+    storage = journal_spec(tmp_path / "optuna.journal")
+    left = load_study(storage, "cut").trials
     assert len(left) < 6 and "RUNNING" in [t.state.name for t in left]  # killed mid-sweep
     if fault.startswith("trial_suggested"):
         assert left[-1].number == 3 and left[-1].state.name == "RUNNING"
@@ -106,7 +106,7 @@ def test_a_resumed_sweep_equals_the_uninterrupted_one(
     assert outcome.num_trials == 6 and not outcome.interrupted
     assert sweep_decisions(settings.sweep_dir) == whole[folds]
     # The ledger and MLflow end clean: nothing RUNNING, one run per trial number.
-    study = optuna.load_study(study_name="cut", storage=settings.optuna_storage)
+    study = load_study(settings.optuna_storage, "cut")
     assert [t.number for t in study.trials] == list(range(6))
     assert all(t.state.is_finished() for t in study.trials)
     runs = mlflow_runs(settings.tracking_uri, kind="trial")

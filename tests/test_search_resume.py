@@ -7,9 +7,9 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import optuna
 import pytest
 
+from search.ledger import journal_spec, load_study
 from tests.search_helpers import (  # noqa: F401
     cli,
     cli_env,
@@ -98,8 +98,8 @@ def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) ->
         assert by_id[tid].info.run_id == old.info.run_id
         assert metric_history(uri, old.info.run_id, "val_macro_f1") == history_before[tid]
 
-    manifest_storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.load_study(study_name=NAME, storage=manifest_storage)
+    manifest_storage = journal_spec(tmp_path / "optuna.journal")
+    study = load_study(manifest_storage, NAME)
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and "WAITING" not in states
     finished = sum(r.info.status == "FINISHED" for r in runs)

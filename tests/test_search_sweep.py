@@ -13,10 +13,10 @@ import json
 import math
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
+from search.ledger import load_study
 from search.run import run_sweep, summary
 from search.trainable import TIE_BREAK
 from tests.search_helpers import (
@@ -126,7 +126,7 @@ def test_results_files_agree_with_mlflow(sweep) -> None:
     manifest = json.loads((out / "sweep.json").read_text())
     assert manifest["parent_run_id"] == outcome.parent_run_id
     # The Optuna study is persisted where the manifest says, under the sweep's name.
-    study = optuna.load_study(study_name=settings.name, storage=manifest["optuna_storage"])
+    study = load_study(manifest["optuna_storage"], settings.name)
     assert len(study.trials) == settings.num_samples
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     # TPE learns from the selection statistic, ties broken by val macro-AUROC (< TIE_BREAK).
