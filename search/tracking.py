@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from ray.tune import Callback
 
 from search.faults import fault_point
+from search.mlflow_writer import MlflowWriter
 from search.redact import connect_uri, redact_uri, remember
 from search.trainable import TRACEBACK_KEY, TRIAL_NUMBER, own_error, train_config
 
@@ -199,12 +200,13 @@ class MlflowTrialCallback(Callback):
     scratch) gets a fresh run and the old
     one is deleted, so each trial has exactly one run with a clean history.
 
-    Epochs are written in batches, one `log_batch` per run with every epoch it has waiting
-    (at 64 concurrent trials one write per result was a tenth of the driver's time,
-    bench/bench_scale.py): every ``FLUSH_S`` seconds, when a trial ends or restarts, and
-    whenever Tune saves its experiment state (`get_state`). So whatever checkpoint the saved
-    state names, every epoch up to it is in MLflow: a killed driver loses only epochs that a
-    resumed sweep trains and logs again.
+    Epochs are written in batches, one `log_batch` per run with every epoch it has waiting,
+    by a writer process (search/mlflow_writer.py: at 64 concurrent trials MLflow's writes were
+    a third of the driver's CPU, bench/bench_scale.py): handed over every ``FLUSH_S`` seconds
+    and when a trial ends or restarts, and written before Tune saves its experiment state
+    (`get_state` waits for the writer). So whatever checkpoint the saved state names, every
+    epoch up to it is in MLflow: a killed driver loses only epochs that a resumed sweep
+    trains and logs again.
     """
 
     FLUSH_S = 5.0
@@ -238,6 +240,7 @@ class MlflowTrialCallback(Callback):
         self._batch: dict[str, tuple[list[Metric], dict[str, RunTag]]] = {}  # run_id -> unwritten
         self._flushed = time.monotonic()
         self._saved = SavedStates(self.experiment_dir)
+        self._writer: MlflowWriter | None = None
 
     # Tune pickles callbacks with the experiment; clients and caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
@@ -249,11 +252,14 @@ class MlflowTrialCallback(Callback):
         state["_logged_upto"] = {}
         state["_batch"] = {}
         state["_saved"] = None
+        state["_writer"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         fresh = {"experiment_dir": None, "_pending": {}, "_unlogged": {}, "_logged_upto": {}}
-        self.__dict__.update({**fresh, **state, "_batch": {}, "_flushed": time.monotonic()})
+        self.__dict__.update(
+            {**fresh, **state, "_batch": {}, "_flushed": time.monotonic(), "_writer": None}
+        )
         self._saved = SavedStates(self.experiment_dir)
 
     @property
@@ -261,6 +267,12 @@ class MlflowTrialCallback(Callback):
         if self._client is None:
             self._client = client_for(connect_uri(self.tracking_uri))
         return self._client
+
+    @property
+    def writer(self) -> MlflowWriter:
+        if self._writer is None:
+            self._writer = MlflowWriter(connect_uri(self.tracking_uri))
+        return self._writer
 
     @property
     def sweep(self) -> str:
@@ -283,6 +295,7 @@ class MlflowTrialCallback(Callback):
 
     def setup(self, **info: Any) -> None:
         _ = self.runs
+        _ = self.writer  # its process starts (imports MLflow) while Ray starts the trials
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         old = self.runs.get(trial.trial_id)
@@ -293,13 +306,14 @@ class MlflowTrialCallback(Callback):
             # restart from a checkpoint older than the run's last epoch (Tune's saved state
             # can lag its newest checkpoint by one); the epochs trained again are not logged
             # twice (see _log_result).
-            self.flush(old)
+            self.flush(old, wait=True)  # its history is read back
             reopen_run(self.client, old)
             history = self.client.get_metric_history(old, "val_macro_f1")
             self._logged_upto[old] = max((m.step for m in history), default=0)
             return
         old = self.runs.pop(trial.trial_id, None)
         if old is not None:  # its history would mix two starts from scratch
+            self.flush(old, wait=True)  # nothing may be written to it once deleted
             discard_run(self.client, old)
         config = train_config(trial.config)
         number = trial.config.get(TRIAL_NUMBER)
@@ -368,8 +382,9 @@ class MlflowTrialCallback(Callback):
         if result.get("numerics"):
             tags[NUMERICS] = RunTag(NUMERICS, str(result["numerics"])[:_MAX_TAG])
 
-    def flush(self, run_id: str | None = None) -> None:
-        """Write the epochs waiting for ``run_id`` (all runs: None) to MLflow."""
+    def flush(self, run_id: str | None = None, *, wait: bool = False) -> None:
+        """Hand the epochs waiting for ``run_id`` (all runs: None) to the writer; ``wait``:
+        until they (and everything handed over before) are in MLflow."""
         runs = list(self._batch) if run_id is None else [run_id]
         for rid in runs:
             metrics, tags = self._batch.pop(rid, ([], {}))
@@ -377,15 +392,15 @@ class MlflowTrialCallback(Callback):
             for i in range(0, max(len(metrics), 1), _MAX_BATCH):
                 chunk = metrics[i : i + _MAX_BATCH]
                 if chunk or (i == 0 and tag_list):
-                    self.client.log_batch(
-                        rid, metrics=chunk, tags=tag_list if i == 0 else [], synchronous=True
-                    )
+                    self.writer.log_batch(rid, chunk, tag_list if i == 0 else [])
         if run_id is None:
             self._flushed = time.monotonic()
+        if wait and self._writer is not None:
+            self._writer.barrier()
 
     def get_state(self) -> None:
         """Tune is saving its experiment state: everything it will name is written first."""
-        self.flush()
+        self.flush(wait=True)
         return None
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -413,8 +428,11 @@ class MlflowTrialCallback(Callback):
         self._flush_finished()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.flush()
+        self.flush(wait=True)
         self._flush_finished(force=True)
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def _flush_finished(self, force: bool = False) -> None:
         if not self._pending:
