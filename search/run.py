@@ -11,12 +11,14 @@ Also runs as a plain script (`python search/run.py ...`, e.g. under `ray submit`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -127,11 +129,6 @@ def ray_env_defaults() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The legacy reporter honours verbose=0; our CompactProgress prints one line per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's default loggers write every result as TensorBoard events and a CSV row on the
-    # driver (a seventh of its CPU at 64 concurrent trials, bench/bench_scale.py); MLflow has
-    # every epoch. Only the JSON log stays (build_tuner adds it): Tune's ExperimentAnalysis
-    # reads it.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 def init_ray(settings: SweepSettings) -> bool:
@@ -590,13 +587,38 @@ def _fit_segment(
         )
     else:
         tuner = _fresh_tuner(sweep, seg_settings, points, quiet)
-    # Tune keeps one trial pending at a time for a searcher it does not see wrapped in a
-    # ConcurrencyLimiter (the ordered searcher): trials then started one per controller
-    # step, ~0.8 s apart, and a 16-wide sweep never had more than two running
-    # (bench/bench_scale.py). The window is the limit the searchers keep themselves.
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(settings.max_concurrent)
-    tuner.fit()
+    with _fit_environment(settings):
+        tuner.fit()
     return _segment_done(exp_path, seg_settings.num_samples)
+
+
+@contextlib.contextmanager
+def _fit_environment(settings: SweepSettings) -> Iterator[None]:
+    """What Tune reads from the environment when a fit starts, for this sweep's fit only (a
+    user's own Tune runs in the same process keep Tune's defaults):
+
+    - Tune keeps one trial pending at a time for a searcher it does not see wrapped in a
+      ConcurrencyLimiter (the ordered searcher): trials then started one per controller step,
+      ~0.8 s apart, and a 16-wide sweep never had more than two running
+      (bench/bench_scale.py). The window is the limit the searchers keep themselves.
+    - Tune's default loggers write every result as TensorBoard events and a CSV row on the
+      driver (a seventh of its CPU at 64 concurrent trials); MLflow has every epoch. Only the
+      JSON log stays (build_tuner adds it): Tune's ExperimentAnalysis reads it.
+    """
+    wanted = {
+        "TUNE_MAX_PENDING_TRIALS_PG": str(settings.max_concurrent),
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    }
+    before = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _fresh_tuner(

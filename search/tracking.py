@@ -491,19 +491,20 @@ class SavedStates:
     """`saved_trial_states` of the newest state Tune has saved, read again only when the file
     changed (at 1,000 trials a state is megabytes of JSON; reading it at every controller step
     was a quarter of the driver's time, bench/bench_scale.py), looked at no more often than
-    every ``MlflowTrialCallback.SAVED_CHECK_S`` seconds unless forced."""
+    every ``MlflowTrialCallback.SAVED_CHECK_S`` seconds, or 20 times the last read's time when
+    that is longer (as Tune paces its own saves: at most 5 % of the driver's time), unless
+    forced."""
 
     def __init__(self, experiment_dir: str | None) -> None:
         self.folder = experiment_dir
         self._key: tuple[str, int, int] | None = None
         self._states: dict[str, str] = {}
         self._checked = -math.inf
+        self._every = MlflowTrialCallback.SAVED_CHECK_S
 
     def states(self, force: bool = False) -> dict[str, str]:
         now = time.monotonic()
-        if self.folder is None or (
-            not force and now - self._checked < MlflowTrialCallback.SAVED_CHECK_S
-        ):
+        if self.folder is None or (not force and now - self._checked < self._every):
             return self._states
         self._checked = now
         files = sorted(Path(self.folder).glob("experiment_state-*.json"))
@@ -514,6 +515,8 @@ class SavedStates:
         key = (files[-1].name, st.st_mtime_ns, st.st_size)
         if key != self._key:
             states = saved_trial_states(self.folder)
+            took = time.monotonic() - now
+            self._every = max(MlflowTrialCallback.SAVED_CHECK_S, 20 * took)
             if states:  # else being written: looked at again next time
                 self._key, self._states = key, states
         return self._states

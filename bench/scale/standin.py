@@ -37,6 +37,7 @@ from search.trainable import (
     TIE_METRIC,
     TRIAL_NUMBER,
     epoch_folder,
+    quiet_exit_in_callbacks,
     report_own_error,
     tie_broken,
 )
@@ -173,8 +174,10 @@ def standin_trial(
 
     from ray import tune
 
-    # As run_trial: one "checkpoint created" line per trial and epoch would drown the output.
+    # As run_trial: one "checkpoint created" line per trial and epoch would drown the output,
+    # and an ASHA stop's SIGTERM would print a SystemExit traceback.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    quiet_exit_in_callbacks()
     number = int(config[TRIAL_NUMBER])
     val, auroc = curves.curve(config, number)
     start = _resume_epoch()
