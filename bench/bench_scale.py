@@ -263,7 +263,7 @@ def _one_sweep(run: Run, settings: Any, standin: Any, events: Path) -> None:
         with _TimedReports() as reports:
             outcome = run_sweep(settings, quiet=True, trainable=standin)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        run.ray_cpu_ms_per_result = ray_cpu() - ray0  # per result below
+        children = ray_cpu() - ray0
     finally:
         progress.stop.set()
         ray.shutdown()
@@ -272,11 +272,14 @@ def _one_sweep(run: Run, settings: Any, standin: Any, events: Path) -> None:
         starts = [t for k, _, t, _ in ev if k == "start" and t >= began]
         run.restore_s = min(starts) - began if starts else float("nan")
         run.resume_wall_s = wall
+        run.ray_cpu_ms_per_result = float("nan")  # no results of its own counted
     else:
-        _fill(run, ev, wall, cpu, reports, outcome.num_failed)
+        _fill(run, ev, wall, cpu, children, reports, outcome.num_failed)
 
 
-def _fill(run: Run, ev: list, wall: float, cpu: float, reports: Any, failed: int) -> None:
+def _fill(
+    run: Run, ev: list, wall: float, cpu: float, children: float, reports: Any, failed: int
+) -> None:
     starts = [t for k, _, t, _ in ev if k == "start"]
     ends = [t for k, _, t, _ in ev if k == "epoch"]
     run.epochs = len(ends)
@@ -288,7 +291,7 @@ def _fill(run: Run, ev: list, wall: float, cpu: float, reports: Any, failed: int
     run.cpu_s = cpu - reports.cpu
     run.cpu_ms_per_result = 1000 * run.cpu_s / max(run.epochs, 1)
     run.cpu_ms_per_trial = 1000 * run.cpu_s / run.trials
-    run.ray_cpu_ms_per_result = 1000 * run.ray_cpu_ms_per_result / max(run.epochs, 1)
+    run.ray_cpu_ms_per_result = 1000 * children / max(run.epochs, 1)
     run.failed = failed
     first = sorted({n: t for k, n, t, _ in reversed(ev) if k == "start"}.values())
     warm = first[min(run.slots, len(first)) - 1]

@@ -94,10 +94,7 @@ class MlflowWriter:
             try:
                 kind, payload = self._acks.get(timeout=_POLL_S)
             except queue.Empty:
-                if not self._proc.is_alive():
-                    raise WriterError(
-                        f"the MLflow writer process died (exit {self._proc.exitcode})"
-                    ) from None
+                self._check_alive()
                 if time.monotonic() > deadline:
                     raise WriterError(
                         f"the MLflow writer did not answer within {timeout:.0f} s"
@@ -108,9 +105,12 @@ class MlflowWriter:
             if payload == self._token:
                 return
 
-    def _raise_errors(self) -> None:
+    def _check_alive(self) -> None:
         if not self._proc.is_alive():
             raise WriterError(f"the MLflow writer process died (exit {self._proc.exitcode})")
+
+    def _raise_errors(self) -> None:
+        self._check_alive()
         while True:
             try:
                 kind, payload = self._acks.get_nowait()

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file: make the repo's packages importa
 
 from data_prep.atomic import write_text_atomic  # noqa: E402
 from search.cli import config_text, run_cli  # noqa: E402
+from search.ledger import load_study, study_exists  # noqa: E402
 from search.mlflow_ui import COMPARE_MAX, ui_lines  # noqa: E402
 from search.redact import redact_uri, remember  # noqa: E402
 from search.settings import SweepSettings, UsageError, parse_settings  # noqa: E402
@@ -189,17 +190,16 @@ def sweep_trainable(settings: SweepSettings, store_path: Path) -> Any:
 def build_tuner(
     settings: SweepSettings,
     space: dict[str, Any],
-    store_path: Path,
     callbacks: list[Any],
     *,
+    trainable: Any,
     points: list[dict[str, Any]] | None,
     first_trials: int | None = None,
-    trainable: Any = None,
 ) -> Any:
     """The Tuner of one Tune segment (its trials meet the earlier segments' through the
     study: numbers, draws, rung values); ``first_trials``: the size of the sweep's first
     segment (default: this one's), whose first window is judged among itself; ``trainable``:
-    in place of the sweep's (`sweep_trainable`; benchmarks run a stand-in)."""
+    the trials' (`_Sweep.tune_trainable`)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
@@ -230,7 +230,7 @@ def build_tuner(
     else:
         scheduler = sweep_asha(settings, first_trials or settings.num_samples)
     return tune.Tuner(
-        trainable or sweep_trainable(settings, store_path),
+        trainable,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             scheduler=scheduler,
@@ -278,19 +278,11 @@ def sweep_asha(settings: SweepSettings, first_trials: int) -> Any:
 
 
 # -- Optuna study bookkeeping ------------------------------------------------------------
-def _study_exists(storage: str, name: str) -> bool:
-    from search.ledger import study_exists
-
-    return study_exists(storage, name)
-
-
 def fail_stale_optuna_trials(storage: str, name: str) -> int:
     """Mark RUNNING Optuna trials FAIL once no trial runs (a dead driver's leftovers)."""
     from optuna.trial import TrialState
 
-    from search.ledger import load_study
-
-    if not _study_exists(storage, name):
+    if not study_exists(storage, name):
         return 0
     study = load_study(storage, name)
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -373,6 +365,7 @@ class _Sweep:
     trainable: Any = None  # in place of the sweep's (benchmarks: a stand-in)
 
     def tune_trainable(self) -> Any:
+        """The trials' trainable, for a new Tuner and for Tuner.restore alike."""
         return self.trainable or sweep_trainable(self.settings, self.store_path)
 
 
@@ -417,7 +410,7 @@ def _sweep_inputs(
     space = sweep_space(settings, space)
     _check_configs(space, settings.space)
     store_path = resolve_store(settings)
-    if _study_exists(settings.optuna_storage, settings.name):
+    if study_exists(settings.optuna_storage, settings.name):
         raise UsageError(
             f"an Optuna study named {settings.name!r} already exists in "
             f"{settings.optuna_storage}; pick another --name"
@@ -632,7 +625,7 @@ def _fresh_tuner(
     from search import tracking
 
     settings = sweep.settings
-    fresh = not _study_exists(settings.optuna_storage, settings.name)
+    fresh = not study_exists(settings.optuna_storage, settings.name)
     if points is None and settings.warm_start:
         points = seed_points(sweep.space)
     callbacks = [
@@ -653,11 +646,10 @@ def _fresh_tuner(
     return build_tuner(
         seg_settings,
         sweep.space,
-        sweep.store_path,
         callbacks,
+        trainable=sweep.tune_trainable(),
         points=points if fresh else None,
         first_trials=int(sweep.manifest["tune_segments"][0]["num_samples"]),
-        trainable=sweep.tune_trainable(),
     )
 
 

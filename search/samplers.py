@@ -133,7 +133,7 @@ class PerTrialSampler(BaseSampler):
     def _for(self, trial: FrozenTrial) -> BaseSampler:
         if trial.number != self._number:
             self._number, self._sampler = trial.number, self.build(trial.number)
-            self._view: TrialView | None = None
+            self._view = None
         return self._sampler
 
     def _seen(self, study: Study, trial: FrozenTrial) -> Study:

@@ -210,7 +210,6 @@ class MlflowTrialCallback(Callback):
     """
 
     FLUSH_S = 5.0
-    SAVED_CHECK_S = 0.25  # how often pending runs look for a newer saved Tune state
 
     def __init__(
         self,
@@ -491,16 +490,18 @@ class SavedStates:
     """`saved_trial_states` of the newest state Tune has saved, read again only when the file
     changed (at 1,000 trials a state is megabytes of JSON; reading it at every controller step
     was a quarter of the driver's time, bench/bench_scale.py), looked at no more often than
-    every ``MlflowTrialCallback.SAVED_CHECK_S`` seconds, or 20 times the last read's time when
+    every ``CHECK_S`` seconds, or 20 times the last read's time when
     that is longer (as Tune paces its own saves: at most 5 % of the driver's time), unless
     forced."""
+
+    CHECK_S = 0.25
 
     def __init__(self, experiment_dir: str | None) -> None:
         self.folder = experiment_dir
         self._key: tuple[str, int, int] | None = None
         self._states: dict[str, str] = {}
         self._checked = -math.inf
-        self._every = MlflowTrialCallback.SAVED_CHECK_S
+        self._every = self.CHECK_S
 
     def states(self, force: bool = False) -> dict[str, str]:
         now = time.monotonic()
@@ -516,7 +517,7 @@ class SavedStates:
         if key != self._key:
             states = saved_trial_states(self.folder)
             took = time.monotonic() - now
-            self._every = max(MlflowTrialCallback.SAVED_CHECK_S, 20 * took)
+            self._every = max(self.CHECK_S, 20 * took)
             if states:  # else being written: looked at again next time
                 self._key, self._states = key, states
         return self._states

@@ -133,5 +133,5 @@ def test_the_saved_tune_state_is_read_again_only_when_it_changed(
     assert saved.states(force=True) == {"a": "RUNNING"}
     assert saved.states(force=True) == {"a": "RUNNING"} and len(reads) == 1  # unchanged
     save({"a": "TERMINATED", "b": "RUNNING"})
-    assert saved.states() == {"a": "RUNNING"}  # looked at again only after SAVED_CHECK_S
+    assert saved.states() == {"a": "RUNNING"}  # looked at again only after CHECK_S
     assert saved.states(force=True) == {"a": "TERMINATED", "b": "RUNNING"}

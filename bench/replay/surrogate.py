@@ -48,7 +48,7 @@ def encode(space: Mapping[str, Any], config: Mapping[str, Any]) -> list[float]:
     return out
 
 
-def _mean_rows(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+def by_config(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """Rows by config index (rows as `read_table` gives them: in (index, seed) order)."""
     by: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
@@ -90,7 +90,7 @@ class Surrogate:
     ) -> None:
 
         self.space, self.epochs, self.oracle_epochs = space, epochs, list(oracle_epochs)
-        by = _mean_rows(rows)
+        by = by_config(rows)
         seed0 = [rs[0] if rs[0]["seed"] == 0 else rs[-1] for rs in by.values()]
         self.X = np.array([encode(space, r["config"]) for r in seed0])
         self.failed = np.array([bool(r["error"]) for r in seed0])

@@ -65,11 +65,9 @@ class Curves:
 
     @classmethod
     def from_rows(cls, space: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Curves:
-        from bench.replay.surrogate import encode
+        from bench.replay.surrogate import by_config, encode
 
-        by: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
-            by.setdefault(r["index"], []).append(r)
+        by = by_config(rows)
         seed0 = [next((r for r in rs if r["seed"] == 0), rs[0]) for rs in by.values()]
         X = np.array([encode(space, r["config"]) for r in seed0])
         lo, hi = X.min(axis=0), X.max(axis=0)
