@@ -85,7 +85,7 @@ class Oracle:
         import torch
 
         from models.config import TrainConfig
-        from models.data import iterate_in_order, load_split
+        from models.data import load_split
         from models.metrics import classification_metrics
         from models.train import model_for
 
@@ -107,9 +107,7 @@ class Oracle:
                 )
             data = self._data[key]
             with torch.no_grad():
-                logits = [
-                    model(data.batch(i)).logits for i in iterate_in_order(data.n, 256, data.device)
-                ]
+                logits = [model(b).logits for _, b in data.batches(torch.arange(data.n), 256)]
             probs.append(torch.cat(logits).softmax(dim=-1))
         pred = torch.stack(probs).mean(dim=0).argmax(dim=-1)
         m = classification_metrics(

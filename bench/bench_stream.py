@@ -71,6 +71,17 @@ def make_store(root: Path, n: int) -> FeatureStore:
     return store
 
 
+def one_pass(data, order: torch.Tensor, bs: int):
+    """(positions, batch) over ``order``: the split's own pass where it has one, else slices
+    of ``order`` asked for one by one (the module before passes existed guessed the next)."""
+    if hasattr(data, "batches"):
+        yield from data.batches(order, bs)
+        return
+    for start in range(0, len(order), bs):
+        idx = order[start : start + bs]
+        yield idx, data.batch(idx)
+
+
 def loop(config: TrainConfig, store: FeatureStore, data_mod: ModuleType, epochs: int) -> dict:
     """Train ``epochs`` epochs on the streamed split; seconds waiting in batch() and total."""
     model, data = seeded_model_and_split(config, store, data_mod.load_split, budget=0)
@@ -82,12 +93,13 @@ def loop(config: TrainConfig, store: FeatureStore, data_mod: ModuleType, epochs:
     wait = steps = 0.0
     t0 = time.perf_counter()
     for _ in range(epochs):
-        perm = torch.randperm(data.n, generator=gen)
-        for start in range(0, data.n, bs):
-            idx = perm[start : start + bs]
+        batches = one_pass(data, torch.randperm(data.n, generator=gen), bs)
+        while True:
             w0 = time.perf_counter()
-            batch = data.batch(idx)
+            idx, batch = next(batches, (None, None))
             wait += time.perf_counter() - w0
+            if batch is None:
+                break
             loss = objective(model(batch), data.labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -212,7 +212,7 @@ class SpeechOnly(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         audio, lengths = batch["audio"], batch["audio_len"]
         if self.faithful:
-            pooled = pool(batch_longest(audio, lengths), None, "mean")
+            pooled = pool(batch_longest(batch), None, "mean")
         else:
             pooled = pool(audio, length_mask(lengths, audio.shape[1]), self.pooling)
         logits, v = self.classifier.with_hidden(self.dropout(pooled))

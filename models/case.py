@@ -78,7 +78,7 @@ class CASE(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         audio = batch["audio"]
         if self.faithful and self.alignment == "attention":
-            audio = batch_longest(audio, batch["audio_len"])
+            audio = batch_longest(batch)
         p = project(batch, self.text_proj, self.audio_proj, audio)
         t, a, tmask, amask = p
         pool_tmask = None if self.faithful else tmask

@@ -9,17 +9,21 @@ the resident tensor plus one chunk, never an fp16 copy and an fp32 copy of the s
 
 When a split does not fit (real KEMDy20 audio, 512 x 1024 fp16 per utterance, is about 1 MB
 each, about 13 GB with text for the training split), batches are gathered from the memory maps
-instead ("streamed"; said once per process and split). A background thread assembles the next
-batch while the current one trains, into two sets of buffers reused from step to step (pinned
-host memory on CUDA, copied to the device asynchronously). The next batch is known because
-the training loop asks for consecutive slices of one permutation (and evaluation for
-consecutive slices of one range): a guess that is checked, so a different next request is
-served synchronously, never wrongly.
+instead ("streamed"; said once per process and split).
 
-The budget (:func:`budget_report`):
-- CUDA: half of the free device memory, and at most half of this process's share of the
-  device (`CASE_TUNE_GPU_SHARE`, set by the search's trainable), so the first of several
-  trials packed on one GPU does not take the memory the others need;
+A pass over a split is :meth:`SplitData.batches` of one order (a permutation, a range) that the
+host holds, so no batch asks the device anything: the order goes to the device once per pass,
+the widths that trimming cuts to come from the host's copy of the lengths, and a streamed split
+knows the next batch and assembles it in a background thread into one of two pinned host
+buffer sets while the current one trains. On CUDA that thread also copies it to the device on a
+side stream; the training stream waits on the copy's event, and the copy into a device slot
+waits on the event of the step that last read it: the host never waits for the GPU.
+
+The budget (:func:`budget_report`; what fits it, :func:`placement`):
+- CUDA: this process's share of the device (`CASE_TUNE_GPU_SHARE`, set by the search's
+  trainable) less what it holds already and less a workspace for its steps, never more than
+  is free (:func:`cuda_budget`), so the first of several trials packed on one GPU does not
+  take the memory the others need; an H100's quarter (20 GB) holds KEMDy20's training split;
 - CPU: half of this trial's part of the memory available: MemAvailable, or less when the
   process's memory cgroup has a limit, divided by the number of runs of this size that fit on
   the node at once (Ray's node resources over the trial's request), and at most Ray's
@@ -30,8 +34,9 @@ Per batch, axes a model allows (models' `trim`) are cut to the batch's longest t
 with masks this changes no output and saves work; for faithful attention and speech-only it is
 the seed's padding of audio to the batch's longest utterance.
 
-CUDA-only lines, which no CPU test runs: the pinned allocation in `_host_buffer`, the
-asynchronous copy and event in `_to_device`, and the event wait in `_assemble`.
+CUDA-only lines, which no CPU test runs (tests/test_gpu.py does, under `pytest -m gpu`): the
+pinned allocation in `_host_buffer`, the side-stream copy in `_copy_ahead`, the stream waits in
+`_hand_over` and the event wait in `_assemble`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import logging
 import math
 import os
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,14 +63,44 @@ LENGTHS = ("text_len", "audio_len")
 GPU_SHARE_ENV = "CASE_TUNE_GPU_SHARE"
 RESIDENT_MAX_ENV = "CASE_TUNE_RESIDENT_MAX_BYTES"
 LOAD_CHUNK_BYTES = 64 << 20  # fp16 bytes read per step while loading a resident split
+GPU_WORKSPACE_BYTES = 4 << 30  # at least this much of a trial's GPU part stays for its steps
 _LEN_OF = {"text": "text_len", "audio": "audio_len"}
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number
 _TOLD: set[tuple[str, str, str]] = set()  # (store key, split, device) already said to stream
 
 
-def cuda_budget(free: int, total: int, share: float = 1.0) -> int:
-    """Half of the free device memory, and at most half of this process's share of the total."""
-    return int(min(free, total * min(max(share, 0.0), 1.0))) // 2
+def cuda_budget(free: int, total: int, share: float = 1.0, held: int = 0) -> int:
+    """Bytes one more resident split may take on a GPU: this process's part of the device
+    (``share`` of ``total``, Ray's fractional GPU) less what it already holds (``held``: the
+    splits it loaded before), never more than is ``free``, less a workspace for the trial's
+    steps (activations, batch buffers, cuBLAS/cuDNN workspaces): :data:`GPU_WORKSPACE_BYTES` or
+    a quarter of its part, whichever is larger."""
+    part = int(total * min(max(share, 0.0), 1.0))
+    room = min(free, part - held)
+    return max(0, room - max(GPU_WORKSPACE_BYTES, part // 4))
+
+
+def placement(fp16_bytes: int, chunk: int, budget: int) -> torch.dtype | None:
+    """How a split of ``fp16_bytes`` (its size as stored) is kept within ``budget`` bytes:
+    fp32 when that and one load chunk fit, fp16 (cast per batch) when the stored size does,
+    else None: its batches stream from the memory maps."""
+    if fp16_bytes + chunk > budget:
+        return None
+    return torch.float32 if 2 * fp16_bytes + chunk <= budget else torch.float16
+
+
+def gpu_placement(
+    fp16_bytes: int,
+    *,
+    free: int,
+    total: int,
+    share: float = 1.0,
+    held: int = 0,
+    chunk: int = LOAD_CHUNK_BYTES,
+) -> torch.dtype | None:
+    """The rule that decides whether a split lives on a GPU, from the device's sizes alone:
+    :func:`placement` within :func:`cuda_budget` (what :func:`load_split` applies on CUDA)."""
+    return placement(fp16_bytes, min(chunk, fp16_bytes), cuda_budget(free, total, share, held))
 
 
 def host_budget(available: int, *, sharers: int = 1, request: int | None = None) -> int:
@@ -159,9 +195,10 @@ def budget_report(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         share = float(os.environ.get(GPU_SHARE_ENV) or 1.0)
-        return cuda_budget(free, total, share), (
-            f"half of {free / 1e9:.1f} GB free on {device}, of a {share:g} share of "
-            f"{total / 1e9:.1f} GB"
+        held = torch.cuda.memory_allocated(device)
+        return cuda_budget(free, total, share, held), (
+            f"a {share:g} share of {total / 1e9:.1f} GB on {device} ({free / 1e9:.1f} GB free, "
+            f"{held / 1e9:.2f} GB held by this trial), less its step workspace"
         )
     available = _mem_available()
     room = cgroup_room()
@@ -193,13 +230,26 @@ def _fit_frames(x: np.ndarray | torch.Tensor, frames: int):
     return F.pad(x, (0, 0, 0, frames - have))
 
 
+class Batch(dict):
+    """One batch: array name -> tensor on the device. ``cut`` names the axes the loader cut to
+    the batch's longest true length, which the host knew: a head that needs that padding reads
+    it here instead of asking the device for the lengths' maximum (a host sync per step)."""
+
+    def __init__(self, tensors=(), *, cut: frozenset[str] = frozenset()) -> None:
+        super().__init__(tensors)
+        self.cut = cut
+
+
 @dataclass
 class _Staged:
-    """One streamed batch assembled on the host: which positions, and its host tensors."""
+    """One streamed batch assembled on the host: which positions, its host tensors and, on
+    CUDA, its device tensors and the event that says their copy has run."""
 
     key: tuple[int, ...]
     slot: int
     tensors: dict[str, torch.Tensor]
+    on_device: dict[str, torch.Tensor] | None = None
+    ready: torch.cuda.Event | None = None
 
 
 @dataclass
@@ -221,8 +271,10 @@ class SplitData:
     _buffers: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict)
     _host: dict[tuple[str, int, torch.dtype], torch.Tensor] = field(default_factory=dict)
     _copied: dict[int, torch.cuda.Event] = field(default_factory=dict)
+    _freed: dict[int, torch.cuda.Event] = field(default_factory=dict)
     _lengths: dict[str, np.ndarray] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
+    _side: torch.cuda.Stream | None = None
     _pending: tuple[tuple[int, ...], Future] | None = None
     _slot: int = 0  # the host buffer set holding the batch last returned
 
@@ -236,11 +288,12 @@ class SplitData:
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         # Batches are written into buffers reused from step to step: a fresh 150 MB tensor
-        # per step costs page faults that were 40 % of a step at the seed's sizes on CPU.
+        # per step costs page faults that were 40 % of a step at the seed's sizes on CPU. The
+        # first batch of a pass is its widest, so a buffer is sized once.
         numel = math.prod(shape)
         buf = self._buffers.get((name, dtype))
         if buf is None or buf.numel() < numel:
-            size = max(numel, shape[0] * self.row_numel.get(name, 0))
+            size = max(numel, shape[0] * self.row_numel.get(name.partition("@")[0], 0))
             buf = torch.empty(size, dtype=dtype, device=self.device)
             self._buffers[(name, dtype)] = buf
         return buf[:numel].view(shape)
@@ -259,22 +312,29 @@ class SplitData:
             self._host[(name, slot, dtype)] = buf
         return buf[:numel].view(shape)
 
+    def _widths(self, positions: np.ndarray) -> dict[str, int]:
+        """Per trimmed axis, the longest true length among ``positions``, from the host's copy
+        of the lengths (they are clamped to ``frames``)."""
+        if not len(positions):
+            return {name: 0 for name in self.trim}
+        return {name: int(self._lengths[_LEN_OF[name]][positions].max()) for name in self.trim}
+
     def _assemble(self, positions: np.ndarray, slot: int) -> _Staged:
         """Gather the streamed arrays' rows at split ``positions`` into host buffer ``slot``:
-        fp32 on CPU (these are the batch), fp16 on CUDA (copied to the device by the caller).
-        Runs in the prefetch thread or, when the guess was wrong, in the caller's."""
+        fp32 on CPU (these are the batch), fp16 on CUDA (copied by :meth:`_copy_ahead`).
+        Runs in the prefetch thread or, for a batch nobody announced, in the caller's."""
         event = self._copied.pop(slot, None)
         if event is not None:
             event.synchronize()  # CUDA-only: the last copy out of this slot has finished
         rows = self.rows[positions]
         order = np.argsort(rows, kind="stable")  # read the file front to back
         b = len(positions)
+        widths = self._widths(positions)
         out: dict[str, torch.Tensor] = {}
         for name in self.streamed_names:
             mm = getattr(self.store, name)
             width = self.frames if name == "audio" else (mm.shape[1] if mm.ndim > 2 else 0)
-            if name in self.trim:  # the batch's longest true length (lengths are clamped)
-                width = min(width, int(self._lengths[_LEN_OF[name]][positions].max()))
+            width = min(width, widths.get(name, width))
             shape = (b, width, *mm.shape[2:]) if mm.ndim > 2 else (b, *mm.shape[1:])
             half = self._host_buffer(name, slot, shape, torch.float16)
             dst = half.numpy()
@@ -293,33 +353,49 @@ class SplitData:
                 out[name] = self._host_buffer(name, slot, shape, torch.float32).copy_(half)
         return _Staged(tuple(positions.tolist()), slot, out)
 
-    def _to_device(self, staged: _Staged) -> dict[str, torch.Tensor]:
-        if self.device.type != "cuda":
+    def _stage(self, positions: np.ndarray, slot: int) -> _Staged:
+        staged = self._assemble(positions, slot)
+        if self.device.type == "cuda":
+            self._copy_ahead(staged)
+        return staged
+
+    def _copy_ahead(self, staged: _Staged) -> None:
+        """CUDA-only: copy a staged batch into device slot ``staged.slot`` on a side stream,
+        cast there to fp32, after the step that last read that slot (its event), and record
+        the event the training stream will wait on."""
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        side, slot = self._side, staged.slot
+        with torch.cuda.device(self.device), torch.cuda.stream(side):
+            freed = self._freed.pop(slot, None)
+            if freed is not None:
+                side.wait_event(freed)
+            staged.on_device = {}
+            for name, half in staged.tensors.items():
+                shape = tuple(half.shape)
+                dev_half = self._buffer(f"{name}@{slot}", shape, torch.float16)
+                dev_half.copy_(half, non_blocking=True)
+                dev = self._buffer(f"{name}@{slot}", shape, torch.float32)
+                staged.on_device[name] = dev.copy_(dev_half)
+            staged.ready = torch.cuda.Event()
+            staged.ready.record(side)
+        self._copied[slot] = staged.ready
+
+    def _hand_over(self, staged: _Staged) -> dict[str, torch.Tensor]:
+        """The staged batch as the caller uses it; on CUDA, the training stream waits for its
+        copy, and the other device slot (the batch returned before, which the caller has
+        used) is marked free once the work queued so far has run. No host wait."""
+        self._slot = staged.slot
+        if staged.on_device is None:
             return staged.tensors
-        # CUDA-only: an asynchronous copy from the pinned slot, cast on the device; the event
-        # tells the prefetch thread when the slot may be refilled.
-        out = {}
-        for name, half in staged.tensors.items():
-            dev_half = self._buffer(name, tuple(half.shape), torch.float16)
-            dev_half.copy_(half, non_blocking=True)
-            out[name] = self._buffer(name, tuple(half.shape), torch.float32).copy_(dev_half)
-        event = torch.cuda.Event()
-        event.record()
-        self._copied[staged.slot] = event
-        return out
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(staged.ready)
+        freed = torch.cuda.Event()
+        freed.record(stream)
+        self._freed[1 - staged.slot] = freed
+        return staged.on_device
 
-    def _next_guess(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """The slice after ``idx`` when ``idx`` is a slice of a 1-D tensor (a permutation or a
-        range): what the training loop and evaluation ask for next."""
-        base = idx._base
-        if base is None or base.dim() != 1 or idx.dim() != 1 or idx.stride() != (1,):
-            return None
-        start = idx.storage_offset() - base.storage_offset() + len(idx)
-        nxt = base[start : start + len(idx)]
-        return nxt if len(nxt) else None
-
-    def _streamed(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        positions = idx.cpu().numpy()
+    def _streamed(self, positions: np.ndarray, upcoming: np.ndarray | None) -> dict:
         key = tuple(positions.tolist())
         staged = None
         if self._pending is not None:
@@ -329,35 +405,32 @@ class SplitData:
             staged = done if want == key else None
             self.prefetch_hits += staged is not None
         if staged is None:
-            staged = self._assemble(positions, 1 - self._slot)
-        self._slot = staged.slot
-        out = self._to_device(staged)
-        guess = self._next_guess(idx) if self.prefetch else None
-        if guess is not None:
+            staged = self._stage(positions, 1 - self._slot)
+        out = self._hand_over(staged)
+        if upcoming is not None and len(upcoming) and self.prefetch:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="case-tune-prefetch")
                 weakref.finalize(self, self._pool.shutdown, wait=False)
-            nxt = guess.cpu().numpy().copy()  # not a view of the caller's permutation
-            # The other slot: by the contract of batch(), the one returned before is free.
-            future = self._pool.submit(self._assemble, nxt, 1 - self._slot)
-            self._pending = (tuple(nxt.tolist()), future)
+            # The other slot: by the contract of batches(), the one returned before is free.
+            future = self._pool.submit(self._stage, upcoming, 1 - self._slot)
+            self._pending = (tuple(upcoming.tolist()), future)
         return out
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch of split positions ``idx`` (int64 tensor on the device), as fp32.
-
-        The feature tensors returned are reused by the next call: use a batch before asking
-        for the next one (clone it to keep it).
-        """
-        out = {k: self.arrays[k].index_select(0, idx) for k in LENGTHS}
-        # one sync per trimmed axis and batch: cheap beside the work it saves
-        limits = {name: int(out[_LEN_OF[name]].max()) for name in self.trim}
-        b = len(idx)
+    def _gather(
+        self, positions: np.ndarray, idx: torch.Tensor, upcoming: np.ndarray | None = None
+    ) -> Batch:
+        """The batch of split ``positions`` (host) = ``idx`` (the same, on the device);
+        ``upcoming``: the positions asked for next, which a streamed split assembles ahead."""
+        widths = self._widths(positions)
+        out = Batch(
+            {k: self.arrays[k].index_select(0, idx) for k in LENGTHS}, cut=frozenset(widths)
+        )
+        b = len(positions)
         for name, src in self.arrays.items():
             if name in LENGTHS:
                 continue
-            if name in limits:
-                src = src[:, : limits[name]]
+            if name in widths:
+                src = src[:, : widths[name]]
             shape = (b, *src.shape[1:])
             dst = self._buffer(name, shape, torch.float32)
             if src.dtype == torch.float32:
@@ -368,8 +441,32 @@ class SplitData:
                 dst.copy_(half)
             out[name] = dst
         if self.streamed_names:
-            out.update(self._streamed(idx))
+            out.update(self._streamed(positions, upcoming))
         return out
+
+    def batches(
+        self, order: torch.Tensor | np.ndarray, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, Batch]]:
+        """Consecutive batches of split positions ``order`` (a permutation or a range, held
+        on the host): per batch, its positions on the device and the batch, as fp32.
+
+        The feature tensors yielded are reused for a later batch: use a batch before asking
+        for the next one (clone it to keep it).
+        """
+        host = np.ascontiguousarray(
+            order.cpu().numpy() if isinstance(order, torch.Tensor) else order, dtype=np.int64
+        )
+        on_device = torch.from_numpy(host).to(self.device)  # once per pass
+        for start in range(0, len(host), batch_size):
+            end = start + batch_size
+            idx = on_device[start:end]
+            yield idx, self._gather(host[start:end], idx, host[end : end + batch_size])
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """The batch of split positions ``idx``, for random access (a test, a probe): it reads
+        ``idx`` back to the host. A pass over the split is :meth:`batches`."""
+        positions = np.asarray(idx.cpu().numpy(), dtype=np.int64)
+        return self._gather(positions, idx.to(self.device))
 
 
 def _load_resident(
@@ -437,7 +534,8 @@ def load_split(
         budget, why = budget_report(device)
     else:
         why = "the budget given"
-    if fp16_bytes + chunk > budget:
+    dtype = placement(fp16_bytes, chunk, budget)
+    if dtype is None:
         data.streamed_names = tuple(names)
         told = (store.key, split, str(device))
         if told not in _TOLD:  # once per process: reused Ray actors load many times
@@ -453,7 +551,6 @@ def load_split(
                 why,
             )
         return data
-    dtype = torch.float32 if 2 * fp16_bytes + chunk <= budget else torch.float16
     for name in names:
         data.arrays[name] = _load_resident(
             getattr(store, name),
@@ -464,14 +561,6 @@ def load_split(
             chunk_rows=chunk_rows,
         )
     return data
-
-
-def iterate_in_order(n: int, batch_size: int, device: torch.device):
-    """Index batches 0..n-1 in order (evaluation): slices of one range, so a streamed split
-    can assemble the next batch while this one is scored."""
-    order = torch.arange(n, device=device)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
 
 
 def fold_rows(store: FeatureStore, k: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

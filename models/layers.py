@@ -84,15 +84,18 @@ def project(
     return Projected(text_proj(text), audio_proj(audio), tmask, amask)
 
 
-def batch_longest(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Cut the position axis (1) of [B, L, d] to the batch's longest true length.
+def batch_longest(batch: dict[str, torch.Tensor], name: str = "audio") -> torch.Tensor:
+    """``batch[name]`` ([B, L, d]) with its position axis cut to the batch's longest true length.
 
     This is the seed's padding of audio frames (``pad_sequence``: zeros to the batch's longest
     utterance), given frames that the store zero-padded to a fixed width. The loader usually
-    cut the batch already (models' ``trim``); cutting here too keeps a head's output
-    independent of how wide a caller padded the batch.
+    cut the batch already (models' ``trim``) and says so in ``batch.cut``, from lengths the host
+    knows; otherwise (a caller that padded wider) the lengths are read from the device.
     """
-    return x[:, : int(lengths.max())]
+    x = batch[name]
+    if name in getattr(batch, "cut", ()):
+        return x
+    return x[:, : int(batch[f"{name}_len"].max())]
 
 
 def text_to_audio_attention(

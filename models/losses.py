@@ -64,7 +64,10 @@ def fp32_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x @ y.T`` in fp32 even under autocast: ``.float()`` on the inputs does not stop
     autocast from running the matmul in bf16/fp16, whose ~3 significant digits, divided by a
     temperature of 0.05-0.07, would move the logits by whole units."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    kind = x.device.type
+    if not torch.amp.is_autocast_available(kind):  # e.g. "meta": nothing to turn off
+        return x.float() @ y.float().T
+    with torch.autocast(device_type=kind, enabled=False):
         return x.float() @ y.float().T
 
 
@@ -79,8 +82,17 @@ def supervised_pairwise_loss(
     same = (target.unsqueeze(0) == target.unsqueeze(1)).float()
     if len(target) < 2:
         return logits.sum() * 0.0
-    off = ~torch.eye(len(target), dtype=torch.bool, device=target.device)
-    return F.binary_cross_entropy_with_logits(logits[off], same[off])
+    off = off_diagonal(len(target), target.device)
+    return F.binary_cross_entropy_with_logits(logits.flatten()[off], same.flatten()[off])
+
+
+def off_diagonal(n: int, device: torch.device) -> torch.Tensor:
+    """Flat positions of an n x n matrix's off-diagonal entries, row by row: what a boolean
+    mask ``~eye(n)`` selects, in the same order, without the device-to-host read of its count
+    that boolean indexing costs on CUDA."""
+    k = torch.arange(n * (n - 1), device=device)
+    row, col = k // (n - 1), k % (n - 1)
+    return row * n + col + (col >= row)
 
 
 def infonce_loss(

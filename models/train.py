@@ -30,7 +30,7 @@ from data_prep.device import resolve_device
 from data_prep.store import FeatureStore, StoreError
 from models import selection
 from models.config import ConfigError, TrainConfig
-from models.data import SplitData, iterate_in_order, load_split
+from models.data import SplitData, load_split
 from models.losses import Objective, class_weights
 from models.metrics import (
     absent_note,
@@ -122,9 +122,9 @@ def evaluate(
     model.eval()
     total = torch.zeros((), device=data.device)
     logits = []
-    for idx in iterate_in_order(data.n, batch_size, data.device):
+    for idx, batch in data.batches(torch.arange(data.n), batch_size):
         with autocast():
-            out = model(data.batch(idx))
+            out = model(batch)
             loss = objective(out, data.labels[idx])
         total += loss.detach().float() * len(idx)
         logits.append(out.logits.detach().float())
@@ -236,8 +236,10 @@ class Trainer:
         rows: Mapping[str, np.ndarray] | None = None,
         device: str | torch.device | None = None,
         threads: int | None = None,
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        self.amp_dtype_asked = amp_dtype  # None: bf16 where the GPU has it, else fp16
         self.threads = threads  # models.repro pins them for every epoch
         self.numerics: dict[str, Any] = {}
         self.store = store
@@ -245,6 +247,9 @@ class Trainer:
         self.eval_splits = tuple(eval_splits)
         self.notes: list[str] = []
         self.use_amp = bool(self.config.amp and self.device.type == "cuda")
+        # A non-finite loss stops the run at its step on CPU, where reading it is free; on
+        # CUDA the losses are checked once per epoch, so no step waits for the device.
+        self.check_each_step = self.device.type == "cpu"
         if self.config.amp and not self.use_amp:
             self._note("amp ignored: mixed precision is used on CUDA only")
         self.epoch = 0
@@ -300,15 +305,20 @@ class Trainer:
             self.train_labels_cpu.numpy(), self.store.num_classes, config.class_weights
         )
         self.objective = Objective(config, weight).to(dev)
+        # Fused on CUDA: one kernel per step, and GradScaler hands it the inf check on the
+        # device instead of reading found_inf back to the host every step.
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=dev.type == "cuda" or None,
         )
         self.steps_per_epoch = math.ceil(self.train_data.n / config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config, self.steps_per_epoch * config.epochs)
         )
         bf16 = self.use_amp and torch.cuda.is_bf16_supported()
-        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.amp_dtype = self.amp_dtype_asked or (torch.bfloat16 if bf16 else torch.float16)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
@@ -330,7 +340,7 @@ class Trainer:
         self.epoch += 1
         t0, cpu0 = time.perf_counter(), time.process_time()
         self.model.train()
-        perm = torch.randperm(self.train_data.n, generator=self.generator).to(self.device)
+        perm = torch.randperm(self.train_data.n, generator=self.generator)  # on the host
         step_losses, preds = self._train_steps(perm)
         metrics: dict[str, float] = {
             "epoch": self.epoch,
@@ -339,7 +349,7 @@ class Trainer:
         metrics.update(
             classification_metrics(
                 torch.cat(preds).cpu(),
-                self.train_labels_cpu[perm.cpu()],
+                self.train_labels_cpu[perm],
                 "train",
                 self.store.num_classes,
                 neutral_index=self.store.neutral_index,
@@ -358,24 +368,27 @@ class Trainer:
     def _train_steps(self, perm: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One pass over the training rows in ``perm``'s order: (each step's summed loss,
         each step's predictions). A non-finite loss raises NonFiniteLossError."""
-        epoch, data, bs = self.epoch, self.train_data, self.config.batch_size
-        check_each_step = self.device.type == "cpu"  # free on CPU; one sync per epoch on CUDA
+        step_losses, preds = self._steps(perm)
+        if not self.check_each_step and not bool(torch.isfinite(step_losses).all()):
+            bad = int((~torch.isfinite(step_losses)).nonzero()[0])
+            raise NonFiniteLossError(self.epoch, bad + 1, float(step_losses[bad]))
+        return step_losses, preds
+
+    def _steps(self, perm: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The steps of one pass, which read nothing back from the device unless
+        ``check_each_step`` (the CPU's rule)."""
+        data, bs = self.train_data, self.config.batch_size
         losses, preds = [], []
-        for step in range(self.steps_per_epoch):
-            idx = perm[step * bs : (step + 1) * bs]
+        for step, (idx, batch) in enumerate(data.batches(perm, bs)):
             with self.autocast():
-                out = self.model(data.batch(idx))
+                out = self.model(batch)
                 loss = self.objective(out, data.labels[idx])
-            if check_each_step and not torch.isfinite(loss):
-                raise NonFiniteLossError(epoch, step + 1, float(loss.detach()))
+            if self.check_each_step and not torch.isfinite(loss):
+                raise NonFiniteLossError(self.epoch, step + 1, float(loss.detach()))
             self._step(loss)
             losses.append(loss.detach().float() * len(idx))
             preds.append(out.logits.detach().argmax(dim=-1))
-        step_losses = torch.stack(losses)
-        if not check_each_step and not bool(torch.isfinite(step_losses).all()):
-            bad = int((~torch.isfinite(step_losses)).nonzero()[0])
-            raise NonFiniteLossError(epoch, bad + 1, float(step_losses[bad]))
-        return step_losses, preds
+        return torch.stack(losses), preds
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -442,6 +455,8 @@ class Trainer:
             raise ValueError("checkpoint is of another config; it cannot continue this run")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # continued on another device: its kernels
+            group["fused"] = self.device.type == "cuda" or None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])

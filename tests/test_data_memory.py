@@ -14,7 +14,7 @@ import torch
 
 from data_prep.device import runs_that_fit
 from data_prep.store import FeatureStore
-from models.data import cgroup_room, host_budget, iterate_in_order, load_split
+from models.data import cgroup_room, cuda_budget, gpu_placement, host_budget, load_split
 from models.train import train
 from tests.model_helpers import make_synthetic_store
 
@@ -81,6 +81,32 @@ def test_cgroup_v1(tmp_path) -> None:
 
 
 # -- loading --------------------------------------------------------------------------------
+def test_which_split_lives_on_which_gpu() -> None:
+    """The GPU memory rule over hand-made device sizes: KEMDy20's training split at the seed's
+    sizes (about 10,000 utterances of 512 x 1024 audio, 128 x 768 text and a pooled vector,
+    fp16) and its val split, on an H100, an H200 and a 24 GB card, whole or shared."""
+    gib = 1 << 30
+    row = 2 * (512 * 1024 + 128 * 768 + 768)
+    train, val = 10_000 * row, 2_000 * row  # 12.5 GB and 2.5 GB as stored
+    h100, h200, small = 80 * gib, 141 * gib, 24 * gib
+    fp32, fp16 = torch.float32, torch.float16
+    assert cuda_budget(79 * gib, h100) == 59 * gib  # whole: all but a quarter for the steps
+    assert gpu_placement(train, free=79 * gib, total=h100) == fp32
+    # The first of 4 trials packed on an H100 keeps its training split in fp16 (15 GiB) ...
+    assert cuda_budget(79 * gib, h100, share=0.25) == 15 * gib
+    assert gpu_placement(train, free=79 * gib, total=h100, share=0.25) == fp16
+    # ... and then its val split in what is left of its quarter, which fp32 would overflow.
+    assert gpu_placement(val, free=66 * gib, total=h100, share=0.25, held=train) == fp16
+    assert gpu_placement(train, free=66 * gib, total=h100, share=0.25, held=train) is None
+    assert gpu_placement(train, free=140 * gib, total=h200, share=0.25) == fp32
+    assert gpu_placement(train, free=23 * gib, total=small) == fp16
+    assert gpu_placement(train, free=23 * gib, total=small, share=0.5) is None
+    # Never more than is free: another process took most of the device.
+    assert cuda_budget(6 * gib, h100, share=0.25) == 1 * gib
+    assert gpu_placement(train, free=10 * gib, total=h100, share=0.25) is None
+    assert cuda_budget(2 * gib, h100, share=0.25) == 0
+
+
 def test_the_dtype_follows_the_budget_including_one_load_chunk(store) -> None:
     rows = len(store.indices("train"))
     fp16 = 2 * rows * (10 * 16 + 24 * 12 + 16)  # the whole small split is one chunk
@@ -166,25 +192,32 @@ def test_streamed_batches_are_assembled_ahead_and_equal_resident_ones(store) -> 
     assert resident.resident and not streamed.resident
     perm = torch.randperm(streamed.n, generator=torch.Generator().manual_seed(0))
     steps = 0
-    for start in range(0, streamed.n, 32):  # the training loop's way: slices of one perm
-        idx = perm[start : start + 32]
-        got, want = streamed.batch(idx), resident.batch(idx)
-        assert got.keys() == want.keys()
+    pairs = zip(streamed.batches(perm, 32), resident.batches(perm, 32), strict=True)
+    for (idx, got), (ridx, want) in pairs:  # the training loop's pass: one permutation
+        assert torch.equal(idx, perm[steps * 32 : (steps + 1) * 32]) and torch.equal(idx, ridx)
+        assert got.keys() == want.keys() and got.cut == want.cut == {"text", "audio"}
         for k in want:
-            assert torch.equal(got[k], want[k]), (start, k)
+            assert torch.equal(got[k], want[k]), (steps, k)
+        # the cut is the batch's longest true length, known without asking the tensors
+        assert got["audio"].shape[1] == int(got["audio_len"].max())
         steps += 1
+    assert steps == -(-streamed.n // 32)
     assert streamed.prefetch_hits == steps - 1  # every batch but the first was ready
-    # Asked for something else than the next slice: served right, just not ahead.
+    # Random access: served right, just not ahead.
     hits = streamed.prefetch_hits
     for idx in (perm[64:96], perm[0:32], torch.tensor([5, 1, 3])):
         assert torch.equal(streamed.batch(idx)["audio"], resident.batch(idx)["audio"])
     assert streamed.prefetch_hits == hits
-    # Evaluation's ranges are slices too.
+    # A pass abandoned half-way leaves a batch assembled ahead: the next pass is still right.
+    first = next(streamed.batches(perm, 32))
+    del first
+    again = zip(streamed.batches(perm, 32), resident.batches(perm, 32), strict=True)
+    for (_, got), (_, want) in again:
+        assert torch.equal(got["text"], want["text"])
+    # Evaluation's pass over a range.
     ev = load_split(store, "val", budget=0, **kw)
-    batches = list(iterate_in_order(ev.n, 16, CPU))
-    for idx in batches:
-        ev.batch(idx)
-    assert ev.prefetch_hits == len(batches) - 1
+    batches = list(ev.batches(torch.arange(ev.n), 16))
+    assert len(batches) == -(-ev.n // 16) and ev.prefetch_hits == len(batches) - 1
 
 
 def test_training_on_a_streamed_split_is_the_same_training(store, monkeypatch) -> None:

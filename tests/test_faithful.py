@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from data_prep.store import FeatureStore
 from models.config import MODEL_NAMES, TrainConfig
-from models.data import iterate_in_order, load_split
+from models.data import load_split
 from models.faithful import NOT_REPRODUCIBLE, not_reproducible_markdown
 from models.registry import SEED_PARAM_COUNTS, count_parameters, create_model
 from tests.model_helpers import SMALL, one_torch_thread  # noqa: F401 (autouse fixture)
@@ -305,7 +305,7 @@ def _outputs(name: str, store: FeatureStore, faithful: bool) -> tuple[torch.Tens
     )
     with torch.no_grad():
         logits = torch.cat(
-            [model.eval()(data.batch(i)).logits for i in iterate_in_order(data.n, 32, cpu)]
+            [model.eval()(b).logits for _, b in data.batches(torch.arange(data.n), 32)]
         )
     model.train()
     torch.manual_seed(1)

@@ -96,7 +96,7 @@ def test_test_is_scored_by_the_fold_heads_ensemble(fold_final: dict, demo_store:
     mean class probabilities (recomputed here from the saved checkpoints)."""
     from data_prep.store import FeatureStore
     from models.config import TrainConfig
-    from models.data import iterate_in_order, load_split
+    from models.data import load_split
     from models.metrics import macro_auroc
     from models.train import model_for
 
@@ -116,9 +116,7 @@ def test_test_is_scored_by_the_fold_heads_ensemble(fold_final: dict, demo_store:
             store, "test", uses=model.uses, frames=32, trim=model.trim, device=torch.device("cpu")
         )
         with torch.no_grad():
-            logits = [
-                model(data.batch(i)).logits for i in iterate_in_order(data.n, 256, data.device)
-            ]
+            logits = [model(b).logits for _, b in data.batches(torch.arange(data.n), 256)]
         probs.append(torch.cat(logits).softmax(dim=-1))
     ensemble = torch.stack(probs).mean(dim=0).argmax(dim=-1).tolist()
     assert unit["test_pred"][str(chosen)] == ensemble

@@ -289,15 +289,6 @@ def test_on_demo_store_fusion_beats_unimodal(demo) -> None:
     assert scores["case-attention"] > max(scores["text-only"], scores["speech-only"]) + 0.03, scores
 
 
-def test_resident_budget_is_half_of_a_trials_gpu_share() -> None:
-    from models.data import cuda_budget
-
-    gib = 1 << 30
-    assert cuda_budget(40 * gib, 80 * gib) == 20 * gib  # a whole GPU: half of what is free
-    assert cuda_budget(80 * gib, 80 * gib, share=0.25) == 10 * gib  # first of 4 packed trials
-    assert cuda_budget(6 * gib, 80 * gib, share=0.25) == 3 * gib  # never more than free allows
-
-
 def test_a_trial_on_a_gpu_fraction_records_its_share(monkeypatch) -> None:
     from models.data import GPU_SHARE_ENV, use_gpu_share
 
