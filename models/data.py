@@ -36,7 +36,7 @@ the seed's padding of audio to the batch's longest utterance.
 
 CUDA-only lines, which no CPU test runs (tests/test_gpu.py does, under `pytest -m gpu`): the
 pinned allocation in `_host_buffer`, the side-stream copy in `_copy_ahead`, the stream waits in
-`_hand_over` and the event wait in `_assemble`.
+`_hand_over` and the event poll in `_assemble`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -324,8 +325,8 @@ class SplitData:
         fp32 on CPU (these are the batch), fp16 on CUDA (copied by :meth:`_copy_ahead`).
         Runs in the prefetch thread or, for a batch nobody announced, in the caller's."""
         event = self._copied.pop(slot, None)
-        if event is not None:
-            event.synchronize()  # CUDA-only: the last copy out of this slot has finished
+        while event is not None and not event.query():  # CUDA-only: the last copy out of
+            time.sleep(0.0002)  # this slot has run (polled: no thread ever blocks in CUDA)
         rows = self.rows[positions]
         order = np.argsort(rows, kind="stable")  # read the file front to back
         b = len(positions)
@@ -456,7 +457,10 @@ class SplitData:
         host = np.ascontiguousarray(
             order.cpu().numpy() if isinstance(order, torch.Tensor) else order, dtype=np.int64
         )
-        on_device = torch.from_numpy(host).to(self.device)  # once per pass
+        pinned = torch.from_numpy(host)
+        if self.device.type == "cuda":  # CUDA-only: a copy from pageable memory would sync
+            pinned = pinned.pin_memory()
+        on_device = pinned.to(self.device, non_blocking=True)  # once per pass
         for start in range(0, len(host), batch_size):
             end = start + batch_size
             idx = on_device[start:end]
