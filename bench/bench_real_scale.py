@@ -121,7 +121,7 @@ def time_extraction(
     lens = np.zeros(n, np.int32)
     kw = dict(max_frames=512, batch_size=batch_size, progress=False)
     if device.startswith("cuda"):  # kernel choice and allocations, not extraction
-        extract_audio(audio, wavs[:batch_size], out, lens, **kw)
+        extract_audio(audio, wavs[:batch_size], out[:batch_size], lens[:batch_size], **kw)
     t0 = done()
     extract_audio(audio, wavs, out, lens, **kw)
     audio_s = done() - t0

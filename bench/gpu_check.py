@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,9 @@ class Plan:
     prepare_utterances: int = 64
     demo_flags: tuple[str, ...] = ()
     finalize_flags: tuple[str, ...] = ()
-    step_timeout: int = 420
+    step_timeout: int = 300
+    demo_timeout: int = 420  # each of the demo's two commands
+    device: str = "cuda"
 
     @classmethod
     def for_machine(cls, dry: bool) -> Plan:
@@ -77,12 +80,16 @@ class Plan:
                 demo_flags=("--num-samples", "2", "--max-epochs", "2", "--final-epochs", "3"),
                 finalize_flags=("--top-k", "1", "--seeds", "0"),
                 step_timeout=150,
+                demo_timeout=150,
+                device="cpu",
             )
         return cls(
             dry=False,
             utterances=2_000,
             sizes=SEED_SIZES,
+            epochs=5,  # an epoch is well under a second there: time several
             demo_flags=("--gpus-per-trial", "0.25", "--max-concurrent", "4"),
+            finalize_flags=("--max-concurrent", "4"),
         )
 
 
@@ -111,7 +118,14 @@ class Report:
 
 # -- one trial's epoch, in its own process -------------------------------------------------
 def trial_epochs(
-    store: str, *, share: float, amp: str, budget: int | None, epochs: int, go: str | None
+    store: str,
+    *,
+    share: float,
+    amp: str,
+    budget: int | None,
+    epochs: int,
+    go: str | None,
+    device: str,
 ) -> dict[str, Any]:
     """One warm-up epoch and ``epochs`` timed ones of case-compressing (batch 64) on the train
     split of ``store``, as a trial process holding ``share`` of the GPU. With ``go``, wait
@@ -129,7 +143,7 @@ def trial_epochs(
     fs = FeatureStore.open(store, sealed=("test",))
     config = {"model": "case-compressing", "batch_size": 64, "epochs": 150, "amp": amp != "fp32"}
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    trainer = Trainer(config, fs, eval_splits=(), amp_dtype=dtype)
+    trainer = Trainer(config, fs, eval_splits=(), amp_dtype=dtype, device=device)
     trainer.model.train()
     timed_pass(trainer)  # warm-up: allocations, cuBLAS handles, kernel choice
     if go:
@@ -198,25 +212,36 @@ def run_trials(
     with tempfile.TemporaryDirectory(prefix="gpu-check-go-") as tmp:
         go = str(Path(tmp) / "go")
         spec = {"store": str(store), "share": 1.0 / n, "amp": amp, "budget": budget}
-        spec |= {"epochs": plan.epochs, "go": go if n > 1 else None}
+        spec |= {"epochs": plan.epochs, "go": go if n > 1 else None, "device": plan.device}
         cmd = [sys.executable, "-m", "bench.gpu_check", "--child", json.dumps(spec)]
         procs = [
             subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=_env())
             for _ in range(n)
         ]
-        deadline = time.monotonic() + plan.step_timeout
-        while n > 1 and len(list(Path(tmp).glob("go.ready*"))) < n:
-            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.05)
-        Path(go).touch()
-        outs = []
-        for p in procs:
-            stdout, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
-            if p.returncode:
-                raise RuntimeError(f"a trial process exited {p.returncode}")
-            outs.append(json.loads(stdout.strip().splitlines()[-1]))
-        return outs
+        try:
+            return _collect(procs, Path(tmp), go, time.monotonic() + plan.step_timeout)
+        finally:  # a failed or late trial takes no GPU memory from the steps after it
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def _collect(procs: list[subprocess.Popen], tmp: Path, go: str, deadline: float) -> list[dict]:
+    """Release the packed trials together (the go file), then read each one's figures."""
+    n = len(procs)
+    while n > 1 and len(list(tmp.glob("go.ready*"))) < n:
+        if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.01)
+    Path(go).touch()
+    outs = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
+        if p.returncode:
+            raise RuntimeError(f"a trial process exited {p.returncode}")
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return outs
 
 
 def _env() -> dict[str, str]:
@@ -326,6 +351,8 @@ def step_prepare(report: Report, tmp: Path) -> None:
         label = "xlsr-large + bert-base architectures, random weights"
     device = "cuda" if torch.cuda.is_available() and not plan.dry else "cpu"
     per_utt = time_extraction(audio_dir, text_dir, wavs, texts, 8, device=device)
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the demo's trials need the memory the encoders held
     report.add(
         "prepare",
         f"extraction of {len(wavs)} demo utterances, utterances / s ({label}, {device})",
@@ -348,13 +375,11 @@ def step_demo(report: Report, tmp: Path) -> None:
     times = {}
     for label, cmd in (("sweep", sweep), ("finalize", final)):
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=plan.step_timeout
-        )
+        code, stdout, stderr = _run_group(cmd, tmp, env, plan.demo_timeout)
         times[label] = time.perf_counter() - t0
-        if proc.returncode:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-            raise RuntimeError(f"{label} exited {proc.returncode}")
+        if code:
+            print(stdout[-3000:], stderr[-3000:], file=sys.stderr)
+            raise RuntimeError(f"{label} exited {code}")
     pick = _top(tmp / "results" / "gpu-demo" / "best_configs.yaml")
     cpu = _top(ROOT / "results" / "demo" / "best_configs.yaml")
     same = (pick["trial_number"], pick["model"]) == (cpu["trial_number"], cpu["model"])
@@ -370,6 +395,27 @@ def step_demo(report: Report, tmp: Path) -> None:
         f"trial {pick['trial_number']} {pick['model']} vs trial {cpu['trial_number']} "
         f"{cpu['model']}" + (" (same)" if same else ""),
     )
+
+
+def _run_group(cmd: list[str], cwd: Path, env: dict, timeout: int) -> tuple[int, str, str]:
+    """Run ``cmd`` in its own process group; on timeout the group (its Ray runtime too) is
+    killed, so a late step leaves nothing on the GPU."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"{cmd[2]} ran past {timeout} s") from None
+    return proc.returncode, stdout, stderr
 
 
 def _top(path: Path) -> dict[str, Any]:

@@ -17,7 +17,10 @@ sees_gpu() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available(
 if ! sees_gpu; then
   # nvidia-smi's header names the newest CUDA the driver runs; take the newest wheel index
   # at or below it.
-  cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\)\.\([0-9]\).*/\1\2/p' | head -1)
+  cuda=""
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\)\.\([0-9]\).*/\1\2/p' | head -1 || true)
+  fi
   if [ -z "$cuda" ]; then
     echo "gpu_check.sh: no NVIDIA driver answers (nvidia-smi); running the CPU dry run" >&2
   else
@@ -25,11 +28,21 @@ if ! sees_gpu; then
     for v in 130 129 128 126 124 121 118; do
       if [ "$cuda" -ge "$v" ]; then index="cu$v"; break; fi
     done
+    if [ -z "$index" ]; then
+      echo "gpu_check.sh: the driver takes CUDA ${cuda:0:-1}.${cuda: -1}, older than any torch wheel (11.8)" >&2
+      exit 1
+    fi
     echo "gpu_check.sh: driver takes CUDA ${cuda:0:-1}.${cuda: -1}: torch from the $index index"
+    # Uninstalled first: a CPU build already installed would otherwise "satisfy" torch.
+    "$PY" -m pip uninstall -q -y torch 2>/dev/null || true
     if [ -n "${WHEELS:-}" ]; then
       "$PY" -m pip install -q --no-index --find-links "$WHEELS" torch
     else
       "$PY" -m pip install -q torch --index-url "https://download.pytorch.org/whl/$index"
+    fi
+    if ! sees_gpu; then
+      echo "gpu_check.sh: torch still sees no GPU after installing the $index build" >&2
+      exit 1
     fi
   fi
 fi

@@ -279,30 +279,97 @@ def session_split(
 
     ``neutral`` is the class the seed's rule leaves unconstrained (None: none is);
     ``label_order`` orders the classes each split lacks."""
-    for col in ("session", "label"):
-        if col not in table.columns:
-            raise SplitError(f"table has no {col!r} column (columns: {list(table.columns)})")
     if not (0 < test_fraction < 1 and 0 < val_fraction < 1):
         raise SplitError("test_fraction and val_fraction must be in (0, 1)")
-    rows = table
-    if drop_multi_label and "multi_label" in table.columns:
-        rows = table[~table["multi_label"].astype(bool)]
-    sessions = sorted(int(s) for s in table["session"].unique())
+    rows, sessions, counts = _session_counts(table, drop_multi_label)
     n = len(sessions)
     if n < 3:
         raise SplitError(
             f"need at least 3 sessions for train/val/test, found {n} ({sessions}); "
             "use a larger corpus (the demo: --sessions 3 or more)"
         )
+    n_test = max(1, round(test_fraction * n))
+    n_test = min(n_test, n - 2)  # leave room for one train and one val session
+    test_carve = balanced_carve(counts, n - n_test, random.Random(seed), neutral=neutral)
+    return _with_val(rows, counts, test_carve, val_fraction, seed, neutral, label_order)
+
+
+def outer_split(
+    table: pd.DataFrame,
+    k: int,
+    n_folds: int,
+    *,
+    val_fraction: float = 0.125,
+    seed: int = 0,
+    drop_multi_label: bool = True,
+    neutral: str | None = NEUTRAL,
+    label_order: tuple[str, ...] | list[str] = LABELS,
+) -> SplitResult:
+    """Outer fold ``k`` of ``n_folds`` (nested cross-validation): the sessions of
+    :func:`session_folds`' fold ``k`` are the test split, and the others are split into train
+    and val by :func:`session_split`'s val rule. Every session is test in exactly one fold."""
+    if not 0 <= k < n_folds:
+        raise SplitError(f"outer fold {k} does not exist: folds are 0..{n_folds - 1}")
+    rows, sessions, counts = _session_counts(table, drop_multi_label)
+    if len(sessions) < 3:
+        raise SplitError(
+            f"need at least 3 sessions for train/val/test in each outer fold, found {len(sessions)}"
+        )
+    folds = session_folds(table, n_folds, seed=seed, neutral=neutral)
+    if len(sessions) - len(folds[k]) < 2:
+        raise SplitError(
+            f"{n_folds} outer folds of {len(sessions)} sessions leave fewer than 2 sessions "
+            "for train and val: use fewer folds"
+        )
+    test_carve = _cut_of(counts, folds[k], neutral)
+    return _with_val(rows, counts, test_carve, val_fraction, seed, neutral, label_order)
+
+
+def _session_counts(
+    table: pd.DataFrame, drop_multi_label: bool = True
+) -> tuple[pd.DataFrame, list[int], pd.DataFrame]:
+    """(the rows splits count, the sorted sessions, rows per session and label)."""
+    for col in ("session", "label"):
+        if col not in table.columns:
+            raise SplitError(f"table has no {col!r} column (columns: {list(table.columns)})")
+    rows = table
+    if drop_multi_label and "multi_label" in table.columns:
+        rows = table[~table["multi_label"].astype(bool)]
+    sessions = sorted(int(s) for s in table["session"].unique())
     counts = (
         pd.crosstab(rows["session"].astype(int), rows["label"])
         .reindex(index=sessions, fill_value=0)
         .astype(int)
     )
-    n_test = max(1, round(test_fraction * n))
-    n_test = min(n_test, n - 2)  # leave room for one train and one val session
-    test_carve = balanced_carve(counts, n - n_test, random.Random(seed), neutral=neutral)
+    return rows, sessions, counts
 
+
+def _cut_of(counts: pd.DataFrame, held: list[int], neutral: str | None) -> Carve:
+    """The Carve that holds ``held`` out of ``counts``' sessions (a cut made elsewhere)."""
+    sessions = sorted(int(s) for s in counts.index)
+    classes = [c for c in counts.columns if c != neutral and counts[c].sum() > 0]
+    matrix = counts.loc[sessions, classes].to_numpy(dtype=np.float64)
+    must_show = (matrix > 0).sum(axis=0) >= 2
+    kept_idx = [i for i, s in enumerate(sessions) if s not in set(held)]
+    target = len(kept_idx) / len(sessions)
+    totals = matrix.sum(axis=0)
+    dev = float(np.abs(matrix[kept_idx].sum(axis=0) / totals - target).max()) if classes else 0.0
+    cut = _carve(
+        sessions, classes, matrix, kept_idx, target, math.ceil(dev * 1e6) / 1e6, 0, must_show
+    )
+    return Carve(**{**asdict(cut), "relaxed": bool(cut.one_sided)})
+
+
+def _with_val(
+    rows: pd.DataFrame,
+    counts: pd.DataFrame,
+    test_carve: Carve,
+    val_fraction: float,
+    seed: int,
+    neutral: str | None,
+    label_order: tuple[str, ...] | list[str],
+) -> SplitResult:
+    """The split whose test is ``test_carve``'s held-out sessions, val carved from the rest."""
     pool = test_carve.kept
     n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
     val_carve = balanced_carve(

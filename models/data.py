@@ -17,7 +17,9 @@ the widths that trimming cuts to come from the host's copy of the lengths, and a
 knows the next batch and assembles it in a background thread into one of two pinned host
 buffer sets while the current one trains. On CUDA that thread also copies it to the device on a
 side stream; the training stream waits on the copy's event, and the copy into a device slot
-waits on the event of the step that last read it: the host never waits for the GPU.
+waits on the event of the step that last read it. No step waits for the GPU: the host runs up
+to about three steps ahead (a host buffer is refilled once its last copy has run, polled in the
+prefetch thread).
 
 The budget (:func:`budget_report`; what fits it, :func:`placement`):
 - CUDA: this process's share of the device (`CASE_TUNE_GPU_SHARE`, set by the search's
@@ -41,6 +43,7 @@ pinned allocation in `_host_buffer`, the side-stream copy in `_copy_ahead`, the 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -63,6 +66,7 @@ log = logging.getLogger(__name__)
 LENGTHS = ("text_len", "audio_len")
 GPU_SHARE_ENV = "CASE_TUNE_GPU_SHARE"
 RESIDENT_MAX_ENV = "CASE_TUNE_RESIDENT_MAX_BYTES"
+AUDIT_ENV = "CASE_TUNE_AUDIT_DIR"
 LOAD_CHUNK_BYTES = 64 << 20  # fp16 bytes read per step while loading a resident split
 GPU_WORKSPACE_BYTES = 4 << 30  # at least this much of a trial's GPU part stays for its steps
 _LEN_OF = {"text": "text_len", "audio": "audio_len"}
@@ -197,6 +201,8 @@ def budget_report(device: torch.device) -> tuple[int, str]:
         free, total = torch.cuda.mem_get_info(device)
         share = float(os.environ.get(GPU_SHARE_ENV) or 1.0)
         held = torch.cuda.memory_allocated(device)
+        # A reused actor's allocator still caches its last trial's memory: free to this one.
+        free += torch.cuda.memory_reserved(device) - held
         return cuda_budget(free, total, share, held), (
             f"a {share:g} share of {total / 1e9:.1f} GB on {device} ({free / 1e9:.1f} GB free, "
             f"{held / 1e9:.2f} GB held by this trial), less its step workspace"
@@ -391,6 +397,8 @@ class SplitData:
             return staged.tensors
         stream = torch.cuda.current_stream(self.device)
         stream.wait_event(staged.ready)
+        for t in staged.on_device.values():  # allocated on the side stream, read on this one:
+            t.record_stream(stream)  # a freed buffer is not reused before this work has run
         freed = torch.cuda.Event()
         freed.record(stream)
         self._freed[1 - staged.slot] = freed
@@ -494,6 +502,19 @@ def _load_resident(
     return out
 
 
+def _audit(store: FeatureStore, split: str, rows: np.ndarray) -> None:
+    """With ``CASE_TUNE_AUDIT_DIR`` set, one line per split loaded (store, split, rows, their
+    sessions) in that folder, one file per process: what a sweep's trials and a finalize
+    really read, for whoever must show that no test session leaked (tests/test_outer.py)."""
+    folder = os.environ.get(AUDIT_ENV)
+    if not folder:
+        return
+    sessions = sorted({int(x) for x in store.table["session"].to_numpy()[rows]})
+    line = {"store": store.key, "split": split, "rows": len(rows), "sessions": sessions}
+    with open(Path(folder) / f"loads-{os.getpid()}.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def load_split(
     store: FeatureStore,
     split: str,
@@ -511,6 +532,9 @@ def load_split(
     rows of ``split``; the caller got them through ``store.indices``, which enforces sealing.
     """
     rows = store.indices(split) if rows is None else np.asarray(rows, dtype=np.int64)
+    _audit(store, split, rows)
+    if device.type == "cuda" and device.index is None:  # the prefetch thread's device too
+        device = torch.device("cuda", torch.cuda.current_device())
     labels = torch.from_numpy(store.table["label_id"].to_numpy(dtype=np.int64)[rows]).to(device)
     text_len = np.asarray(store.text_len[rows], dtype=np.int64)
     audio_len = np.minimum(np.asarray(store.audio_len[rows], dtype=np.int64), frames)

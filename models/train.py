@@ -454,11 +454,16 @@ class Trainer:
         if state["config"] != self.config.to_dict():
             raise ValueError("checkpoint is of another config; it cannot continue this run")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # continued on another device: its kernels
-            group["fused"] = self.device.type == "cuda" or None
+        # Continued on another device: this device's optimizer kernels. Set before loading,
+        # which places each state's step counter by the groups' "fused" (on the parameters'
+        # device when fused, on the CPU otherwise).
+        fused = self.device.type == "cuda" or None
+        optimizer = dict(state["optimizer"])
+        optimizer["param_groups"] = [{**g, "fused": fused} for g in optimizer["param_groups"]]
+        self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():  # {}: saved where none was used
+            self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self._rng = {k: v.clone() for k, v in state["rng"].items()}
         self.epoch = int(state["epoch"])

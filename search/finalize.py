@@ -319,6 +319,18 @@ def _resume_hint(settings: FinalizeSettings | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from search import nested
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if nested.names_a_set(args):  # a set of outer-fold sweeps (search.run --outer-folds)
+        return run_cli(
+            _PROG,
+            lambda: nested.parse_set(args),
+            nested.finalize_set,
+            resume=lambda s: f"--sweep {s.name if s else 'NAME'} --resume",
+            summary=nested.summary,
+            exit_code=lambda outcome: 1 if any(f.failed for f in outcome.folds) else 0,
+        )
     return run_cli(
         _PROG,
         lambda: parse_settings(argv),

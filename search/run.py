@@ -303,7 +303,7 @@ SWEEP_INFO_KEYS = (
 )
 
 
-def _write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
+def write_manifest(settings: SweepSettings, info: dict[str, Any]) -> None:
     """sweep.json, atomically; a tracking URI's password is never stored (search.redact)."""
     settings.sweep_dir.mkdir(parents=True, exist_ok=True)
     stored = {**settings.to_dict(), "tracking_uri": redact_uri(settings.tracking_uri)}
@@ -389,7 +389,7 @@ def run_sweep(
     sweep = _open_sweep_run(settings, space, store_path, manifest)
     sweep.trainable = trainable
     segments = tune_segments(settings, sweep.manifest)
-    _write_manifest(settings, sweep.manifest)  # a resume may have added trials
+    write_manifest(settings, sweep.manifest)  # a resume may have added trials
     _fit_segments(sweep, segments, points, quiet)
     trials = [
         t for seg in segments for t in _segment_trials(Path(settings.storage_path) / seg["name"])
@@ -444,12 +444,13 @@ def _open_sweep_run(
         name=settings.name,
         space=settings.space,
         params=_sweep_params(settings, store.key, store_path),
+        parent=settings.outer_parent,
     )
     tracking.describe(client, exp_id, parent, _description(settings, store_path))
     if settings.space_text:  # --space FILE: the file as it was, beside its hash (a param)
         client.log_text(parent, settings.space_text, f"space/{Path(settings.space).name}")
     manifest = _new_manifest(settings, space, store_path, store.key, exp_id, parent)
-    _write_manifest(settings, manifest)
+    write_manifest(settings, manifest)
     return _Sweep(settings, space, store_path, manifest, client, exp_id, parent)
 
 
@@ -782,9 +783,25 @@ def _resume_hint(settings: SweepSettings | None) -> str:
     return f"--name {settings.name if settings else 'NAME'} --resume"
 
 
+def _work(settings: SweepSettings) -> Any:
+    """One sweep, or with --outer-folds the set of outer-fold sweeps (search/outer.py)."""
+    if settings.outer_folds:
+        from search.outer import run_outer
+
+        return run_outer(settings)
+    return run_sweep(settings)
+
+
+def _summary(outcome: Any) -> str:
+    from search.outer import OuterOutcome
+    from search.outer import summary as outer_summary
+
+    return outer_summary(outcome) if isinstance(outcome, OuterOutcome) else summary(outcome)
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_cli(
-        _PROG, lambda: parse_settings(argv), run_sweep, resume=_resume_hint, summary=summary
+        _PROG, lambda: parse_settings(argv), _work, resume=_resume_hint, summary=_summary
     )
 
 

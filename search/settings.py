@@ -98,6 +98,9 @@ class SweepSettings:
     max_epochs: int = DEFAULT_MAX_EPOCHS
     horizon: int = DEFAULT_HORIZON
     folds: int = 0  # 0: validate on the store's val split; K >= 2: K session folds
+    # K >= 2: one sweep per outer fold of the sessions (search/outer.py); 0: one sweep
+    outer_folds: int = 0
+    outer_parent: str = ""  # a fold's sweep: the MLflow run of its set (not a flag)
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -191,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cross-validate each trial over K session folds of the non-test sessions "
         "(one head per fold; the search uses the fold mean). Default: the store's val split",
+    )
+    p.add_argument(
+        "--outer-folds",
+        type=int,
+        default=None,
+        help="nested cross-validation: one whole sweep per outer fold of the sessions, each "
+        "fold's sessions its sealed test split (K >= 2; default off: one sweep)",
     )
     p.add_argument("--name", help="sweep name (default SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
@@ -350,6 +360,7 @@ def _given_flags(args: argparse.Namespace, cwd: Path) -> dict[str, tuple[str, An
         "seed": "--seed",
         "horizon": "--final-epochs",
         "folds": "--folds",
+        "outer_folds": "--outer-folds",
     }
     attr = {"horizon": "final_epochs"}  # settings field -> argparse dest, where they differ
     for field_name, flag in plain.items():
@@ -462,6 +473,9 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     folds = 0 if args.folds is None else args.folds
     if folds == 1 or folds < 0:
         _fail(f"--folds must be 2 or more (or left out for the store's val split), got {folds}")
+    outer_folds = 0 if args.outer_folds is None else args.outer_folds
+    if args.outer_folds is not None and outer_folds < 2:
+        _fail(f"--outer-folds must be 2 or more (or left out for one sweep), got {outer_folds}")
     cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
     gpus = 0.0 if args.gpus_per_trial is None else args.gpus_per_trial
     check_resources(cpus, gpus)
@@ -487,6 +501,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         max_epochs=max_epochs,
         horizon=horizon,
         folds=folds,
+        outer_folds=outer_folds,
         max_concurrent=max_concurrent,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,

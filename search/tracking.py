@@ -113,12 +113,13 @@ def start_sweep_run(
     name: str,
     space: str,
     params: Mapping[str, Any],
+    parent: str = "",
+    kind: str = "sweep",
 ) -> str:
-    run = client.create_run(
-        exp_id,
-        run_name=name,
-        tags={KIND: "sweep", SPACE: space, SWEEP: name},
-    )
+    """A sweep's MLflow run (``kind`` "outer": the run of a set of outer-fold sweeps, which
+    are then nested under it through ``parent``)."""
+    tags = {KIND: kind, SPACE: space, SWEEP: name, **({PARENT: parent} if parent else {})}
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 
