@@ -61,22 +61,22 @@ def test_fold_stores_link_the_features_and_are_written_once(demo_store) -> None:
     assert [(p / "manifest.json").stat().st_mtime_ns for p in paths] == stamps  # reused
 
 
-def test_bad_outer_folds_are_one_line_and_exit_2(tmp_path, demo_store) -> None:
+def test_bad_outer_folds_are_one_line_and_exit_2(tmp_path, demo_store, capsys) -> None:
+    from search.run import main
+
     with pytest.raises(UsageError, match="--outer-folds must be 2 or more"):
         parse_settings(sweep_argv(demo_store, "x", tmp_path, outer_folds=1), cwd=tmp_path)
     argv = sweep_argv(demo_store, "many", tmp_path, outer_folds=40)
-    proc = subprocess.run(
-        [sys.executable, "-m", "search.run", *argv],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and "--outer-folds 40" in err[0] and "folds" in err[0], err
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(argv) == 2
+    finally:
+        os.chdir(old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--outer-folds 40" in err[0] and "8 sessions" in err[0], err
     assert not (tmp_path / "results" / "many").exists()  # nothing half-written
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started
 
 
 def _fold(k: int, gold, sessions, preds, model="case-attention") -> FoldResult:
