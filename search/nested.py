@@ -207,6 +207,8 @@ def pool(results: list[FoldResult]) -> dict[str, Any]:
     if not results:
         return {}
     seeds = sorted(set.intersection(*(set(r.preds) for r in results)))
+    if not seeds:  # a failed final run left no seed that every fold has
+        return {}
     gold = np.concatenate([r.gold for r in results])
     sessions = np.concatenate([r.sessions for r in results])
     preds = [np.concatenate([np.asarray(r.preds[s]) for r in results]) for s in seeds]

@@ -119,6 +119,9 @@ def test_pooling_scores_the_concatenated_predictions() -> None:
     assert lo <= hi and out["sessions"] == 4 and out["rows"] == 7
     assert (out["family"], out["same_family"], out["folds"]) == ("case-attention", 1, 2)
     assert out["seeds"] == [0, 42]
+    # no seed every fold has (a failed final run): nothing to pool, said as such
+    c = _fold(2, [1], [5], {7: [1]})
+    assert pool([a, c]) == {}
 
 
 @pytest.mark.slow
