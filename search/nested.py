@@ -35,6 +35,7 @@ from search.settings import SWEEP_MANIFEST, UsageError, check_name, parse_cli
 SCORES = ("macro_f1", "seed_micro_f1", "weighted_f1")
 N_BOOT = 2000
 OUTER_CSV = "outer.csv"
+FINALIZE_ARGV = "finalize_argv.json"  # the set's finalize flags, for folds a --resume starts
 
 
 @dataclass
@@ -107,6 +108,9 @@ def parse_set(argv: list[str], cwd: Path | None = None) -> SetFinalize:
     a = parse_cli(build_parser(), argv, "search.finalize")
     sweep_dir = _results_dir(a, cwd) / a.sweep
     record = read_set(sweep_dir)
+    recorded = sweep_dir / FINALIZE_ARGV
+    if a.resume and recorded.is_file():  # folds not started yet get the set's own flags
+        argv = [*json.loads(recorded.read_text(encoding="utf-8")), "--resume"]
     folds = []
     for k in range(record["folds"]):
         name = fold_name(a.sweep, k)
@@ -123,6 +127,8 @@ def parse_set(argv: list[str], cwd: Path | None = None) -> SetFinalize:
             folds.append(parse_fold(fold_argv, cwd=cwd))
         except UsageError as exc:
             raise UsageError(f"outer fold {k} ({name}): {exc}") from exc
+    if not a.resume:  # valid for every fold: what a later --resume gives unstarted folds
+        recorded.write_text(json.dumps(argv), encoding="utf-8")
     return SetFinalize(a.sweep, sweep_dir, record, folds)
 
 

@@ -8,13 +8,14 @@ slots. ``results/NAME/sweep.json`` records the set (its settings, the fold store
 run); each fold's progress lives in that fold's own sweep, so ``--resume`` of the set resumes
 the folds that did not finish and skips those that did, and a larger ``--num-samples``
 extends every fold. ``search.finalize --sweep NAME`` finalizes each fold inside it (test of
-fold k read once, by fold k's finalize) and then pools them (search/outer_report.py).
+fold k read once, by fold k's finalize) and then pools them (search/nested.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,11 @@ def run_outer(settings: SweepSettings, *, quiet: bool = False) -> OuterOutcome:
     say = (lambda *_: None) if quiet else (lambda *a: print(*a, flush=True))
     record = read_set(settings.sweep_dir) if settings.resume else None
     stores = None if record else _fold_stores(settings)  # bad --outer-folds: before MLflow
+    if record is not None:  # a larger --num-samples is the set's from now on, every fold's
+        from search.run import write_manifest
+
+        doc = json.loads(settings.manifest_path.read_text(encoding="utf-8"))
+        write_manifest(settings, {k: v for k, v in doc.items() if k != "settings"})
     client = tracking.client_for(settings.tracking_uri)
     exp_id = tracking.experiment_id(client, settings.tracking_uri)
     if record is None:
@@ -80,17 +86,26 @@ def run_outer(settings: SweepSettings, *, quiet: bool = False) -> OuterOutcome:
         experiment_id=exp_id,
         test_sessions=record["test_sessions"],
     )
-    status = "KILLED"
+    status = "FAILED"
     try:
         for k, store in enumerate(record["stores"]):
             fold = fold_settings(settings, k, Path(store), record["parent_run_id"])
             sessions = ", ".join(map(str, record["test_sessions"][k]))
             say(f"outer fold {k + 1}/{len(record['stores'])}: sweep {fold.name}, test {sessions}")
-            result = run_sweep(fold, quiet=quiet)
+            # Tune's fit leaves its own Ctrl-C handler behind: a Ctrl-C between folds must
+            # stop the set, not be swallowed by a finished fit's handler.
+            handler = signal.getsignal(signal.SIGINT)
+            try:
+                result = run_sweep(fold, quiet=quiet)
+            finally:
+                signal.signal(signal.SIGINT, handler)
             outcome.folds.append(result)
             if result.interrupted:
                 break
         status = "KILLED" if outcome.interrupted else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracking.finish_sweep_run(client, record["parent_run_id"], status=status)
     outcome.wall_seconds = time.time() - t0
@@ -107,6 +122,12 @@ def _fold_stores(settings: SweepSettings) -> tuple[Path, list[Path]]:
 
     for k in range(settings.outer_folds):
         name = fold_name(settings.name, k)
+        if (Path(settings.results_dir) / name).exists():
+            raise UsageError(
+                f"--name {settings.name}: {Path(settings.results_dir) / name} already exists "
+                "(a sweep of that name); a new set's folds need their own names: pick another "
+                "--name"
+            )
         if study_exists(settings.optuna_storage, name):
             raise UsageError(
                 f"an Optuna study named {name!r} already exists in {settings.optuna_storage}; "
