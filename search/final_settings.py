@@ -155,8 +155,7 @@ def parse_settings(
     a = parse_cli(build_parser(), argv, "search.finalize")
     check_name("--sweep", a.sweep)  # before any file is read: '../x' must not escape
     cwd = (cwd or Path.cwd()).resolve()
-    results_dir = Path(a.results_dir or "results").expanduser()
-    results_dir = results_dir if results_dir.is_absolute() else (cwd / results_dir).resolve()
+    results_dir = results_dir_of(a, cwd)
     sweep_dir = results_dir / a.sweep
     if not (sweep_dir / BEST_CONFIGS).is_file():
         raise UsageError(
@@ -175,6 +174,13 @@ def parse_settings(
             "it, or move that folder away to start over"
         )
     return s
+
+
+def results_dir_of(a: argparse.Namespace, cwd: Path | None = None) -> Path:
+    """--results-dir (default ./results) as an absolute path against ``cwd``."""
+    cwd = (cwd or Path.cwd()).resolve()
+    path = Path(a.results_dir or "results").expanduser()
+    return path if path.is_absolute() else (cwd / path).resolve()
 
 
 def _known_sweeps(results_dir: Path) -> str:

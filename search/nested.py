@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from search.final_settings import FinalizeSettings, build_parser
+from search.final_settings import FinalizeSettings, build_parser, results_dir_of
 from search.final_settings import parse_settings as parse_fold
 from search.outer import fold_name, read_set
 from search.settings import SWEEP_MANIFEST, UsageError, check_name, parse_cli
@@ -85,7 +85,7 @@ def names_a_set(argv: list[str], cwd: Path | None = None) -> bool:
         a = parse_cli(build_parser(), argv, "search.finalize")
     except UsageError:
         return False  # the plain parser reports it
-    return read_set(_results_dir(a, cwd) / a.sweep) is not None if _safe(a.sweep) else False
+    return read_set(results_dir_of(a, cwd) / a.sweep) is not None if _safe(a.sweep) else False
 
 
 def _safe(name: str) -> bool:
@@ -96,17 +96,11 @@ def _safe(name: str) -> bool:
     return True
 
 
-def _results_dir(a: Any, cwd: Path | None) -> Path:
-    cwd = (cwd or Path.cwd()).resolve()
-    path = Path(a.results_dir or "results").expanduser()
-    return path if path.is_absolute() else (cwd / path).resolve()
-
-
 def parse_set(argv: list[str], cwd: Path | None = None) -> SetFinalize:
     """Each fold's finalize settings, validated as a plain finalize's; a fold whose
     finalize exists continues with --resume, a fold without one starts (a set's --resume)."""
     a = parse_cli(build_parser(), argv, "search.finalize")
-    sweep_dir = _results_dir(a, cwd) / a.sweep
+    sweep_dir = results_dir_of(a, cwd) / a.sweep
     record = read_set(sweep_dir)
     recorded = sweep_dir / FINALIZE_ARGV
     if a.resume and recorded.is_file():  # folds not started yet get the set's own flags

@@ -195,7 +195,7 @@ def fold_settings(settings: SweepSettings, k: int, store: Path, parent: str) -> 
     name = fold_name(settings.name, k)
     manifest = Path(settings.results_dir) / name / SWEEP_MANIFEST
     if manifest.is_file():
-        saved = SweepSettings.from_dict(json.loads(manifest.read_text("utf-8"))["settings"])
+        saved = SweepSettings.load(manifest)
         saved.resume = True
         saved.num_samples = max(saved.num_samples, settings.num_samples)
         saved.address = settings.address

@@ -149,6 +149,11 @@ class SweepSettings:
         return asdict(self)
 
     @classmethod
+    def load(cls, manifest: Path) -> SweepSettings:
+        """The settings a sweep.json recorded (raises KeyError/ValueError when unreadable)."""
+        return cls.from_dict(json.loads(manifest.read_text(encoding="utf-8"))["settings"])
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepSettings:
         known = {f for f in cls.__dataclass_fields__}
         # A sweep recorded before a setting existed resumes as it ran: with Optuna's prior.
@@ -446,9 +451,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
                 f"known sweeps: {', '.join(known) or 'none'}"
             )
         try:
-            saved = SweepSettings.from_dict(
-                json.loads(manifest.read_text(encoding="utf-8"))["settings"]
-            )
+            saved = SweepSettings.load(manifest)
         except (KeyError, ValueError, TypeError) as exc:
             _fail(f"--resume: {manifest} is unreadable ({exc}); start a new sweep instead")
         _check_resume_flags(args, saved, cwd)
