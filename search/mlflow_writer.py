@@ -30,7 +30,7 @@ def _serve(tracking_uri: str, jobs: Any, acks: Any, parent: int) -> None:
     """The writer's loop: batches in order, an ack per barrier, stop on None or orphaned."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric, Param, RunTag
 
     client = MlflowClient(tracking_uri=tracking_uri)
     while True:
@@ -46,16 +46,21 @@ def _serve(tracking_uri: str, jobs: Any, acks: Any, parent: int) -> None:
         if kind == "barrier":
             acks.put(("ack", payload))
             continue
-        run_id, metrics, tags = payload
         try:
+            if kind == "terminate":
+                run_id, status = payload
+                client.set_terminated(run_id, status)
+                continue
+            run_id, metrics, tags, params = payload
             client.log_batch(
                 run_id,
                 metrics=[Metric(k, v, ts, step) for k, v, ts, step in metrics],
                 tags=[RunTag(k, v) for k, v in tags],
+                params=[Param(k, v) for k, v in params],
                 synchronous=True,
             )
         except Exception as exc:  # reported to the driver, which raises it
-            acks.put(("error", f"log_batch of run {run_id}: {type(exc).__name__}: {exc}"))
+            acks.put(("error", f"{kind} of run {payload[0]}: {type(exc).__name__}: {exc}"))
 
 
 class WriterError(RuntimeError):
@@ -77,11 +82,20 @@ class MlflowWriter:
         self._proc.start()
         self._token = 0
 
-    def log_batch(self, run_id: str, metrics: list[Any], tags: list[Any]) -> None:
-        """Hand one run's batch over (``metrics`` and ``tags`` as MLflow entities)."""
+    def log_batch(
+        self, run_id: str, metrics: list[Any], tags: list[Any], params: list[Any] = ()
+    ) -> None:
+        """Hand one run's batch over (``metrics``, ``tags``, ``params`` as MLflow entities,
+        within MLflow's limits on one batch)."""
         self._raise_errors()
         rows = [(m.key, m.value, m.timestamp, m.step) for m in metrics]
-        self._jobs.put(("batch", (run_id, rows, [(t.key, t.value) for t in tags])))
+        pairs = [(t.key, t.value) for t in tags], [(p.key, p.value) for p in params]
+        self._jobs.put(("batch", (run_id, rows, *pairs)))
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        """End the run with ``status``, after everything handed over before."""
+        self._raise_errors()
+        self._jobs.put(("terminate", (run_id, status)))
 
     def barrier(self, timeout: float = 600.0) -> None:
         """Wait until every batch handed over so far is written."""

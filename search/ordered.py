@@ -42,17 +42,27 @@ from search.trainable import TRIAL_NUMBER, own_error
 # -- the searcher -------------------------------------------------------------------------
 class OrderedSearcher(Searcher):
     """Wraps a Searcher so that trial ``k`` is suggested from the results of trials
-    ``0..k-window`` exactly (see the module docstring). ``total`` is the number of trials
-    the sweep will suggest: trials whose results no later suggestion waits for are told at
-    once, so the wrapped searcher ends with every trial finished."""
+    ``0..k-window`` exactly (see the module docstring), with at most ``max_concurrent``
+    trials running (default: ``window``). ``total`` is the number of trials the sweep will
+    suggest: trials whose results no later suggestion waits for are told at once, so the
+    wrapped searcher ends with every trial finished."""
 
-    def __init__(self, searcher: Searcher, window: int, total: int) -> None:
-        if window < 1 or total < 1:
-            raise ValueError(f"window and total must be >= 1, got {window} and {total}")
+    # A searcher pickled before the limit had its own value (sweeps resumed across versions).
+    max_concurrent: int | None = None
+
+    def __init__(
+        self, searcher: Searcher, window: int, total: int, max_concurrent: int | None = None
+    ) -> None:
+        if window < 1 or total < 1 or (max_concurrent or window) > window:
+            raise ValueError(
+                f"need window and total >= 1 and max_concurrent <= window, got {window}, "
+                f"{total} and {max_concurrent}"
+            )
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher = searcher  # the name Tune's SearchGenerator looks for when saving
         self.window = window
         self.total = total
+        self.max_concurrent = max_concurrent or window
         self.order: dict[str, int] = {}  # trial id -> trial number (suggestion order)
         self.finished: dict[int, tuple[dict | None, bool]] = {}  # done, not yet told
         self.told = 0  # trials 0..told-1 have been told to the wrapped searcher
@@ -81,6 +91,8 @@ class OrderedSearcher(Searcher):
         self._tell_ready()
         if self.told < k - self.window + 1:
             return None  # wait: an older trial of the window is still running
+        if k - self.told - len(self.finished) >= (self.max_concurrent or self.window):
+            return None  # as many trials run as may
         config = self.searcher.suggest(trial_id)
         if config is None or config == Searcher.FINISHED:
             return config
@@ -139,14 +151,16 @@ class OrderedASHA(FIFOScheduler):
 
     Trial ``k`` (numbered by the study: ``TRIAL_NUMBER`` in its config) is decided at a rung
     against the values recorded there by its peers, the trials ``j != k`` with ``j <=
-    peer_bound(k) = max(k - lag, first - 1)``, ``first = min(lag, total)``: the trials at
-    least ``lag`` older, and, for the early trials that have too few of those, the whole
-    first window. Trials ``0..k-lag`` are complete whenever trial ``k`` runs
+    peer_bound(k) = max(k - lag, first - 1)``, ``first = min(window, total)`` (``window``:
+    the trials that start at once, --max-concurrent; default ``lag``): the trials at least
+    ``lag`` older, and, for the early trials that have too few of those, the whole first
+    window. Trials ``0..k-lag`` are complete whenever trial ``k`` runs
     (`OrderedSearcher(window=lag)`); a peer of the first window may still be running, and
     trial ``k`` then waits at the rung (Tune's PAUSE, its slot freed) until every peer has
-    reported there or ended before it. So every decision is the same in every run, and the
-    first ``lag`` trials, which no trial is ``lag`` older than, can be stopped too (issue
-    21: at ``--max-concurrent 8`` they had cost a third of a 24-trial sweep's epochs).
+    reported there or ended before it (every one has started: the first window starts
+    first). So every decision is the same in every run, and the first trials, which no trial
+    is ``lag`` older than, can be stopped too (issue 21: at ``--max-concurrent 8`` they had
+    cost a third of a 24-trial sweep's epochs).
 
     ``lag=None`` is Ray's asynchronous ASHA (``--async``): whatever reached the rung before
     counts, and nothing waits.
@@ -173,6 +187,7 @@ class OrderedASHA(FIFOScheduler):
         total: int | None = None,
         time_attr: str = "training_iteration",
         ledger: tuple[str, str] | None = None,
+        window: int | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -186,7 +201,9 @@ class OrderedASHA(FIFOScheduler):
         self.max_t = max_t
         self.rf = reduction_factor
         self.lag = lag
-        self.first = min(lag, total) if lag is not None and total else (lag or 0)
+        # The first window (``window`` trials, default ``lag``: those that start at once).
+        first = (window or lag) if lag is not None else 0
+        self.first = min(first, total) if total else first
         # Every trial stops at max_t anyway: a rung there decides nothing.
         rungs = rung_milestones(grace_period, max_t, reduction_factor)
         self.milestones = [m for m in rungs if m < max_t]

@@ -165,7 +165,7 @@ def sweep_sampler(settings: SweepSettings) -> Any:
     """
     from search.samplers import PerTrialSampler
 
-    window = settings.max_concurrent if settings.reproducible else None
+    window = settings.window if settings.reproducible else None
     if settings.searcher == "random":
         return PerTrialSampler("random", settings.seed, window)
     options: dict[str, Any] = {"n_startup_trials": settings.startup_trials}
@@ -223,7 +223,10 @@ def build_tuner(
     search_alg: Any = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
     if settings.reproducible:
         search_alg = OrderedSearcher(
-            searcher, window=settings.max_concurrent, total=settings.num_samples
+            searcher,
+            window=settings.window,
+            total=settings.num_samples,
+            max_concurrent=settings.max_concurrent,
         )
     if settings.scheduler == "fifo":
         scheduler = FIFOScheduler()
@@ -271,7 +274,8 @@ def sweep_asha(settings: SweepSettings, first_trials: int) -> Any:
         max_t=settings.max_epochs,
         grace_period=min(settings.grace_period, settings.max_epochs),
         reduction_factor=settings.reduction_factor,
-        lag=settings.max_concurrent if settings.reproducible else None,
+        lag=settings.window if settings.reproducible else None,
+        window=settings.max_concurrent,
         total=first_trials,
         ledger=(settings.optuna_storage, settings.name),
     )
@@ -476,6 +480,7 @@ def _sweep_params(settings: SweepSettings, store_key: str, store_path: Path) -> 
         "folds": settings.folds,
         "selection": STATISTIC,
         "max_concurrent": settings.max_concurrent,
+        **({"lag": settings.window} if settings.reproducible else {}),
         "cpus_per_trial": settings.cpus_per_trial,
         "gpus_per_trial": settings.gpus_per_trial,
         "seed": settings.seed,
@@ -783,8 +788,25 @@ def _resume_hint(settings: SweepSettings | None) -> str:
     return f"--name {settings.name if settings else 'NAME'} --resume"
 
 
+# From this width on, trial k waiting for trial k-W to finish leaves many slots idle
+# (results/bench.md, "replay-lag" and "scale"): say what to do about it.
+WIDE = 16
+
+
+def _width_note(settings: SweepSettings) -> None:
+    if settings.reproducible and settings.window <= settings.max_concurrent >= WIDE:
+        w = settings.max_concurrent
+        print(
+            f"note: at --max-concurrent {w} reproducible mode idles slots while the oldest "
+            f"trial finishes; --lag {2 * w} keeps the sweep reproducible with fewer idle "
+            "slots, --async idles none (README, 'Reproducible at width')",
+            file=sys.stderr,
+        )
+
+
 def _work(settings: SweepSettings) -> Any:
     """One sweep, or with --outer-folds the set of outer-fold sweeps (search/outer.py)."""
+    _width_note(settings)
     if settings.outer_folds:
         from search.outer import run_outer
 

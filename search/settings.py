@@ -120,6 +120,9 @@ class SweepSettings:
     prior_weight: float = PRIOR_WEIGHT
     warm_start: bool = WARM_START
     reproducible: bool = REPRODUCIBLE  # --reproducible / --async
+    # --lag L: reproducible mode suggests and judges trial k from trials 0..k-L (L >=
+    # --max-concurrent); 0 (sweeps recorded before the flag): --max-concurrent.
+    lag: int = 0
     # Not command-line flags: the benchmarks compare against random search without ASHA.
     searcher: str = "tpe"  # tpe | random
     scheduler: str = "asha"  # asha | fifo
@@ -132,6 +135,11 @@ class SweepSettings:
     space_text: str = ""
     space_sha256: str = ""
     command: str = ""  # the command line that started the sweep (passwords redacted)
+
+    @property
+    def window(self) -> int:
+        """Reproducible mode's lag: trial k is suggested and judged from trials 0..k-window."""
+        return self.lag or self.max_concurrent
 
     @property
     def sweep_dir(self) -> Path:
@@ -213,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-dir", default=None, help="where results/<sweep>/ goes (default ./results)"
     )
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default 2)")
+    p.add_argument(
+        "--lag",
+        type=int,
+        default=None,
+        help="reproducible mode: trial k is suggested and judged from trials 0..k-LAG only "
+        "(LAG >= --max-concurrent, its default); a larger lag idles fewer slots in wide "
+        "sweeps (README, 'Reproducible at width')",
+    )
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default 1)")
     p.add_argument(
         "--gpus-per-trial",
@@ -360,6 +376,7 @@ def _given_flags(args: argparse.Namespace, cwd: Path) -> dict[str, tuple[str, An
         "num_samples": "--num-samples",
         "max_epochs": "--max-epochs",
         "max_concurrent": "--max-concurrent",
+        "lag": "--lag",
         "cpus_per_trial": "--cpus-per-trial",
         "gpus_per_trial": "--gpus-per-trial",
         "seed": "--seed",
@@ -467,6 +484,12 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     num_samples = _positive_int("num-samples", args.num_samples, DEFAULT_NUM_SAMPLES)
     max_epochs = _positive_int("max-epochs", args.max_epochs, DEFAULT_MAX_EPOCHS)
     max_concurrent = _positive_int("max-concurrent", args.max_concurrent, DEFAULT_MAX_CONCURRENT)
+    lag = _positive_int("lag", args.lag, max_concurrent)
+    if lag < max_concurrent:
+        _fail(
+            f"--lag {lag} is less than --max-concurrent {max_concurrent}: trial k cannot wait "
+            "for a trial that runs beside it; give --lag >= --max-concurrent"
+        )
     horizon = _positive_int("final-epochs", args.final_epochs, max(DEFAULT_HORIZON, max_epochs))
     if horizon < max_epochs:
         _fail(
@@ -506,6 +529,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
         folds=folds,
         outer_folds=outer_folds,
         max_concurrent=max_concurrent,
+        lag=lag,
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
         address=args.address,

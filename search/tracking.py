@@ -26,7 +26,7 @@ from ray.tune import Callback
 from search.faults import fault_point
 from search.mlflow_writer import MlflowWriter
 from search.redact import connect_uri, redact_uri, remember
-from search.trainable import TRACEBACK_KEY, TRIAL_NUMBER, own_error, train_config
+from search.trainable import TRACEBACK_KEY, TRIAL_NUMBER, own_error, train_config, unpacked
 
 EXPERIMENT = "case-tune"
 KIND = "case_tune.kind"
@@ -124,10 +124,15 @@ def start_sweep_run(
     return run.info.run_id
 
 
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+def param_batches(params: Mapping[str, Any]) -> list[list[Param]]:
+    """``params`` as MLflow params, in batches within its limit of 100 per call."""
     items = [Param(k, _param_value(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 90):
-        client.log_batch(run_id, params=items[i : i + 90], synchronous=True)
+    return [items[i : i + 90] for i in range(0, len(items), 90)]
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    for batch in param_batches(params):
+        client.log_batch(run_id, params=batch, synchronous=True)
 
 
 def reopen_run(client: MlflowClient, run_id: str) -> None:
@@ -332,7 +337,10 @@ class MlflowTrialCallback(Callback):
             },
         )
         self.runs[trial.trial_id] = run.info.run_id
-        log_params(self.client, run.info.run_id, config)
+        # The writer's first job for the run (before any epoch); a killed driver's lost
+        # params belong to a trial Tune never saved as started, whose run is discarded.
+        for batch in param_batches(config):
+            self.writer.log_batch(run.info.run_id, [], [], batch)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -342,7 +350,7 @@ class MlflowTrialCallback(Callback):
         once a separate save call on the trial's actor returns; a node lost in between
         restarts the trial from the checkpoint before, which reports this epoch again.
         Logged at once, the epoch would be in the run's history twice."""
-        self._unlogged[trial.trial_id] = dict(result)
+        self._unlogged[trial.trial_id] = unpacked(result)
         iteration = result.get("training_iteration")
         # Tests kill the driver here (trial number:epoch), its other trials mid-epoch ...
         fault_point("driver_result", f"{trial.config.get(TRIAL_NUMBER)}:{iteration}")
@@ -414,11 +422,13 @@ class MlflowTrialCallback(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        self.flush(run_id)
         if own_error(trial.last_result):
+            self.flush(run_id)
             self._fail(run_id, trial)
             return
-        self.client.set_tag(run_id, STATUS, finish_status(trial, self.max_epochs))
+        status = RunTag(STATUS, finish_status(trial, self.max_epochs))
+        self._batch.setdefault(run_id, ([], {}))[1][STATUS] = status
+        self.flush(run_id)
         self._pending[trial.trial_id] = run_id
         fault_point("trial_complete")
 
@@ -440,7 +450,7 @@ class MlflowTrialCallback(Callback):
         saved = self._saved.states(force) if self.experiment_dir else None
         for trial_id, run_id in list(self._pending.items()):
             if saved is None or saved.get(trial_id) == "TERMINATED":
-                self.client.set_terminated(run_id, "FINISHED")
+                self.writer.set_terminated(run_id, "FINISHED")
                 del self._pending[trial_id]
                 fault_point("run_finished")
 

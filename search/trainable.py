@@ -23,6 +23,7 @@ upload failing.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -64,6 +65,35 @@ CHECKPOINT_FILE = "trial.pt"
 ERROR_KEY = "case_tune_error"  # one line: the exception
 TRACEBACK_KEY = "case_tune_traceback"  # the traceback, for the MLflow run's error.txt
 _MAX_TRACEBACK = 20_000
+
+
+# Tune keeps, for every numeric key of a result, its min, max, mean and last-5 / last-10
+# windows, and re-encodes them (indented JSON) into every experiment save and after every
+# result: with the ~40 keys of an epoch's metrics that was 50 KB per trial, 55 MB per save at
+# 1,000 trials, a quarter of the driver's CPU at 32 slots (results/bench.md, "scale-findings").
+# So Tune gets the numbers it acts on (the search and rung values, the statistic the progress
+# line prints) and the epoch's full metrics as one string, which the MLflow callback unpacks.
+PACKED_KEY = "case_tune_metrics"
+
+
+def epoch_report(metrics: dict[str, Any], value: float, **text: str) -> dict[str, Any]:
+    """What a trial `tune.report`s after an epoch: ``metrics`` packed, ``value`` (the
+    statistic, tie-broken) as the rung and search metric, ``text`` (strings) as given."""
+    return {
+        "epoch": metrics["epoch"],
+        STAT_METRIC: metrics[STAT_METRIC],
+        RUNG_METRIC: value,
+        SEARCH_METRIC: value,
+        PACKED_KEY: json.dumps(metrics, default=float),  # numpy scalars too
+        **text,
+    }
+
+
+def unpacked(result: dict[str, Any]) -> dict[str, Any]:
+    """A Tune result with the epoch's packed metrics (`epoch_report`) back as keys."""
+    packed = result.get(PACKED_KEY)
+    out = {k: v for k, v in result.items() if k != PACKED_KEY}
+    return {**json.loads(packed), **out} if packed else out
 
 
 def own_error(result: dict[str, Any] | None) -> str | None:
@@ -267,17 +297,14 @@ def run_trial(
         epoch = run.epoch + 1
         with epoch_folder() as folder:
             try:
-                metrics = run.run_epoch()
-                value = tie_broken(metrics, STAT_METRIC)
-                result = {
-                    **metrics,
-                    "epoch": run.epoch,
-                    RUNG_METRIC: value,
-                    SEARCH_METRIC: value,
-                    "splits_read": ",".join(sorted(store.accessed)),
+                metrics = {**run.run_epoch(), "epoch": run.epoch}
+                result = epoch_report(
+                    metrics,
+                    tie_broken(metrics, STAT_METRIC),
+                    splits_read=",".join(sorted(store.accessed)),
                     # what the numerics depend on (threads, kernel path), for explaining a rerun
-                    "numerics": describe(run.trainers[0].numerics),
-                }
+                    numerics=describe(run.trainers[0].numerics),
+                )
                 checkpoint = _save(run, folder)
             except Exception as exc:  # the trial's own code: not retried
                 if trial_id is None:

@@ -30,14 +30,16 @@ def score(config: dict) -> float:
     return -((config["x"] - 1.0) ** 2) + {"a": 0.0, "b": 0.5, "c": -0.5}[config["kind"]]
 
 
-def make_searcher(window: int, total: int, seed: int = 0) -> OrderedSearcher:
+def make_searcher(
+    window: int, total: int, seed: int = 0, max_concurrent: int | None = None
+) -> OrderedSearcher:
     inner = OptunaSearch(
         space=space,
         metric=METRIC,
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3),
     )
-    return OrderedSearcher(inner, window=window, total=total)
+    return OrderedSearcher(inner, window=window, total=total, max_concurrent=max_concurrent)
 
 
 def drive(searcher: Searcher, total: int, window: int, pick, snapshot_at: int | None = None):
@@ -109,6 +111,33 @@ def test_a_trial_waits_for_the_oldest_of_its_window() -> None:
     assert searcher.suggest("t2") is None  # the newer one finished first: still wait for t0
     searcher.on_trial_complete("t0", {METRIC: 0.0}, error=False)
     assert searcher.suggest("t2") is not None
+
+
+def test_with_a_lag_a_trial_waits_for_the_trial_lag_older_only() -> None:
+    """--lag 4 at 2 slots: a freed slot starts the next trial while the oldest still runs,
+    unless that oldest is 4 trials back; never more than 2 run."""
+    searcher = make_searcher(4, 8, max_concurrent=2)
+    assert searcher.suggest("t0") is not None and searcher.suggest("t1") is not None
+    assert searcher.suggest("t2") is None  # two run
+    searcher.on_trial_complete("t1", {METRIC: 0.0})
+    assert searcher.suggest("t2") is not None  # t0 still runs: lag 2 would wait here
+    searcher.on_trial_complete("t2", {METRIC: 0.0})
+    assert searcher.suggest("t3") is not None
+    searcher.on_trial_complete("t3", {METRIC: 0.0})
+    assert searcher.suggest("t4") is None  # a slot is free, but t4 must see t0 complete
+    searcher.on_trial_complete("t0", {METRIC: 0.0})
+    assert searcher.suggest("t4") is not None
+    with pytest.raises(ValueError, match="max_concurrent <= window"):
+        make_searcher(2, 8, max_concurrent=4)
+
+
+def test_with_a_lag_suggestions_still_do_not_depend_on_completion_order() -> None:
+    runs = [
+        drive(make_searcher(6, 16, max_concurrent=3), 16, 3, pick)[0]
+        for pick in (oldest, newest, shuffled(1), shuffled(2))
+    ]
+    assert all(r == runs[0] for r in runs[1:])
+    assert runs[0] != drive(make_searcher(3, 16), 16, 3, oldest)[0]  # the lag matters
 
 
 def test_different_seeds_suggest_differently() -> None:

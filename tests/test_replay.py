@@ -38,17 +38,45 @@ def curve_of(config: dict, number: int) -> Curve:
     return Curve(val=val[:n], auroc=[0.5] * n, seconds=[1.0 + 0.1 * (number % 4)] * EPOCHS)
 
 
-def sweep(trials: int, *, seed: int = 0, slots: int = 3, reproducible: bool = True):
+def sweep(
+    trials: int,
+    *,
+    seed: int = 0,
+    slots: int = 3,
+    reproducible: bool = True,
+    lag: int | None = None,
+    curves=curve_of,
+):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    sampler = PerTrialSampler("tpe", seed, slots if reproducible else None, n_startup_trials=4)
+    window = (lag or slots) if reproducible else None
+    sampler = PerTrialSampler("tpe", seed, window, n_startup_trials=4)
     search_alg, study = build_search(
-        SPACE, sampler, num_samples=trials, window=slots, reproducible=reproducible
+        SPACE, sampler, num_samples=trials, window=slots, reproducible=reproducible, lag=lag
     )
     asha = build_asha(
-        study, max_epochs=EPOCHS, window=slots, reproducible=reproducible, total=trials
+        study, max_epochs=EPOCHS, window=slots, reproducible=reproducible, total=trials, lag=lag
     )
-    out = simulate(search_alg, asha, curve_of, num_samples=trials, slots=slots, max_epochs=EPOCHS)
+    out = simulate(search_alg, asha, curves, num_samples=trials, slots=slots, max_epochs=EPOCHS)
     return out, study
+
+
+def test_with_a_lag_the_sweep_is_the_same_whatever_the_timing_and_idles_less() -> None:
+    """--lag 6 at 3 slots: the same configs, epochs and decisions with other epoch times
+    (which trial reports first changes); fewer idle slots than lag 3; another sweep than it."""
+
+    def slower(config: dict, number: int) -> Curve:
+        c = curve_of(config, number)
+        return Curve(c.val, c.auroc, [1.0 + 0.7 * ((number * 5) % 3)] * EPOCHS)
+
+    def seen(out):
+        return [(t.config, t.epoch, t.error) for t in out.trials]
+
+    lagged, _ = sweep(30, lag=6)
+    assert seen(lagged) == seen(sweep(30, lag=6, curves=slower)[0])
+    plain, _ = sweep(30)
+    assert seen(plain) != seen(lagged)
+    assert lagged.busy / lagged.seconds > plain.busy / plain.seconds
+    assert {t.epoch for t in lagged.trials if not t.error} >= {3, EPOCHS}  # ASHA still stops
 
 
 def test_asha_stops_trials_and_failed_curves_fail_in_the_study() -> None:

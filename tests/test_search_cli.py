@@ -54,6 +54,7 @@ def test_bad_space_name_exits_2_before_ray_and_lists_valid_spaces(tmp_path: Path
         (["--name", "ghost", "--resume"], "no sweep 'ghost'"),
         (["--resume"], "--resume needs --name"),
         (["--max-epochs", "3"], "--space is required"),
+        (["--space", "case", "--max-concurrent", "4", "--lag", "3"], "give --lag >= --max-con"),
     ],
 )
 def test_bad_values_fail_fast_with_one_clear_line(tmp_path: Path, args, needle) -> None:
@@ -159,3 +160,25 @@ def test_summaries_show_a_config_to_4_significant_digits() -> None:
     assert config_text(config) == (
         "model=mmm, dropout=0.2659, lr=0.002017, hidden=128, faithful=False, weight_decay=1e-05"
     )
+
+
+def test_the_lag_defaults_to_the_width_and_old_sweeps_keep_it(tmp_path: Path, monkeypatch) -> None:
+    """--lag L: the sweep records L; a sweep.json from before the flag (lag 0) resumes with
+    trial k waiting for trial k - W, as it ran; the searcher, sampler and ASHA get L, Tune W."""
+    from search.run import build_tuner, sweep_asha, sweep_sampler
+    from search.settings import SweepSettings
+    from search.spaces import get_space
+
+    monkeypatch.setenv("CASE_TUNE_HOME", str(tmp_path / "home"))
+    base = ["--space", "case", "--results-dir", str(tmp_path / "r"), "--max-concurrent", "4"]
+    assert parse_settings(base, cwd=tmp_path).window == 4
+    s = parse_settings([*base, "--lag", "8"], cwd=tmp_path)
+    assert (s.lag, s.window, s.max_concurrent) == (8, 8, 4)
+    old = SweepSettings.from_dict({k: v for k, v in s.to_dict().items() if k != "lag"})
+    assert (old.lag, old.window) == (0, 4)
+    assert sweep_sampler(s).window == 8
+    asha = sweep_asha(s, s.num_samples)
+    assert (asha.lag, asha.first) == (8, 4)
+    tuner = build_tuner(s, get_space("case"), [], trainable=lambda c: None, points=None)
+    ordered = tuner._local_tuner._tune_config.search_alg
+    assert (ordered.window, ordered.max_concurrent) == (8, 4)

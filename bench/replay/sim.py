@@ -94,6 +94,7 @@ class SimOutcome:
     epochs: int
     seconds: float
     pauses: int  # results the scheduler answered PAUSE (a trial waiting at a rung)
+    busy: float = 0.0  # slot-seconds spent training (utilisation: busy / (slots x seconds))
 
     def score(self, trial: SimTrial) -> float:
         """The product's ranking score (search/results.py): the last search value of a
@@ -145,10 +146,12 @@ def simulate(
     running: list[tuple[float, int, SimTrial]] = []  # (time of next report, number, trial)
     clock, epochs, ends, pauses = 0.0, 0, [], 0
     finished = False
+    busy = [0.0]
 
     def start(trial: SimTrial) -> None:
         trial.status = Trial.RUNNING
         dt = trial.curve.seconds[min(trial.epoch, len(trial.curve.seconds) - 1)]
+        busy[0] += dt
         heapq.heappush(running, (clock + dt, trial.number, trial))
 
     def end(trial: SimTrial, result: dict[str, Any]) -> None:
@@ -199,7 +202,9 @@ def simulate(
     waiting = [t.number for t in trials if t.status in (Trial.PAUSED, Trial.PENDING)]
     if waiting:
         raise RuntimeError(f"simulated sweep ended with trials {waiting} never finished")
-    return SimOutcome(trials=trials, ends=ends, epochs=epochs, seconds=clock, pauses=pauses)
+    return SimOutcome(
+        trials=trials, ends=ends, epochs=epochs, seconds=clock, pauses=pauses, busy=busy[0]
+    )
 
 
 # -- the product's pieces, built as search.run builds them -------------------------------------
@@ -211,8 +216,10 @@ def build_search(
     window: int,
     reproducible: bool,
     searcher_cls: type | None = None,
+    lag: int | None = None,
 ) -> tuple[Searcher, Any]:
-    """(search_alg, study) as `search.run.build_tuner` builds them, on an in-memory study."""
+    """(search_alg, study) as `search.run.build_tuner` builds them, on an in-memory study
+    (``lag``: reproducible mode's, default ``window``)."""
     import optuna
 
     from search.ordered import OrderedSearcher
@@ -231,7 +238,10 @@ def build_search(
         storage=storage,
     )
     if reproducible:
-        return OrderedSearcher(searcher, window=window, total=num_samples), study
+        searcher = OrderedSearcher(
+            searcher, window=lag or window, total=num_samples, max_concurrent=window
+        )
+        return searcher, study
     return ConcurrencyLimiter(searcher, max_concurrent=window), study
 
 
@@ -243,6 +253,7 @@ def build_asha(
     reproducible: bool,
     total: int,
     reduction_factor: int | None = None,
+    lag: int | None = None,
 ) -> TrialScheduler:
     """`search.run.sweep_asha`'s scheduler, its ledger the in-memory study (``reduction_factor``
     None: the product's, search.settings)."""
@@ -255,7 +266,8 @@ def build_asha(
         max_t=max_epochs,
         grace_period=min(GRACE_PERIOD, max_epochs),
         reduction_factor=reduction_factor or REDUCTION_FACTOR,
-        lag=window if reproducible else None,
+        lag=(lag or window) if reproducible else None,
+        window=window,
         total=total,
         ledger=(study._storage, study.study_name),
     )

@@ -31,12 +31,11 @@ import numpy as np
 
 from search.trainable import (
     ERROR_KEY,
-    RUNG_METRIC,
-    SEARCH_METRIC,
     STAT_METRIC,
     TIE_METRIC,
     TRIAL_NUMBER,
     epoch_folder,
+    epoch_report,
     quiet_exit_in_callbacks,
     report_own_error,
     tie_broken,
@@ -138,14 +137,12 @@ def epoch_result(val: Sequence[float], auroc: Sequence[float], epoch: int) -> di
     metrics["val_macro_f1_se"] = 0.02
     metrics[STAT_METRIC] = trailing_means(list(val[:epoch]))[-1]
     metrics.update({"lr": 1e-3, "epoch_seconds": 0.0, "torch_threads": 1.0})
-    value = tie_broken(metrics, STAT_METRIC)
-    return {
-        **metrics,
-        RUNG_METRIC: value,
-        SEARCH_METRIC: value,
-        "splits_read": "train,val",
-        "numerics": "stand-in (bench/scale/standin.py)",
-    }
+    return epoch_report(
+        metrics,
+        tie_broken(metrics, STAT_METRIC),
+        splits_read="train,val",
+        numerics="stand-in (bench/scale/standin.py)",
+    )
 
 
 def _resume_epoch() -> int:
