@@ -402,7 +402,7 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
         "of the sweep's top trial (mean ± sd over seeds); >= random = share of seeds where "
         "it is at least random search's pick at equal epochs; efficiency = random's epochs / "
         "epochs to reach random's pick (quartiles; 0 = never). Differences are paired by "
-        "sweep seed (mean ± 95 % half-width); pick − tpe is at equal trials (arms without ASHA use more epochs). "
+        f"sweep seed (mean ± 95 % half-width); pick − {args.reference} is at equal trials (arms without ASHA use more epochs). "
         "Slot utilisation: the whole sweep's training slot-seconds / (slots x its span), in virtual time "
         "(the waiting rule's cost only, no driver).",
         "",
@@ -417,7 +417,7 @@ def report(rows: list[dict[str, Any]], check: dict[str, float] | None, args: Any
             "",
         ]
     lines += [
-        f"| arm | trials | epochs | pick (oracle) | pick − random | pick − {DEFAULT} | >= random "
+        f"| arm | trials | epochs | pick (oracle) | pick − random | pick − {args.reference} | >= random "
         "| efficiency q1 / median / q3 | slot utilisation |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -468,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     p.add_argument("--slots", type=int, default=2, help="--max-concurrent of the sweeps")
+    p.add_argument(
+        "--reference", default=DEFAULT, choices=ARMS, help="the arm of the pick - ARM column"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--check", action="store_true", help="score the surrogate first")
     p.add_argument("--surrogate", default="forest", choices=("forest", "knn"))
@@ -500,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             if n % max(1, len(jobs) // 20) == 0 or n == len(jobs):
                 print(f"  {n}/{len(jobs)} sweeps, {time.perf_counter() - t0:.0f} s", flush=True)
     seeds_rows = per_seed(records, args.budgets)
-    rows = summarise(seeds_rows)
+    rows = summarise(seeds_rows, default=args.reference)
     text = report(rows, check, args)
     publish(args.section, text, write=not args.no_publish)
     if not args.no_publish:

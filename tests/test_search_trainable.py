@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 import os
 
-from search.trainable import TIE_BREAK, tie_broken
+from search.trainable import (
+    PACKED_KEY,
+    RUNG_METRIC,
+    SEARCH_METRIC,
+    STAT_METRIC,
+    TIE_BREAK,
+    epoch_report,
+    tie_broken,
+    unpacked,
+)
 
 ALL_NEUTRAL = 0.126108  # the demo val split's all-neutral macro-F1
 
@@ -89,3 +98,30 @@ def test_a_stopped_workers_exit_in_a_gc_callback_prints_no_traceback(capfd) -> N
         assert "ValueError: a real bug" in capfd.readouterr().err
     finally:
         sys.unraisablehook = saved
+
+
+def test_tune_gets_the_numbers_it_acts_on_and_mlflow_every_metric() -> None:
+    """An epoch's report: four numbers for Tune (it keeps statistics of every numeric key in
+    every save), the rest packed; unpacked, the MLflow callback logs every metric as before."""
+    import numpy as np
+
+    from search.tracking import trial_metrics
+
+    metrics = {
+        "epoch": 3,
+        "val_macro_f1": 0.41,
+        STAT_METRIC: 0.4,
+        "val_macro_auroc": math.nan,
+        "val_f1_happy": np.float32(0.25),
+        "train_loss": 1.5,
+    }
+    report = epoch_report(metrics, 0.4, numerics="threads=1")
+    numbers = {k for k, v in report.items() if isinstance(v, int | float)}
+    assert numbers == {"epoch", STAT_METRIC, RUNG_METRIC, SEARCH_METRIC}
+    assert isinstance(report[PACKED_KEY], str) and report["numerics"] == "threads=1"
+    back = unpacked({**report, "training_iteration": 3})
+    assert PACKED_KEY not in back and back["training_iteration"] == 3
+    assert math.isnan(back["val_macro_auroc"]) and back["val_f1_happy"] == 0.25
+    before = {**metrics, "val_f1_happy": 0.25, RUNG_METRIC: 0.4, SEARCH_METRIC: 0.4}
+    assert trial_metrics(back) == trial_metrics(before) != {}  # what was logged unpacked
+    assert unpacked({"case_tune_error": "boom"}) == {"case_tune_error": "boom"}
