@@ -788,25 +788,8 @@ def _resume_hint(settings: SweepSettings | None) -> str:
     return f"--name {settings.name if settings else 'NAME'} --resume"
 
 
-# From this width on, trial k waiting for trial k-W to finish leaves many slots idle
-# (results/bench.md, "replay-lag" and "scale"): say what to do about it.
-WIDE = 16
-
-
-def _width_note(settings: SweepSettings) -> None:
-    if settings.reproducible and settings.window <= settings.max_concurrent >= WIDE:
-        w = settings.max_concurrent
-        print(
-            f"note: at --max-concurrent {w} reproducible mode idles slots while the oldest "
-            f"trial finishes; --lag {2 * w} keeps the sweep reproducible with fewer idle "
-            "slots, --async idles none (README, 'Reproducible at width')",
-            file=sys.stderr,
-        )
-
-
 def _work(settings: SweepSettings) -> Any:
     """One sweep, or with --outer-folds the set of outer-fold sweeps (search/outer.py)."""
-    _width_note(settings)
     if settings.outer_folds:
         from search.outer import run_outer
 

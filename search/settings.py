@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="reproducible mode: trial k is suggested and judged from trials 0..k-LAG only "
-        "(LAG >= --max-concurrent, its default); a larger lag idles fewer slots in wide "
-        "sweeps (README, 'Reproducible at width')",
+        "(LAG >= --max-concurrent; default --max-concurrent, twice it from 16 on): a larger "
+        "lag idles fewer slots (README, 'Reproducible at width')",
     )
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default 1)")
     p.add_argument(
@@ -306,6 +306,17 @@ def check_name(flag: str, name: str) -> str:
     if not _NAME_RE.match(name) or name in (".", ".."):
         _fail(f"{flag} {name!r}: use letters, digits, '.', '_' or '-' (at most 100 characters)")
     return name
+
+
+# From this width on, trial k waiting for trial k-W to finish idled half the slots, and a lag
+# of 2W idled a sixth, for the same pick (bench/bench_replay.py at 16 slots, results/bench.md
+# "replay-lag16"); narrower sweeps keep the lag they always had (the demo's sweep unchanged).
+WIDE_SWEEP = 16
+
+
+def default_lag(max_concurrent: int) -> int:
+    """--lag's default: --max-concurrent, twice that from WIDE_SWEEP slots on."""
+    return max_concurrent if max_concurrent < WIDE_SWEEP else 2 * max_concurrent
 
 
 def _positive_int(name: str, value: int | None, default: int) -> int:
@@ -484,7 +495,7 @@ def parse_settings(argv: list[str] | None = None, *, cwd: Path | None = None) ->
     num_samples = _positive_int("num-samples", args.num_samples, DEFAULT_NUM_SAMPLES)
     max_epochs = _positive_int("max-epochs", args.max_epochs, DEFAULT_MAX_EPOCHS)
     max_concurrent = _positive_int("max-concurrent", args.max_concurrent, DEFAULT_MAX_CONCURRENT)
-    lag = _positive_int("lag", args.lag, max_concurrent)
+    lag = _positive_int("lag", args.lag, default_lag(max_concurrent))
     if lag < max_concurrent:
         _fail(
             f"--lag {lag} is less than --max-concurrent {max_concurrent}: trial k cannot wait "

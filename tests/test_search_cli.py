@@ -172,6 +172,8 @@ def test_the_lag_defaults_to_the_width_and_old_sweeps_keep_it(tmp_path: Path, mo
     monkeypatch.setenv("CASE_TUNE_HOME", str(tmp_path / "home"))
     base = ["--space", "case", "--results-dir", str(tmp_path / "r"), "--max-concurrent", "4"]
     assert parse_settings(base, cwd=tmp_path).window == 4
+    wide = [*base[:-1], "16"]
+    assert parse_settings(wide, cwd=tmp_path).window == 32  # from 16 slots on: twice
     s = parse_settings([*base, "--lag", "8"], cwd=tmp_path)
     assert (s.lag, s.window, s.max_concurrent) == (8, 8, 4)
     old = SweepSettings.from_dict({k: v for k, v in s.to_dict().items() if k != "lag"})
