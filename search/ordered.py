@@ -1,21 +1,23 @@
 """Order-deterministic search: what TPE suggests and where ASHA stops a trial depend on trial
 order only, never on which of the concurrent trials happens to report first.
 
-With trials numbered in the order they are suggested and a window of ``W`` (the number of
-trials allowed to run at once):
+With trials numbered in the order they are suggested, ``W`` trials allowed to run at once
+and a lag ``L >= W`` (--lag; W below 16 slots, 2W from there on):
 
-- `OrderedSearcher` suggests trial ``k`` only once trials ``0..k-W`` are complete, after
-  telling the wrapped searcher exactly their results, in trial order; trials ``k-W+1..k-1``
-  are still open in the wrapped searcher (TPE's constant liar sees them as running) even if
-  they have finished meanwhile. So each suggestion is computed from the same inputs in every
-  run. It also limits concurrency to ``W``.
+- `OrderedSearcher` suggests trial ``k`` only once trials ``0..k-L`` are complete (and fewer
+  than W run), after telling the wrapped searcher exactly their results, in trial order;
+  trials ``k-L+1..k-1`` are still open in the wrapped searcher (TPE's constant liar sees them
+  as running) even if they have finished meanwhile. So each suggestion is computed from the
+  same inputs in every run.
 - `OrderedASHA` applies ASHA's rule (stop a trial at a rung when its value is below the
   ``1 - 1/rf`` quantile of the values recorded there) against the rung values of trials
-  ``0..k-W`` only: the searcher guarantees that they are complete when trial ``k`` starts,
-  so that set, and the values in it, are the same in every run.
+  ``0..k-L`` only (the first W, which start at once, against each other): the searcher
+  guarantees that they are complete when trial ``k`` starts, so that set, and the values in
+  it, are the same in every run.
 
-The price is idle slots: a freed slot waits for the oldest running trial to finish before
-the next trial can start (measured in results/bench.md, `python -m bench.bench_reproducible`).
+The price is idle slots: a freed slot waits while trial ``k-L`` still runs. With L = W one
+long trial holds back the W behind it; L = 2W idles far fewer slots for the same pick
+(results/bench.md, "replay-lag16"; `python -m bench.bench_reproducible` at 2 slots).
 
 Both survive `Tuner.restore` (``--resume``) and extensions: Tune pickles them with the
 experiment and saves the searcher's `get_state` with its own state; the scheduler keeps its

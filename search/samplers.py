@@ -9,9 +9,9 @@ than TPE's start-up count, an extension suggested trial 0's, 1's, 2's parameters
 trial ``k`` draws the same numbers whichever process, segment or attempt asks for it, and no
 two trial numbers share a stream.
 
-In reproducible mode (``window`` W = --max-concurrent) the sampler of trial ``k`` also sees
-the study as the uninterrupted sweep had it when it asked for ``k``: trials ``0..k-W``
-finished, ``k-W+1..k-1`` still running (`StudyView`). A sweep run in one go has exactly that
+In reproducible mode (``window`` W = --lag, by default --max-concurrent) the sampler of
+trial ``k`` also sees the study as the uninterrupted sweep had it when it asked for ``k``:
+trials ``0..k-W`` finished, ``k-W+1..k-1`` still running (`StudyView`). A sweep run in one go has exactly that
 when it asks (search/ordered.py's searcher waits for it); an extension has more (its earlier
 segment finished every trial), and without the view TPE past its start-up trials would learn
 from more than the one-go sweep did and suggest something else.
@@ -106,7 +106,7 @@ class StudyView(TrialView):
 class PerTrialSampler(BaseSampler):
     """A TPE or random sampler rebuilt for each trial with `trial_seed(seed, number)`.
 
-    ``window``: reproducible mode's W; each trial is sampled from a `StudyView` (None: from
+    ``window``: reproducible mode's lag (--lag); each trial is sampled from a `StudyView` (None: from
     the study as it is, ``--async``). ``options`` are the sampler's keyword arguments other
     than ``seed`` (for TPE, e.g. ``n_startup_trials``)."""
 

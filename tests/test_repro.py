@@ -92,7 +92,7 @@ def test_reused_actor_and_task_equal_a_fresh_process(
     trial function); finalize's Ray task trains A too. Each equals a fresh process's history."""
     from ray import tune
 
-    from search.trainable import run_trial
+    from search.trainable import run_trial, unpacked
 
     ray = ray_runtime
     configs = [B, A, B, A]
@@ -112,7 +112,8 @@ def test_reused_actor_and_task_equal_a_fresh_process(
     pids = set()
     for r in results:
         df = r.metrics_dataframe.sort_values("training_iteration")
-        by_index[r.config["i"]] = df[list(KEYS)].astype(float).values.tolist()
+        rows = [unpacked(row) for row in df.to_dict("records")]  # Tune got them packed
+        by_index[r.config["i"]] = [[float(row[k]) for k in KEYS] for row in rows]
         pids.add(int(df["pid"].iloc[0]))
     assert len(pids) == 1  # one actor ran all four trials
     assert all(len(h) == EPOCHS for h in by_index.values())
