@@ -2,11 +2,12 @@
 
 A failpoint facility in the manner of FreeBSD's fail(9) and etcd's gofail: production code
 calls ``fault_point(NAME, ...)`` at a few places where a crash would open a window (a trial
-between reporting an epoch and Tune registering its checkpoint, the driver between a trial's
-end and MLflow's FINISHED, a finalize unit mid-run, finalize's driver right after a
-unit's record is saved: ``unit_recorded:N`` after the Nth), and tests arm a point through the
-environment to SIGKILL the real process there. What they check then does not depend on when
-a poll happens to see the process.
+between reporting an epoch and Tune registering its checkpoint, the driver just after a
+trial's MLflow run became FINISHED (the MLflow writer, which wrote it, kills the driver), a
+finalize unit mid-run, finalize's driver right after a unit's record is saved:
+``unit_recorded:N`` after the Nth), and tests arm a point through the environment to SIGKILL
+the real process there. What they check then does not depend on when a poll happens to see
+the process.
 
 Inert unless armed: an unarmed pass costs two ``os.environ`` lookups (the trace and the
 point variables) and a string comparison, nothing else; no variable is set outside tests.
@@ -40,9 +41,10 @@ FAULT_ONCE_ENV = "CASE_TUNE_FAULT_ONCE"
 FAULT_TRACE_ENV = "CASE_TUNE_FAULT_TRACE"
 
 
-def fault_point(name: str, at: object = None, who: str = "", victim: int | None = None) -> None:
+def fault_point(name: str, at: object = None, who: str = "", victim: int | None = None) -> bool:
     """Trace this pass when asked; SIGKILL this process (or the process ``victim``, e.g. a
-    trial's worker seen from the driver) if $CASE_TUNE_FAULT names the point."""
+    trial's worker seen from the driver) if $CASE_TUNE_FAULT names the point. True when it
+    killed ``victim``."""
     trace = os.environ.get(FAULT_TRACE_ENV)
     if trace:
         # One short O_APPEND write per line: lines of concurrent processes do not interleave.
@@ -54,18 +56,19 @@ def fault_point(name: str, at: object = None, who: str = "", victim: int | None 
             os.close(fd)
     wanted = os.environ.get(FAULT_ENV)
     if not wanted or wanted not in (name, f"{name}:{at}"):
-        return
+        return False
     once = os.environ.get(FAULT_ONCE_ENV)
     if once:
         try:
             os.close(os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
-            return  # another process took the fault already
+            return False  # another process took the fault already
     pid = victim or os.getpid()
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     if pid != os.getpid():
         _wait_gone(pid)
+    return True
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

@@ -32,6 +32,8 @@ def _serve(tracking_uri: str, jobs: Any, acks: Any, parent: int) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
+    from search.faults import fault_point
+
     client = MlflowClient(tracking_uri=tracking_uri)
     while True:
         try:
@@ -50,6 +52,10 @@ def _serve(tracking_uri: str, jobs: Any, acks: Any, parent: int) -> None:
             if kind == "terminate":
                 run_id, status = payload
                 client.set_terminated(run_id, status)
+                # The driver dies once the run is FINISHED in MLflow, not when handed over; a
+                # killed driver's threads take a while to go, and its writer writes no more.
+                if status == "FINISHED" and fault_point("run_finished", victim=parent):
+                    return
                 continue
             run_id, metrics, tags, params = payload
             client.log_batch(

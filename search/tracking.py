@@ -452,7 +452,6 @@ class MlflowTrialCallback(Callback):
             if saved is None or saved.get(trial_id) == "TERMINATED":
                 self.writer.set_terminated(run_id, "FINISHED")
                 del self._pending[trial_id]
-                fault_point("run_finished")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune restarts the trial after its process or node died: say so on its run (which

@@ -38,9 +38,10 @@ def _finished_trial_runs(db: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["run_finished", "trial_complete"])
 def test_resume_after_sigkill(tmp_path: Path, search_store: Path, fault: str) -> None:  # noqa: F811
-    """The driver SIGKILLs itself at a chosen point (search.tracking.fault_point), not when a
+    """The driver is SIGKILLed at a chosen point (search.faults.fault_point), not when a
     poll happens to see something: ``run_finished`` is just after the first trial's MLflow run
-    became FINISHED (where a rerun would once have followed), ``trial_complete`` just after
+    became FINISHED (the MLflow writer kills the driver once it has written that; where a rerun
+    would once have followed), ``trial_complete`` the driver itself just after
     Tune reported the trial complete and before its state was saved."""
     env = {**cli_env(tmp_path), "CASE_TUNE_FAULT": fault}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
